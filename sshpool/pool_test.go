@@ -1,0 +1,187 @@
+package sshpool_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sshq/sshq/inventory"
+	"github.com/sshq/sshq/sshpool"
+	"github.com/sshq/sshq/sshpool/sshtest"
+)
+
+func newPool(t *testing.T, cfgPath string, opts ...sshpool.Option) *sshpool.Pool {
+	t.Helper()
+	cfg, err := inventory.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := sshpool.New(inventory.NewResolver(cfg), opts...)
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestRunKeepsStreamsAndExitCodeApart(t *testing.T) {
+	t.Parallel()
+	c := sshtest.Start(t, sshtest.Options{Nodes: 1})
+	p := newPool(t, c.ConfigPath)
+	res, err := p.Run(ctxT(t, 20*time.Second), "node1", "echo out; echo err >&2; echo $HOME; exit 3", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode != 3 {
+		t.Errorf("exit code %d, want 3", res.ExitCode)
+	}
+	if got := string(res.Stdout); got != "out\n"+c.Nodes[0].Home+"\n" {
+		t.Errorf("stdout %q", got)
+	}
+	if string(res.Stderr) != "err\n" {
+		t.Errorf("stderr %q", res.Stderr)
+	}
+	res, err = p.Run(ctxT(t, 20*time.Second), "node1", "cat", strings.NewReader("piped"))
+	if err != nil || string(res.Stdout) != "piped" {
+		t.Fatalf("stdin round trip: %q %v", res.Stdout, err)
+	}
+}
+
+func TestMoreOperationsThanChannelsAllComplete(t *testing.T) {
+	t.Parallel()
+	c := sshtest.Start(t, sshtest.Options{Nodes: 1})
+	p := newPool(t, c.ConfigPath)
+	ctx := ctxT(t, 60*time.Second)
+	const n = 40 // four times OpenSSH's MaxSessions
+	var wg sync.WaitGroup
+	errs := make(chan error, n+4)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := p.Run(ctx, "node1", fmt.Sprintf("sleep 0.1; echo %d", i), nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			if strings.TrimSpace(string(res.Stdout)) != fmt.Sprint(i) {
+				errs <- fmt.Errorf("op %d got %q", i, res.Stdout)
+			}
+		}()
+	}
+	// SFTP sessions share the same cap.
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl, err := p.Get(ctx, "node1")
+			if err != nil {
+				errs <- err
+				return
+			}
+			sc, release, err := cl.SFTP(ctx)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer release()
+			if _, err := sc.Getwd(); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+func TestDeadAndHungNodesDoNotStallHealthyOnes(t *testing.T) {
+	t.Parallel()
+	c := sshtest.Start(t, sshtest.Options{Nodes: 2})
+	hung, _ := c.AddHungNode("hung")
+	dead, _ := c.AddDeadNode("dead")
+	c.Nodes[1].Stop()
+	p := newPool(t, c.ConfigPath)
+	start := time.Now()
+	errs := p.DialAll(ctxT(t, 60*time.Second), []string{"node1", "node2", hung, dead})
+	elapsed := time.Since(start)
+	if errs["node1"] != nil {
+		t.Errorf("healthy node failed: %v", errs["node1"])
+	}
+	for _, name := range []string{"node2", hung, dead} {
+		if !errors.Is(errs[name], sshpool.ErrUnreachable) {
+			t.Errorf("%s: got %v, want ErrUnreachable", name, errs[name])
+		}
+	}
+	if !strings.Contains(fmt.Sprint(errs[hung]), "handshake") {
+		t.Errorf("hung node error should blame the handshake: %v", errs[hung])
+	}
+	// ConnectTimeout is 3s in the generated config; a stall would take minutes.
+	if elapsed > 9*time.Second {
+		t.Errorf("DialAll took %s with ConnectTimeout 3s", elapsed)
+	}
+}
+
+func TestReconnectAfterNodeRestart(t *testing.T) {
+	t.Parallel()
+	c := sshtest.Start(t, sshtest.Options{Nodes: 1})
+	p := newPool(t, c.ConfigPath)
+	ctx := ctxT(t, 30*time.Second)
+	if _, err := p.Run(ctx, "node1", "true", nil); err != nil {
+		t.Fatal(err)
+	}
+	c.Nodes[0].Kill()
+	if err := c.Nodes[0].Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The old connection died with the node; the pool must notice and redial.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res, err := p.Run(ctx, "node1", "echo back", nil)
+		if err == nil && string(res.Stdout) == "back\n" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no reconnect: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestSFTPReachesNodeHome(t *testing.T) {
+	t.Parallel()
+	c := sshtest.Start(t, sshtest.Options{Nodes: 1})
+	os.WriteFile(filepath.Join(c.Nodes[0].Home, "hello.txt"), []byte("hi"), 0o644)
+	p := newPool(t, c.ConfigPath)
+	ctx := ctxT(t, 20*time.Second)
+	cl, err := p.Get(ctx, "node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, release, err := cl.SFTP(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	f, err := sc.Open("hello.txt") // relative paths start in the node's home
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 10)
+	nr, _ := f.Read(buf)
+	if string(buf[:nr]) != "hi" {
+		t.Errorf("read %q", buf[:nr])
+	}
+}
