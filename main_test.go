@@ -1,0 +1,163 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sshq/sshq/sshpool/sshtest"
+)
+
+// sshqBin is the sshq binary built once for the package: tests run it as a
+// user would, as a separate process with its own environment.
+var sshqBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sshq-bin")
+	if err != nil {
+		panic(err)
+	}
+	sshqBin = filepath.Join(dir, "sshq")
+	if out, err := exec.Command("go", "build", "-o", sshqBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building sshq: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// sshq runs the binary with a clean environment pointing at cluster c.
+func sshq(t *testing.T, c *sshtest.Cluster, home string, extraEnv []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, sshqBin, args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home, "SSHQ_HOME=" + filepath.Join(home, ".sshq")}
+	if c != nil {
+		cmd.Env = append(cmd.Env, "SSHQ_SSH_CONFIG="+c.ConfigPath)
+	}
+	cmd.Env = append(cmd.Env, extraEnv...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("sshq %v: %v", args, err)
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+func TestNodesReportsStoppedNodeWithinTimeout(t *testing.T) {
+	t.Parallel()
+	c := sshtest.Start(t, sshtest.Options{Nodes: 3})
+	c.Nodes[2].Stop()
+	home := t.TempDir()
+	nodes := "SSHQ_NODES=node1,node2,node3"
+	start := time.Now()
+	r := sshq(t, c, home, []string{nodes}, "nodes")
+	if time.Since(start) > 15*time.Second {
+		t.Errorf("sshq nodes took %s with ConnectTimeout 3s", time.Since(start))
+	}
+	if r.code != 3 {
+		t.Errorf("exit code %d, want 3 (a node is down)\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 4 || !strings.HasPrefix(lines[0], "NODE") {
+		t.Fatalf("want a header and 3 rows, got:\n%s", r.stdout)
+	}
+	for i, want := range []string{"node1 ", "node2 ", "node3 "} {
+		if !strings.HasPrefix(lines[i+1], want) {
+			t.Errorf("row %d: %q", i+1, lines[i+1])
+		}
+	}
+	if !strings.Contains(lines[3], "down") || !strings.Contains(lines[3], "refused") {
+		t.Errorf("stopped node row: %q", lines[3])
+	}
+	// Test nodes have no nvidia-smi: reachable but flagged, never "down".
+	if strings.Contains(lines[1], "down") || !strings.Contains(lines[1], "nvidia-smi") {
+		t.Errorf("healthy node row: %q", lines[1])
+	}
+
+	r = sshq(t, c, home, []string{nodes}, "nodes", "--json")
+	var got struct {
+		Nodes []struct {
+			Name      string `json:"name"`
+			Reachable bool   `json:"reachable"`
+			Tmux      bool   `json:"tmux"`
+			Error     string `json:"error"`
+		} `json:"nodes"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("--json does not parse: %v\n%s", err, r.stdout)
+	}
+	if len(got.Nodes) != 3 || !got.Nodes[0].Reachable || !got.Nodes[0].Tmux || got.Nodes[2].Reachable || got.Nodes[2].Error == "" {
+		t.Errorf("json: %+v", got.Nodes)
+	}
+}
+
+func TestNodesResolveJSON(t *testing.T) {
+	t.Parallel()
+	c := sshtest.Start(t, sshtest.Options{Nodes: 2})
+	c.AddHost("Host via-jump\n  HostName 10.9.9.9\n  Port 2022\n  ProxyJump node1\n")
+	r := sshq(t, c, t.TempDir(), nil, "--nodes", "node*,via-jump", "nodes", "--resolve", "--json")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	var got struct {
+		Nodes []struct {
+			Name          string   `json:"name"`
+			HostName      string   `json:"hostname"`
+			Port          int      `json:"port"`
+			User          string   `json:"user"`
+			IdentityFiles []string `json:"identity_files"`
+			ProxyJump     string   `json:"proxy_jump"`
+		} `json:"nodes"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatal(err, r.stdout)
+	}
+	if len(got.Nodes) != 3 {
+		t.Fatalf("nodes: %+v", got.Nodes)
+	}
+	n1 := got.Nodes[0]
+	if n1.Name != "node1" || n1.HostName != c.Nodes[0].Addr || n1.Port != c.Nodes[0].Port || n1.User != c.User ||
+		len(n1.IdentityFiles) != 1 || n1.IdentityFiles[0] != c.KeyPath {
+		t.Errorf("node1: %+v", n1)
+	}
+	if j := got.Nodes[2]; j.Name != "via-jump" || j.HostName != "10.9.9.9" || j.Port != 2022 || j.ProxyJump != "node1" {
+		t.Errorf("via-jump: %+v", j)
+	}
+}
+
+func TestNoNodesChosenExplainsHow(t *testing.T) {
+	t.Parallel()
+	c := sshtest.Start(t, sshtest.Options{Nodes: 2})
+	home := t.TempDir()
+	r := sshq(t, c, home, nil, "nodes")
+	if r.code != 2 || !strings.Contains(r.stderr, "sshq init node1") || !strings.Contains(r.stderr, "node1, node2") {
+		t.Fatalf("exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+	r = sshq(t, c, home, nil, "init", "node*")
+	if r.code != 0 || !strings.Contains(r.stdout, "2 node(s)") {
+		t.Fatalf("init: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	r = sshq(t, c, home, nil, "nodes", "--json")
+	if r.code != 0 || strings.Count(r.stdout, `"reachable": true`) != 2 {
+		t.Fatalf("after init: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+}
