@@ -185,3 +185,36 @@ func TestSFTPReachesNodeHome(t *testing.T) {
 		t.Errorf("read %q", buf[:nr])
 	}
 }
+
+// A user's real config: the node blocks come from an Include, a wildcard
+// block and Match blocks (as Fedora ships them) sit around them.
+func TestConnectThroughIncludeWildcardAndMatchConfig(t *testing.T) {
+	t.Parallel()
+	c := sshtest.Start(t, sshtest.Options{Nodes: 2})
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`Match all
+  ServerAliveInterval 5
+Match final all
+  ServerAliveInterval 9
+Host node*
+  ConnectTimeout 4
+Include %s
+Match exec "false"
+  Port 1
+Host *
+  Compression no
+`, c.ConfigPath)
+	p := filepath.Join(dir, "config")
+	os.WriteFile(p, []byte(cfg), 0o600)
+	pool := newPool(t, p)
+	for _, n := range []string{"node1", "node2"} {
+		res, err := pool.Run(ctxT(t, 20*time.Second), n, "echo $HOME", nil)
+		if err != nil || strings.TrimSpace(string(res.Stdout)) != c.Node(n).Home {
+			t.Fatalf("%s: %q %v", n, res.Stdout, err)
+		}
+		cl, _ := pool.Get(ctxT(t, 5*time.Second), n)
+		if cl.Node.ServerAliveInterval != 5*time.Second || cl.Node.ConnectTimeout != 4*time.Second {
+			t.Errorf("%s: Match/wildcard settings not applied: %+v", n, cl.Node)
+		}
+	}
+}
