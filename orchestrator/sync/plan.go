@@ -1,0 +1,510 @@
+package wsync
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pkg/sftp"
+)
+
+// smallFile is the size up to which a file goes as one SFTP write (pkg/sftp's
+// default packet); larger ones pipeline many writes.
+const smallFile = 32 * 1024
+
+func parentOf(rel string) string {
+	if p := path.Dir(rel); p != "." {
+		return p
+	}
+	return ""
+}
+
+// shellRel names rel for a command run in the root directory. The "./"
+// keeps a name such as "-delete" or "-rf" from being read as an option or
+// a find(1) expression by any command it is passed to.
+func shellRel(rel string) string {
+	if rel == "" {
+		return "."
+	}
+	return "./" + rel
+}
+
+func (j *job) abs(rel string) string {
+	if rel == "" {
+		return j.root
+	}
+	return j.root + "/" + rel
+}
+
+// truncName keeps temp names within NAME_MAX (255) whatever the final name.
+func truncName(name string) string {
+	if len(name) > 200 {
+		return name[:200]
+	}
+	return name
+}
+
+func tempName(name string) string {
+	var b [6]byte
+	rand.Read(b[:])
+	return tempPrefix + hex.EncodeToString(b[:]) + "-" + truncName(name)
+}
+
+// plan compares the two trees and fills the job's lists.
+func (j *job) plan(rents []entry) error {
+	j.touched = make(map[string]bool)
+	localSet := make(map[string]*entry, len(j.local))
+	j.localSet = localSet
+	for i := range j.local {
+		localSet[j.local[i].rel] = &j.local[i]
+	}
+	deleted := make(map[string]bool)
+	underDeleted := func(rel string) bool {
+		for p := parentOf(rel); p != ""; p = parentOf(p) {
+			if deleted[p] {
+				return true
+			}
+		}
+		return false
+	}
+	// find lists parents before children, so a deleted directory is known
+	// before its contents are looked at.
+	for i := range rents {
+		re := &rents[i]
+		if re.rel == "" || underDeleted(re.rel) {
+			continue
+		}
+		le := localSet[re.rel]
+		switch {
+		case strings.HasPrefix(path.Base(re.rel), tempPrefix):
+			j.st.StaleTemps++
+		case le == nil:
+			if !j.mirror {
+				continue
+			}
+			j.st.Deleted++
+		case (le.kind == 'd') != (re.kind == 'd'):
+			if j.single != "" {
+				return fmt.Errorf("remote path %s is a directory; a file mount of a file needs a file path", j.abs(re.rel))
+			}
+			// A rename cannot replace a directory by a file or the reverse:
+			// the old one goes first.
+			j.st.Deleted++
+		default:
+			continue
+		}
+		deleted[re.rel] = true
+		j.del = append(j.del, re.rel)
+		j.touched[parentOf(re.rel)] = true
+	}
+	j.deleted = deleted
+	for i := range j.local {
+		le := &j.local[i]
+		re := j.remote[le.rel]
+		if deleted[le.rel] || underDeleted(le.rel) {
+			re = nil
+		}
+		switch le.kind {
+		case 'd':
+			if le.rel != "" && re == nil {
+				j.mkdir = append(j.mkdir, le.rel)
+				j.touched[parentOf(le.rel)] = true
+				j.st.DirsCreated++
+			}
+		case 'l':
+			if re == nil || re.kind != 'l' || re.target != le.target {
+				j.addUpload(le)
+			}
+		case 'f':
+			switch {
+			case re == nil || re.kind != 'f' || re.size != le.size:
+				j.addUpload(le)
+			case j.opts.Checksum || re.mtime != le.mtime:
+				j.hash = append(j.hash, le)
+			case re.mode != le.mode:
+				j.addMetaFix(le, re)
+			}
+		}
+	}
+	return nil
+}
+
+func (j *job) addUpload(le *entry) {
+	j.upload = append(j.upload, le)
+	j.touched[parentOf(le.rel)] = true
+}
+
+// addMetaFix plans a mode/mtime fix for a file whose content is right. A
+// file with other hard links belongs to job snapshots too: it gets a copy
+// renamed over it instead of a change in place.
+func (j *job) addMetaFix(le, re *entry) {
+	if le.mode == re.mode && le.mtime == re.mtime {
+		return
+	}
+	j.st.MetadataOnly++
+	if re.nlink > 1 {
+		j.fixByCopy = append(j.fixByCopy, le)
+		j.touched[parentOf(le.rel)] = true
+	} else {
+		j.fixInPlace = append(j.fixInPlace, le)
+	}
+}
+
+// compareContent hashes the candidates on both sides at once: equal
+// content only needs its metadata fixed, the rest is sent.
+func (j *job) compareContent(ctx context.Context) error {
+	j.st.Hashed = len(j.hash)
+	var stdin bytes.Buffer
+	for _, e := range j.hash {
+		stdin.WriteString(shellRel(e.rel))
+		stdin.WriteByte(0)
+	}
+	type remoteResult struct {
+		out  []byte
+		err  error
+		code int
+		msg  []byte
+	}
+	rch := make(chan remoteResult, 1)
+	go func() {
+		out, msg, code, err := j.r.Run(ctx, hashScript(j.root), &stdin)
+		rch <- remoteResult{out, err, code, msg}
+	}()
+
+	local := make([][32]byte, len(j.hash))
+	errs := make([]error, len(j.hash))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for w := 0; w < min(runtime.NumCPU(), len(j.hash)); w++ {
+		wg.Go(func() {
+			for i := range next {
+				local[i], errs[i] = j.hashLocal(j.hash[i].abs)
+			}
+		})
+	}
+	for i := range j.hash {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	rr := <-rch
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if rr.err != nil {
+		return fmt.Errorf("hashing files on the node: %w", rr.err)
+	}
+	// 123 is xargs saying some sha256sum failed: a file vanished, it is sent.
+	if rr.code != 0 && rr.code != 123 {
+		return fmt.Errorf("hashing files on the node failed (exit %d): %s", rr.code, strings.TrimSpace(string(rr.msg)))
+	}
+	remote := parseHashes(rr.out)
+	for i, le := range j.hash {
+		if h, ok := remote[shellRel(le.rel)]; ok && h == local[i] {
+			j.addMetaFix(le, j.remote[le.rel])
+		} else {
+			j.addUpload(le)
+		}
+	}
+	return nil
+}
+
+func (j *job) hashLocal(abs string) ([32]byte, error) {
+	var h [32]byte
+	f, err := j.opts.open(abs)
+	if err != nil {
+		return h, fmt.Errorf("cannot read %s: %w", abs, err)
+	}
+	defer f.Close()
+	s := sha256.New()
+	if _, err := io.Copy(s, f); err != nil {
+		return h, fmt.Errorf("cannot read %s: %w", abs, err)
+	}
+	copy(h[:], s.Sum(nil))
+	return h, nil
+}
+
+// prepare runs the one command that changes directories on the node.
+func (j *job) prepare(ctx context.Context) error {
+	// Directories we write into must be writable by their owner while we
+	// do; their modes are restored by fixDirs (they are all touched).
+	for rel := range j.touched {
+		re := j.remote[rel]
+		if re == nil || re.kind != 'd' || re.mode&0300 == 0300 || j.deleted[rel] {
+			continue
+		}
+		if le := j.localSet[rel]; le == nil || le.kind != 'd' || (rel == "" && !j.mirror) {
+			continue // not ours to chmod: single-file mounts into a user's directory
+		}
+		j.unlock = append(j.unlock, shellRel(rel))
+	}
+	sort.Strings(j.unlock)
+	if len(j.unlock)+len(j.del)+len(j.mkdir)+len(j.fixByCopy) == 0 {
+		return nil
+	}
+	var in bytes.Buffer
+	put := func(s string) {
+		in.WriteString(s)
+		in.WriteByte(0)
+	}
+	for _, s := range j.unlock {
+		put(s)
+	}
+	for _, s := range j.del {
+		put(shellRel(s))
+	}
+	for _, s := range j.mkdir {
+		put(shellRel(s))
+	}
+	for _, e := range j.fixByCopy {
+		put(shellRel(e.rel))
+		put(strconv.FormatUint(uint64(e.mode), 8))
+		put(strconv.FormatInt(e.mtime, 10))
+		put(shellRel(path.Join(parentOf(e.rel), tempName(path.Base(e.rel)))))
+	}
+	_, err := runChecked(ctx, j.r, "preparing the remote directory", prepareScript(j.root, len(j.unlock), len(j.del), len(j.mkdir)), &in)
+	return err
+}
+
+func (j *job) report(f func(p *Progress)) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	f(&j.prog)
+	if j.opts.Progress != nil {
+		j.opts.Progress(j.prog)
+	}
+}
+
+// pool runs fn on every item with n workers and stops at the first error.
+func pool[T any](ctx context.Context, n int, items []T, fn func(T) error) error {
+	if len(items) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	next := make(chan T)
+	var wg sync.WaitGroup
+	for w := 0; w < min(n, len(items)); w++ {
+		wg.Go(func() {
+			for it := range next {
+				if err := fn(it); err != nil {
+					cancel(err)
+				}
+			}
+		})
+	}
+feed:
+	for _, it := range items {
+		select {
+		case next <- it:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+// transfer sends the planned files and links and fixes metadata in place,
+// Concurrency at a time on the one client.
+func (j *job) transfer(ctx context.Context, c *sftp.Client) error {
+	var total int64
+	for _, e := range j.upload {
+		total += e.size
+	}
+	j.report(func(p *Progress) { p.FilesTotal, p.BytesTotal = len(j.upload), total })
+	type task struct {
+		e   *entry
+		fix bool
+	}
+	tasks := make([]task, 0, len(j.upload)+len(j.fixInPlace))
+	// Big files first: they pipeline on their own and the small ones fill
+	// the gaps, so the tail of the sync is not one large file alone.
+	up := append([]*entry(nil), j.upload...)
+	sort.SliceStable(up, func(a, b int) bool { return up[a].size > up[b].size })
+	for _, e := range up {
+		tasks = append(tasks, task{e: e})
+	}
+	for _, e := range j.fixInPlace {
+		tasks = append(tasks, task{e: e, fix: true})
+	}
+	return pool(ctx, j.opts.Concurrency, tasks, func(t task) error {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		switch {
+		case t.fix:
+			return j.setAttrs(c, j.abs(t.e.rel), t.e.mode, time.Unix(t.e.mtime, 0))
+		case t.e.kind == 'l':
+			return j.sendLink(c, t.e)
+		default:
+			return j.sendFile(c, t.e)
+		}
+	})
+}
+
+// setAttrs sets mode and mtime with two pipelined requests.
+func (j *job) setAttrs(c *sftp.Client, p string, mode uint32, mtime time.Time) error {
+	errc := make(chan error, 1)
+	go func() { errc <- c.Chmod(p, goMode(mode)) }()
+	err := c.Chtimes(p, mtime, mtime)
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	if err != nil {
+		return fmt.Errorf("setting mode and mtime of %s on the node: %w", p, err)
+	}
+	return nil
+}
+
+func (j *job) sendLink(c *sftp.Client, e *entry) error {
+	dst := j.abs(e.rel)
+	tmp := path.Join(path.Dir(dst), tempName(path.Base(dst)))
+	if err := c.Symlink(e.target, tmp); err != nil {
+		return fmt.Errorf("creating symlink %s on the node: %w", dst, err)
+	}
+	if err := c.PosixRename(tmp, dst); err != nil {
+		c.Remove(tmp)
+		return fmt.Errorf("renaming %s into place on the node: %w", dst, err)
+	}
+	j.report(func(p *Progress) { p.FilesDone++ })
+	j.mu.Lock()
+	j.st.Uploaded++
+	j.mu.Unlock()
+	return nil
+}
+
+// sendFile writes the file under a temp name, gives it its mode and mtime,
+// and renames it over the old one: readers and snapshots see old or new.
+func (j *job) sendFile(c *sftp.Client, e *entry) (err error) {
+	dst := j.abs(e.rel)
+	src, err := j.opts.open(e.abs)
+	if err != nil {
+		return fmt.Errorf("cannot read %s: %w", e.abs, err)
+	}
+	defer src.Close()
+	// Mode and mtime of what is actually read, should it have changed since
+	// the scan: the next sync then sees the file as it was sent.
+	fi, err := src.Stat()
+	if err != nil {
+		return fmt.Errorf("cannot read %s: %w", e.abs, err)
+	}
+	tmp := path.Join(path.Dir(dst), tempName(path.Base(dst)))
+	f, err := c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return fmt.Errorf("creating %s on the node: %w", tmp, err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			c.Remove(tmp)
+		}
+	}()
+	var n int64
+	if fi.Size() <= smallFile {
+		data, rerr := io.ReadAll(src)
+		if rerr != nil {
+			return fmt.Errorf("cannot read %s: %w", e.abs, rerr)
+		}
+		if len(data) > 0 {
+			if _, err = f.Write(data); err != nil {
+				return fmt.Errorf("writing %s on the node: %w", dst, err)
+			}
+		}
+		n = int64(len(data))
+		j.report(func(p *Progress) { p.BytesDone += n })
+	} else {
+		n, err = f.ReadFromWithConcurrency(&countingReader{r: src, j: j}, 0)
+		if err != nil {
+			return fmt.Errorf("writing %s on the node: %w", dst, err)
+		}
+	}
+	closeErr := make(chan error, 1)
+	go func() { closeErr <- f.Close() }()
+	err = j.setAttrs(c, tmp, posixMode(fi.Mode()), fi.ModTime())
+	if cerr := <-closeErr; err == nil && cerr != nil {
+		err = fmt.Errorf("writing %s on the node: %w", dst, cerr)
+	}
+	if err != nil {
+		return err
+	}
+	if err = c.PosixRename(tmp, dst); err != nil {
+		return fmt.Errorf("renaming %s into place on the node: %w", dst, err)
+	}
+	j.report(func(p *Progress) { p.FilesDone++ })
+	j.mu.Lock()
+	j.st.Uploaded++
+	j.st.BytesUploaded += n
+	j.mu.Unlock()
+	return nil
+}
+
+type countingReader struct {
+	r io.Reader
+	j *job
+}
+
+func (cr *countingReader) Read(b []byte) (int, error) {
+	n, err := cr.r.Read(b)
+	if n > 0 {
+		cr.j.report(func(p *Progress) { p.BytesDone += int64(n) })
+	}
+	return n, err
+}
+
+// dirFixes lists the directories whose mode and mtime must be set, deepest
+// first: entries created or removed in a directory change its mtime, and a
+// parent without search permission would hide its children.
+func (j *job) dirFixes() []*entry {
+	var ds []*entry
+	for i := range j.local {
+		le := &j.local[i]
+		if le.kind != 'd' || (le.rel == "" && !j.mirror) {
+			continue
+		}
+		re := j.remote[le.rel]
+		if re == nil || re.kind != 'd' || re.mode != le.mode || re.mtime != le.mtime || j.touched[le.rel] {
+			ds = append(ds, le)
+		}
+	}
+	sort.SliceStable(ds, func(a, b int) bool { return depth(ds[a].rel) > depth(ds[b].rel) })
+	return ds
+}
+
+func depth(rel string) int {
+	if rel == "" {
+		return 0
+	}
+	return strings.Count(rel, "/") + 1
+}
+
+func (j *job) fixDirs(ctx context.Context, c *sftp.Client, ds []*entry) error {
+	for len(ds) > 0 {
+		n := 1
+		for n < len(ds) && depth(ds[n].rel) == depth(ds[0].rel) {
+			n++
+		}
+		level := ds[:n]
+		ds = ds[n:]
+		if err := pool(ctx, j.opts.Concurrency, level, func(e *entry) error {
+			return j.setAttrs(c, j.abs(e.rel), e.mode, time.Unix(e.mtime, 0))
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
