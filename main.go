@@ -13,15 +13,22 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/sshq/sshq/inventory"
+	"github.com/sshq/sshq/orchestrator"
+	"github.com/sshq/sshq/orchestrator/remote"
+	"github.com/sshq/sshq/orchestrator/store"
+	wsync "github.com/sshq/sshq/orchestrator/sync"
+	"github.com/sshq/sshq/orchestrator/task"
 	"github.com/sshq/sshq/orchestrator/ui"
 	"github.com/sshq/sshq/sshpool"
 	"github.com/urfave/cli/v2"
@@ -92,7 +99,7 @@ func run(parent context.Context, args []string, e env) int {
 	}()
 
 	app := newApp(e)
-	err := app.RunContext(ctx, args)
+	err := app.RunContext(ctx, normalizeArgs(args))
 	if err == nil {
 		return exitOK
 	}
@@ -139,6 +146,13 @@ func newApp(e env) *cli.App {
 
 func commands(e env) []*cli.Command {
 	cmds := []*cli.Command{
+		launchCommand(e),
+		queueCommand(e),
+		logsCommand(e),
+		cancelCommand(e),
+		waitCommand(e),
+		attachCommand(e),
+		statusCommand(e),
 		nodesCommand(e),
 		initCommand(e),
 	}
@@ -479,6 +493,931 @@ Examples:
 			fmt.Fprintf(e.stdout, "wrote %s: %d node(s): %s\nnext: `sshq nodes` checks that each is ready\n",
 				inventory.SettingsPath(sshqHome(c)), len(names), strings.Join(names, ", "))
 			return nil
+		},
+	}
+}
+
+// normalizeArgs lets `--watch` stand without a value (`sshq status --watch`
+// refreshes every 2 s), and lets flags follow a task file
+// (`sshq launch task.yaml -d`), which urfave/cli cannot express by itself.
+func normalizeArgs(args []string) []string {
+	args = launchFlagsFirst(args)
+	out := make([]string, 0, len(args)+1)
+	for i, a := range args {
+		out = append(out, a)
+		if a == "--watch" || a == "-w" {
+			next := ""
+			if i+1 < len(args) {
+				next = args[i+1]
+			}
+			if _, err := strconv.ParseFloat(next, 64); err != nil {
+				out = append(out, "2")
+			}
+		}
+	}
+	return out
+}
+
+func (cl *cluster) orch() *orchestrator.Cluster {
+	return &orchestrator.Cluster{Pool: cl.pool, Resolver: cl.resolver, Names: cl.names}
+}
+
+// ---- sshq status ----
+
+func statusCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "the whole cluster at a glance: GPUs, who holds them, node health",
+		Description: `Probes every node in parallel over its pooled ssh connection (one command per node) and shows
+each GPU's memory, utilization and holder: an sshq job (#id name (user)), a foreign process
+(pid user) started outside sshq, or free. Unreachable nodes are listed with the reason.
+Exit code 3 when a node is unreachable.
+
+Examples:
+   sshq status
+   sshq status --watch          # refresh every 2 s until Ctrl-C
+   sshq status --json | jq '.nodes[].gpus[] | select(.state=="free") | .uuid'`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "machine-readable output"},
+			&cli.Float64Flag{Name: "watch", Aliases: []string{"w"}, Usage: "refresh every `SECONDS` (default 2 when given without a value)"},
+		},
+		Action: func(c *cli.Context) error {
+			cl, err := openCluster(c, e)
+			if err != nil {
+				return err
+			}
+			defer cl.close()
+			oc := cl.orch()
+			interval := c.Float64("watch")
+			if interval <= 0 || c.Bool("json") {
+				nodes := oc.Status(c.Context)
+				if c.Bool("json") {
+					if err := writeJSON(e.stdout, map[string]any{"nodes": nodes}); err != nil {
+						return err
+					}
+				} else {
+					fmt.Fprint(e.stdout, renderStatus(ui.For(e.stdout, e.getenv), nodes))
+				}
+				return unreachableErr(nodes)
+			}
+			st := ui.For(e.stdout, e.getenv)
+			for {
+				nodes := oc.Status(c.Context)
+				if c.Context.Err() != nil {
+					return nil
+				}
+				frame := renderStatus(st, nodes)
+				if st.TTY {
+					fmt.Fprint(e.stdout, "\x1b[H\x1b[2J"+frame)
+				} else {
+					fmt.Fprintf(e.stdout, "--- %s\n%s", time.Now().Format(time.TimeOnly), frame)
+				}
+				select {
+				case <-c.Context.Done():
+					return nil // Ctrl-C ends a watch normally
+				case <-time.After(time.Duration(interval * float64(time.Second))):
+				}
+			}
+		},
+	}
+}
+
+func unreachableErr(nodes []orchestrator.NodeStatus) error {
+	var down []string
+	for _, n := range nodes {
+		if !n.Reachable {
+			down = append(down, n.Name)
+		}
+	}
+	if len(down) == 0 {
+		return nil
+	}
+	return withCode(exitUnreachable, fmt.Errorf("unreachable: %s (run `sshq nodes` for details)", strings.Join(down, ", ")))
+}
+
+func renderStatus(st ui.Style, nodes []orchestrator.NodeStatus) string {
+	var b strings.Builder
+	free, total, waiting := 0, 0, 0
+	running := map[string]bool{}
+	for _, n := range nodes {
+		if !n.Reachable {
+			fmt.Fprintf(&b, "%s  %s  %s\n\n", st.Bold(n.Name), st.Paint(ui.Red, "down"), n.Error)
+			continue
+		}
+		fmt.Fprintf(&b, "%s  %s  load %s/%s CPUs  RAM %s free of %s  disk %s free\n", st.Bold(n.Name), st.Paint(ui.Green, "up"),
+			fmtLoad(n.Load1), fmtInt(n.CPUs), ui.MiB(int(n.MemAvailableMiB)), ui.MiB(int(n.MemTotalMiB)), ui.MiB(int(n.DiskFreeMiB)))
+		if len(n.GPUs) == 0 {
+			msg := n.GPUMessage
+			if msg == "" {
+				msg = string(n.GPUState)
+			}
+			fmt.Fprintf(&b, "  no GPUs: %s\n", msg)
+		} else {
+			var rows [][]string
+			for _, g := range n.GPUs {
+				total++
+				holder := st.Paint(ui.Green, "free")
+				switch g.State {
+				case "free":
+					free++
+				case "leased":
+					if g.Holder != nil {
+						running[g.Holder.JobUID] = true
+						holder = st.Paint(ui.Blue, fmt.Sprintf("#%d %s (%s)", g.Holder.JobID, g.Holder.Name, g.Holder.User))
+					} else {
+						holder = st.Paint(ui.Blue, "leased")
+					}
+				case "foreign":
+					var ps []string
+					for _, p := range g.Processes {
+						ps = append(ps, fmt.Sprintf("pid %d %s", p.PID, orDash(p.User)))
+					}
+					holder = st.Paint(ui.Yellow, "foreign: "+strings.Join(ps, ", "))
+				default:
+					holder = st.Paint(ui.Red, g.State)
+				}
+				util := "-"
+				if g.UtilizationPct != nil {
+					util = fmt.Sprintf("%d%%", *g.UtilizationPct)
+				}
+				rows = append(rows, []string{fmt.Sprint(g.Index), g.Name, ui.MiB(g.MemoryUsedMiB) + " / " + ui.MiB(g.MemoryTotalMiB), util, holder})
+			}
+			b.WriteString(indent(st.Table([]string{"GPU", "MODEL", "MEMORY", "UTIL", "HOLDER"}, rows), "  "))
+		}
+		if len(n.Queue) > 0 {
+			var rows [][]string
+			for _, q := range n.Queue {
+				waiting++
+				rows = append(rows, []string{fmt.Sprint(q.Position), q.Name, q.User, fmt.Sprint(q.NumGPUs), humanSince(q.Since)})
+			}
+			b.WriteString("  waiting:\n")
+			b.WriteString(indent(st.Table([]string{"POS", "JOB", "USER", "GPUS", "WAITING"}, rows), "  "))
+		}
+		for _, w := range n.Warnings {
+			fmt.Fprintf(&b, "  %s %s\n", st.Paint(ui.Yellow, "warning:"), w)
+		}
+		b.WriteString("\n")
+	}
+	fmt.Fprintf(&b, "GPUs: %d free / %d total   jobs: %d running, %d waiting\n", free, total, len(running), waiting)
+	return b.String()
+}
+
+func indent(s, pre string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i := range lines {
+		lines[i] = pre + lines[i]
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func fmtInt(n int) string {
+	if n < 0 {
+		return "?"
+	}
+	return fmt.Sprint(n)
+}
+
+func fmtLoad(f float64) string {
+	if f < 0 {
+		return "?"
+	}
+	return fmt.Sprintf("%.1f", f)
+}
+
+func humanSince(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return humanDuration(time.Since(t))
+}
+
+func humanDuration(d time.Duration) string {
+	d = d.Round(time.Second)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
+// launchFlagsFirst moves flags written after a task file in front of it.
+// Words after a plain command stay as they are: in
+// `sshq launch python train.py --lr 3`, --lr belongs to the program.
+func launchFlagsFirst(args []string) []string {
+	li := -1
+	for i, a := range args {
+		if a == "launch" {
+			li = i
+			break
+		}
+		if !strings.HasPrefix(a, "-") && i > 0 && !takesValue(args[i-1]) {
+			return args // another command
+		}
+	}
+	if li < 0 {
+		return args
+	}
+	rest := args[li+1:]
+	for i := 0; i < len(rest); i++ {
+		a := rest[i]
+		if a == "--" {
+			return args
+		}
+		if strings.HasPrefix(a, "-") {
+			if launchValueFlags[strings.TrimLeft(a, "-")] && !strings.Contains(a, "=") {
+				i++
+			}
+			continue
+		}
+		if !isTaskFile(a) {
+			return args
+		}
+		var flags, pos []string
+		pos = append(pos, a)
+		tail := rest[i+1:]
+		for j := 0; j < len(tail); j++ {
+			if strings.HasPrefix(tail[j], "-") {
+				flags = append(flags, tail[j])
+				if launchValueFlags[strings.TrimLeft(tail[j], "-")] && !strings.Contains(tail[j], "=") && j+1 < len(tail) {
+					j++
+					flags = append(flags, tail[j])
+				}
+				continue
+			}
+			pos = append(pos, tail[j])
+		}
+		out := append([]string{}, args[:li+1]...)
+		out = append(out, rest[:i]...)
+		out = append(out, flags...)
+		return append(out, pos...)
+	}
+	return args
+}
+
+var launchValueFlags = map[string]bool{"name": true, "gpus": true, "node": true, "env": true, "secret": true, "workdir": true}
+
+func takesValue(flag string) bool {
+	switch strings.TrimLeft(flag, "-") {
+	case "ssh-config", "nodes", "home":
+		return !strings.Contains(flag, "=")
+	}
+	return false
+}
+
+// isTaskFile is the rule of `sshq launch ARG`: an existing .yaml/.yml file
+// is a task; any other word starts a command.
+func isTaskFile(a string) bool {
+	if !strings.HasSuffix(a, ".yaml") && !strings.HasSuffix(a, ".yml") {
+		return false
+	}
+	fi, err := os.Stat(a)
+	return err == nil && !fi.IsDir()
+}
+
+func openStore(c *cli.Context) (*store.Store, error) {
+	return store.Open(sshqHome(c))
+}
+
+// ---- sshq launch ----
+
+func launchCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:      "launch",
+		Usage:     "run a task file or a command on a free GPU",
+		ArgsUsage: "TASK.yaml | COMMAND...",
+		Description: `An existing .yaml/.yml file is a task (SkyPilot's format: name, workdir, resources.accelerators,
+envs, secrets, file_mounts, setup, run); any other words are the command to run.
+sshq picks a node where the GPUs are free now (or queues the job on the node with the least
+waiting demand), syncs the workdir, and starts the job under tmux on the node. The job keeps
+running if this process, or the laptop, goes away.
+
+Attached (the default), sshq streams the job's output and exits with its exit code; Ctrl-C
+detaches and leaves the job running. With -d it prints the job id and returns at once.
+
+Examples:
+   sshq launch examples/hello.yaml
+   sshq launch task.yaml --gpus A100:2 --env LR=3e-4 -d
+   sshq launch --gpus 1 -- python train.py --epochs 3
+   sshq launch --dry-run task.yaml          # validate and show the placement, touch nothing`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "name", Usage: "job name (default: the task's name, or the command's first word)"},
+			&cli.StringFlag{Name: "gpus", Usage: "GPUs to use: `N` or TYPE:N (A100:2); overrides the task's resources"},
+			&cli.StringFlag{Name: "node", Usage: "run on this node only"},
+			&cli.StringSliceFlag{Name: "env", Usage: "set an env var: K=V, or K to pass the local value (repeatable)"},
+			&cli.StringSliceFlag{Name: "secret", Usage: "like --env, but never printed, logged or stored on this machine"},
+			&cli.StringFlag{Name: "workdir", Usage: "local directory to sync and run in"},
+			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "print the job id and return once it is queued"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "validate, place and print the plan; change nothing"},
+			&cli.BoolFlag{Name: "json", Usage: "machine-readable result (implies --detach)"},
+		},
+		Action: func(c *cli.Context) error { return doLaunch(c, e) },
+	}
+}
+
+func doLaunch(c *cli.Context, e env) error {
+	args := c.Args().Slice()
+	if len(args) == 0 {
+		return usageErr("launch needs a task file or a command: `sshq launch task.yaml` or `sshq launch -- python train.py`")
+	}
+	var t *task.Task
+	var warns []task.Warning
+	var err error
+	run := ""
+	if isTaskFile(args[0]) {
+		t, warns, err = task.Load(args[0])
+		if err != nil {
+			return withCode(exitUsage, err)
+		}
+		if len(args) > 1 {
+			run = strings.Join(args[1:], " ")
+		}
+	} else {
+		if strings.HasSuffix(args[0], ".yaml") || strings.HasSuffix(args[0], ".yml") {
+			return usageErr("task file %s does not exist (a word ending in .yaml is read as a task file; check the path)", args[0])
+		}
+		t, warns, err = task.Parse("command line", []byte("run: \"\"\n"))
+		if err != nil {
+			return err
+		}
+		run = shellJoin(args)
+		t.Name = filepath.Base(args[0])
+	}
+	for _, w := range warns {
+		fmt.Fprintf(e.stderr, "sshq: warning: %s\n", w)
+	}
+	ov := task.Overrides{Name: c.String("name"), Run: run, Workdir: c.String("workdir")}
+	if g := c.String("gpus"); g != "" {
+		a, err := task.ParseGPUFlag(g)
+		if err != nil {
+			return withCode(exitUsage, fmt.Errorf("--gpus: %w", err))
+		}
+		ov.GPUs = &a
+	}
+	if ov.Env, err = kvFlags(c.StringSlice("env"), "--env", e); err != nil {
+		return err
+	}
+	sec, err := kvFlags(c.StringSlice("secret"), "--secret", e)
+	if err != nil {
+		return err
+	}
+	ov.Secrets = task.Secrets(sec)
+	if err := t.Apply(ov); err != nil {
+		return withCode(exitUsage, err)
+	}
+	if err := t.Validate(); err != nil {
+		return withCode(exitUsage, err)
+	}
+	cl, err := openCluster(c, e)
+	if err != nil {
+		return err
+	}
+	defer cl.close()
+	oc := cl.orch()
+	if c.Bool("dry-run") {
+		p, err := oc.Place(c.Context, t, c.String("node"))
+		if err != nil {
+			return placeErr(err)
+		}
+		if c.Bool("json") {
+			return writeJSON(e.stdout, map[string]any{"dry_run": true, "name": t.Name, "placement": p, "workdir": t.Workdir})
+		}
+		fmt.Fprintf(e.stdout, "plan for %q (nothing was changed):\n  node:     %s (%s)\n", t.Name, p.Node, p.Reason)
+		if p.NumGPUs > 0 {
+			fmt.Fprintf(e.stdout, "  gpus:     %d × %s\n", p.NumGPUs, orAny(p.Accelerator))
+		}
+		if !p.FitsNow {
+			fmt.Fprintf(e.stdout, "  queue:    would wait behind %d job(s) until GPUs free up\n", p.QueueAhead)
+		}
+		if t.Workdir != "" {
+			fmt.Fprintf(e.stdout, "  workdir:  %s → %s:~/.sshq/workdirs/\n", t.Workdir, p.Node)
+		}
+		for r, l := range t.FileMounts {
+			fmt.Fprintf(e.stdout, "  mount:    %s → %s:%s\n", l, p.Node, r)
+		}
+		return nil
+	}
+	st, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	detach := c.Bool("detach") || c.Bool("json")
+	errStyle := ui.For(e.stderr, e.getenv)
+	bar := newProgress(e.stderr, errStyle.TTY && !c.Bool("json"))
+	host, _ := os.Hostname()
+	job, p, err := oc.Launch(c.Context, st, t, orchestrator.LaunchOptions{
+		Node: c.String("node"), Origin: host, Progress: bar.update,
+		Notef: func(f string, a ...any) {
+			if !c.Bool("json") {
+				bar.clear()
+				fmt.Fprintf(e.stderr, "sshq: "+f+"\n", a...)
+			}
+		},
+	})
+	bar.clear()
+	if err != nil {
+		return placeErr(err)
+	}
+	if c.Bool("json") {
+		return writeJSON(e.stdout, map[string]any{"id": job.ID, "uid": job.UID, "name": job.Name, "node": job.Node,
+			"gpus": job.GPUs, "num_gpus": job.NumGPUs, "state": job.State})
+	}
+	where := "starting"
+	if !p.FitsNow {
+		where = fmt.Sprintf("queued behind %d job(s) until %d GPU(s) free up", p.QueueAhead, p.NumGPUs)
+	}
+	fmt.Fprintf(e.stderr, "sshq: job #%d (%s) submitted to %s: %s\n", job.ID, job.Name, job.Node, where)
+	if detach {
+		fmt.Fprintf(e.stdout, "%d\n", job.ID)
+		fmt.Fprintf(e.stderr, "sshq: follow it with `sshq logs -f %d`; list jobs with `sshq queue`\n", job.ID)
+		return nil
+	}
+	code, err := oc.Logs(c.Context, job, -1, true, e.stdout, e.stderr)
+	if c.Context.Err() != nil {
+		fmt.Fprintf(e.stderr, "\nsshq: detached; job #%d keeps running on %s. Follow it with `sshq logs -f %d`, stop it with `sshq cancel %d`\n",
+			job.ID, job.Node, job.ID, job.ID)
+		return nil
+	}
+	if err != nil {
+		return withCode(exitUnreachable, fmt.Errorf("lost the job's output stream: %w; it may still run: `sshq logs -f %d`", err, job.ID))
+	}
+	views, _, _ := oc.Reconcile(context.Background(), st, func(j *store.Job) bool { return j.ID == job.ID })
+	if len(views) == 1 {
+		fmt.Fprintf(e.stderr, "sshq: job #%d %s", job.ID, views[0].State)
+		if views[0].ExitCode != nil {
+			fmt.Fprintf(e.stderr, " (exit code %d)", *views[0].ExitCode)
+		}
+		fmt.Fprintln(e.stderr)
+	}
+	if code != 0 {
+		return withCode(code, errors.New(""))
+	}
+	return nil
+}
+
+func placeErr(err error) error {
+	switch {
+	case errors.Is(err, orchestrator.ErrNoFit):
+		return withCode(exitUsage, err)
+	case errors.Is(err, orchestrator.ErrNoNode), errors.Is(err, sshpool.ErrUnreachable):
+		return withCode(exitUnreachable, err)
+	}
+	return err
+}
+
+func orAny(s string) string {
+	if s == "" {
+		return "any GPU"
+	}
+	return s
+}
+
+// shellJoin keeps `sshq launch python train.py --lr 3` as the user typed it:
+// each word is quoted only if the shell would otherwise change it.
+func shellJoin(words []string) string {
+	if len(words) == 1 {
+		return words[0] // a single word may be a whole script: `sshq launch 'make && ./run'`
+	}
+	return sshpool.Command(words...)
+}
+
+// kvFlags parses repeated K=V flags; a bare K takes the local value.
+func kvFlags(vals []string, flag string, e env) (map[string]string, error) {
+	out := map[string]string{}
+	for _, v := range vals {
+		k, val, ok := strings.Cut(v, "=")
+		if !ok {
+			val = e.getenv(k)
+			if val == "" {
+				if _, set := os.LookupEnv(k); !set {
+					return nil, usageErr("%s %s: %s is not set in this shell; give a value with %s %s=VALUE", flag, k, k, flag, k)
+				}
+			}
+		}
+		if k == "" {
+			return nil, usageErr("%s %q: the name is empty; use %s NAME=VALUE", flag, v, flag)
+		}
+		out[k] = val
+	}
+	return out, nil
+}
+
+// progress draws a one-line sync progress bar on a terminal.
+type progress struct {
+	w     io.Writer
+	on    bool
+	drawn bool
+	last  time.Time
+	mu    sync.Mutex
+}
+
+func newProgress(w io.Writer, on bool) *progress { return &progress{w: w, on: on} }
+
+func (p *progress) update(pr wsync.Progress) {
+	if !p.on {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	done := pr.FilesDone == pr.FilesTotal && pr.BytesDone == pr.BytesTotal
+	if !done && time.Since(p.last) < 100*time.Millisecond {
+		return
+	}
+	p.last = time.Now()
+	frac := 1.0
+	if pr.BytesTotal > 0 {
+		frac = float64(pr.BytesDone) / float64(pr.BytesTotal)
+	}
+	const width = 24
+	n := int(frac * width)
+	fmt.Fprintf(p.w, "\r\x1b[Ksync [%s%s] %d/%d files  %s/%s", strings.Repeat("█", n), strings.Repeat("░", width-n),
+		pr.FilesDone, pr.FilesTotal, ui.MiB(int(pr.BytesDone>>20)), ui.MiB(int(pr.BytesTotal>>20)))
+	p.drawn = true
+}
+
+func (p *progress) clear() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.drawn {
+		fmt.Fprint(p.w, "\r\x1b[K")
+		p.drawn = false
+	}
+}
+
+// ---- sshq queue ----
+
+func queueCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:  "queue",
+		Usage: "this controller's jobs, checked against their nodes",
+		Description: `Asks each node about this controller's unfinished jobs (one command per node) and shows them.
+Jobs on a node that does not answer keep their last known state and are marked.
+
+Examples:
+   sshq queue
+   sshq queue -a                 # include ended jobs
+   sshq queue --json | jq '.[] | select(.state=="FAILED") | .id'`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include ended jobs"},
+			&cli.BoolFlag{Name: "json", Usage: "machine-readable output"},
+		},
+		Action: func(c *cli.Context) error {
+			st, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			oc, closeFn, err := jobCluster(c, e)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			all := c.Bool("all")
+			views, down, err := oc.Reconcile(c.Context, st, func(j *store.Job) bool { return all || !j.State.Terminal() })
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				if views == nil {
+					views = []orchestrator.JobView{}
+				}
+				if err := writeJSON(e.stdout, views); err != nil {
+					return err
+				}
+			} else {
+				renderQueue(e, views)
+			}
+			if len(down) > 0 {
+				var names []string
+				for n := range down {
+					names = append(names, n)
+				}
+				sort.Strings(names)
+				return withCode(exitUnreachable, fmt.Errorf("could not reach %s: their jobs show their last known state", strings.Join(names, ", ")))
+			}
+			return nil
+		},
+	}
+}
+
+// jobCluster is the cluster for job commands: the pool reaches whatever
+// node a job was placed on, even one no longer in the node selection.
+func jobCluster(c *cli.Context, e env) (*orchestrator.Cluster, func(), error) {
+	cfg, err := loadConfig(c, e)
+	if err != nil {
+		return nil, nil, err
+	}
+	r := inventory.NewResolver(cfg)
+	pool := sshpool.New(r)
+	return &orchestrator.Cluster{Pool: pool, Resolver: r}, func() { pool.Close() }, nil
+}
+
+func renderQueue(e env, views []orchestrator.JobView) {
+	st := ui.For(e.stdout, e.getenv)
+	if len(views) == 0 {
+		fmt.Fprintln(e.stdout, "no jobs (`sshq queue -a` includes ended ones; `sshq launch` starts one)")
+		return
+	}
+	var rows [][]string
+	for _, v := range views {
+		state := string(v.State)
+		if v.State == store.Pending && v.QueuePosition != nil {
+			state = fmt.Sprintf("PENDING (#%d in queue)", *v.QueuePosition)
+		}
+		state = st.Paint(stateColor(v.State), state)
+		if !v.NodeReachable {
+			state += st.Paint(ui.Gray, " (node unreachable)")
+		}
+		gpus := "-"
+		if len(v.GPUs) > 0 {
+			gpus = strings.Trim(strings.Join(strings.Fields(fmt.Sprint(v.GPUs)), ","), "[]")
+		} else if v.NumGPUs > 0 {
+			gpus = fmt.Sprintf("(%d)", v.NumGPUs)
+		}
+		started, dur := "-", "-"
+		if v.Started != nil {
+			started = v.Started.Local().Format("01-02 15:04")
+			end := time.Now()
+			if v.Ended != nil {
+				end = *v.Ended
+			}
+			dur = humanDuration(end.Sub(*v.Started))
+		}
+		exit := "-"
+		if v.ExitCode != nil {
+			exit = fmt.Sprint(*v.ExitCode)
+		}
+		rows = append(rows, []string{fmt.Sprint(v.ID), v.Name, v.User, orDash(v.Node), gpus, state,
+			v.Submitted.Local().Format("01-02 15:04"), started, dur, exit})
+	}
+	fmt.Fprint(e.stdout, st.Table([]string{"ID", "NAME", "USER", "NODE", "GPUS", "STATE", "SUBMITTED", "STARTED", "DURATION", "EXIT"}, rows))
+}
+
+func stateColor(s store.JobState) string {
+	switch s {
+	case store.Succeeded:
+		return ui.Green
+	case store.Failed, store.FailedSetup, store.Lost:
+		return ui.Red
+	case store.Running, store.SettingUp:
+		return ui.Blue
+	case store.Cancelled:
+		return ui.Gray
+	}
+	return ui.Yellow
+}
+
+// findJobs resolves job references against the store.
+func findJobs(st *store.Store, refs []string) ([]*store.Job, error) {
+	s, err := st.Load()
+	if err != nil {
+		return nil, err
+	}
+	var out []*store.Job
+	for _, r := range refs {
+		j, err := s.Find(r)
+		if err != nil {
+			return nil, withCode(exitUsage, err)
+		}
+		out = append(out, j)
+	}
+	return out, nil
+}
+
+// ---- sshq logs ----
+
+func logsCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:      "logs",
+		Usage:     "print a job's output",
+		ArgsUsage: "JOB",
+		Description: `JOB is an id (12 or #12), a uid or a unique name. With -f, follows the output until the job
+ends and exits with the job's exit code.
+
+Examples:
+   sshq logs 12
+   sshq logs -f --tail 50 train`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "follow until the job ends; exit with its code"},
+			&cli.IntFlag{Name: "tail", Aliases: []string{"n"}, Value: -1, Usage: "only the last `N` lines"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usageErr("logs takes one job: `sshq logs JOB` (ids are in `sshq queue`)")
+			}
+			st, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			jobs, err := findJobs(st, c.Args().Slice())
+			if err != nil {
+				return err
+			}
+			oc, closeFn, err := jobCluster(c, e)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			code, err := oc.Logs(c.Context, jobs[0], c.Int("tail"), c.Bool("follow"), e.stdout, e.stderr)
+			if c.Context.Err() != nil {
+				return nil
+			}
+			if err != nil {
+				return withCode(exitUnreachable, err)
+			}
+			if c.Bool("follow") {
+				_, _, _ = oc.Reconcile(context.Background(), st, func(j *store.Job) bool { return j.ID == jobs[0].ID })
+			}
+			if code != 0 {
+				return withCode(code, errors.New(""))
+			}
+			return nil
+		},
+	}
+}
+
+// ---- sshq cancel ----
+
+func cancelCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:      "cancel",
+		Usage:     "stop jobs: their whole process trees, freeing their GPUs",
+		ArgsUsage: "JOB...",
+		Description: `Sends SIGTERM to every process of each job (setsid children too), then SIGKILL after the grace
+period. A waiting job leaves its node's queue and the jobs behind it move up.
+
+Examples:
+   sshq cancel 12 13
+   sshq cancel --all`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "all", Usage: "cancel all of this controller's unfinished jobs"},
+			&cli.DurationFlag{Name: "grace", Value: remote.DefaultCancelGrace, Usage: "time between SIGTERM and SIGKILL"},
+			&cli.BoolFlag{Name: "json", Usage: "machine-readable output"},
+		},
+		Action: func(c *cli.Context) error {
+			st, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			var jobs []*store.Job
+			if c.Bool("all") {
+				s, err := st.Load()
+				if err != nil {
+					return err
+				}
+				for _, j := range s.Jobs {
+					if !j.State.Terminal() && j.Node != "" {
+						jobs = append(jobs, j)
+					}
+				}
+			} else {
+				if c.NArg() == 0 {
+					return usageErr("cancel needs job ids (`sshq cancel 12`) or --all")
+				}
+				if jobs, err = findJobs(st, c.Args().Slice()); err != nil {
+					return err
+				}
+			}
+			oc, closeFn, err := jobCluster(c, e)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			out, cerr := oc.Cancel(c.Context, st, jobs, c.Duration("grace"))
+			if c.Bool("json") {
+				res := []map[string]any{}
+				for _, j := range jobs {
+					res = append(res, map[string]any{"id": j.ID, "name": j.Name, "outcome": out[j.ID]})
+				}
+				writeJSON(e.stdout, res)
+			} else {
+				for _, j := range jobs {
+					fmt.Fprintf(e.stdout, "#%d %s: %s\n", j.ID, j.Name, out[j.ID])
+				}
+				if len(jobs) == 0 {
+					fmt.Fprintln(e.stdout, "no unfinished jobs to cancel")
+				}
+			}
+			if cerr != nil {
+				return withCode(exitUnreachable, cerr)
+			}
+			return nil
+		},
+	}
+}
+
+// ---- sshq wait ----
+
+func waitCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:      "wait",
+		Usage:     "block until jobs end; exit with the last failing one's code",
+		ArgsUsage: "JOB...",
+		Description: `Examples:
+   sshq wait 12 13 && echo all good`,
+		Flags: []cli.Flag{
+			&cli.DurationFlag{Name: "interval", Value: 2 * time.Second, Usage: "how often to ask the nodes"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				return usageErr("wait needs job ids: `sshq wait 12 13`")
+			}
+			st, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			jobs, err := findJobs(st, c.Args().Slice())
+			if err != nil {
+				return err
+			}
+			ids := map[int]bool{}
+			for _, j := range jobs {
+				ids[j.ID] = true
+			}
+			oc, closeFn, err := jobCluster(c, e)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			for {
+				views, _, err := oc.Reconcile(c.Context, st, func(j *store.Job) bool { return ids[j.ID] })
+				if err != nil {
+					return err
+				}
+				done, code := true, 0
+				for _, v := range views {
+					if !v.State.Terminal() {
+						done = false
+						continue
+					}
+					if v.State != store.Succeeded {
+						code = 1
+						if v.ExitCode != nil && *v.ExitCode != 0 {
+							code = *v.ExitCode
+						}
+					}
+				}
+				if done {
+					for _, v := range views {
+						fmt.Fprintf(e.stdout, "#%d %s: %s\n", v.ID, v.Name, v.State)
+					}
+					if code != 0 {
+						return withCode(code, errors.New(""))
+					}
+					return nil
+				}
+				select {
+				case <-c.Context.Done():
+					return withCode(exitInterrupted, errors.New("interrupted; the jobs keep running"))
+				case <-time.After(c.Duration("interval")):
+				}
+			}
+		},
+	}
+}
+
+// ---- sshq attach ----
+
+func attachCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:      "attach",
+		Usage:     "open the job's tmux session on its node (detach with Ctrl-b d)",
+		ArgsUsage: "JOB",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usageErr("attach takes one job: `sshq attach 12`")
+			}
+			st, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			jobs, err := findJobs(st, c.Args().Slice())
+			if err != nil {
+				return err
+			}
+			j := jobs[0]
+			if j.State.Terminal() {
+				return usageErr("job #%d has ended (%s); read its output with `sshq logs %d`", j.ID, j.State, j.ID)
+			}
+			sshPath, err := exec.LookPath("ssh")
+			if err != nil {
+				return errors.New("attach needs the OpenSSH client (`ssh`) on this machine")
+			}
+			argv := []string{"ssh"}
+			if cfg := c.String("ssh-config"); cfg != "" {
+				argv = append(argv, "-F", cfg)
+			}
+			argv = append(argv, "-t", j.Node, sshpool.Command("tmux", "-L", "sshq", "attach-session", "-t", j.UID))
+			return syscall.Exec(sshPath, argv, os.Environ())
 		},
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
 	"github.com/sshq/sshq/sshpool/sshtest"
 )
 
@@ -159,5 +160,116 @@ func TestNoNodesChosenExplainsHow(t *testing.T) {
 	r = sshq(t, c, home, nil, "nodes", "--json")
 	if r.code != 0 || strings.Count(r.stdout, `"reachable": true`) != 2 {
 		t.Fatalf("after init: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+}
+
+type statusJSON struct {
+	Nodes []struct {
+		Name            string  `json:"name"`
+		Reachable       bool    `json:"reachable"`
+		Error           string  `json:"error"`
+		CPUs            int     `json:"cpus"`
+		Load1           float64 `json:"load1"`
+		MemTotalMiB     int     `json:"mem_total_mib"`
+		MemAvailableMiB int     `json:"mem_available_mib"`
+		DiskFreeMiB     int     `json:"disk_free_mib"`
+		GPUState        string  `json:"gpu_state"`
+		GPUMessage      string  `json:"gpu_message"`
+		GPUs            []struct {
+			Index          int    `json:"index"`
+			UUID           string `json:"uuid"`
+			Name           string `json:"name"`
+			MemoryTotalMiB int    `json:"memory_total_mib"`
+			MemoryUsedMiB  int    `json:"memory_used_mib"`
+			UtilizationPct *int   `json:"utilization_pct"`
+			State          string `json:"state"`
+			Holder         *struct {
+				JobID int    `json:"job_id"`
+				Name  string `json:"name"`
+				User  string `json:"user"`
+			} `json:"holder"`
+			Processes []struct {
+				PID           int    `json:"pid"`
+				User          string `json:"user"`
+				UsedMemoryMiB int    `json:"used_memory_mib"`
+			} `json:"processes"`
+		} `json:"gpus"`
+		Queue []struct {
+			Position int    `json:"position"`
+			Name     string `json:"name"`
+		} `json:"queue"`
+	} `json:"nodes"`
+}
+
+func TestStatusMatchesSimulatedTruth(t *testing.T) {
+	t.Parallel()
+	c := sshtest.Start(t, sshtest.Options{Names: []string{"h100", "ws", "broken", "gone"}})
+	h100 := gpusim.H100x8(t.Name())
+	ws := gpusim.WorkstationWithDisplay(t.Name())
+	for n, gpus := range map[string][]gpusim.GPU{"h100": h100, "ws": ws, "broken": gpusim.T4x1(t.Name())} {
+		if err := gpusim.Install(c.Node(n).Dir, gpus); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gpusim.SetMode(c.Node("broken").SimDir, gpusim.ModeDriverFailed)
+	c.Node("gone").Stop()
+	// Someone ran a job by hand on h100's GPU 0.
+	foreign := exec.Command("sleep", "300")
+	if err := foreign.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { foreign.Process.Kill(); foreign.Wait() })
+	gpusim.AddProcess(c.Node("h100").SimDir, h100[0].UUID, foreign.Process.Pid, 1234, "python")
+
+	r := sshq(t, c, t.TempDir(), []string{"SSHQ_NODES=h100,ws,broken,gone"}, "status", "--json")
+	if r.code != 3 {
+		t.Errorf("exit code %d, want 3 (a node is down); stderr %s", r.code, r.stderr)
+	}
+	var got statusJSON
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	if len(got.Nodes) != 4 {
+		t.Fatalf("want 4 nodes (the down one listed, not dropped), got %d", len(got.Nodes))
+	}
+	for i, truth := range [][]gpusim.GPU{h100, ws} {
+		n := got.Nodes[i]
+		if !n.Reachable || n.GPUState != "ok" || len(n.GPUs) != len(truth) {
+			t.Fatalf("%s: reachable=%v state=%s gpus=%d want %d (%s)", n.Name, n.Reachable, n.GPUState, len(n.GPUs), len(truth), n.GPUMessage)
+		}
+		if n.CPUs < 1 || n.MemTotalMiB < 1 || n.MemAvailableMiB < 1 || n.DiskFreeMiB < 1 || n.Load1 < 0 {
+			t.Errorf("%s host facts: %+v", n.Name, n)
+		}
+		for j, g := range n.GPUs {
+			want := truth[j]
+			wantUsed := want.MemoryUsedMiB
+			wantState := "free"
+			if n.Name == "h100" && j == 0 {
+				wantUsed += 1234
+				wantState = "foreign"
+			}
+			if g.Index != j || g.UUID != want.UUID || g.Name != want.Name || g.MemoryTotalMiB != want.MemoryTotalMiB ||
+				g.MemoryUsedMiB != wantUsed || g.UtilizationPct == nil || *g.UtilizationPct != want.UtilizationPct || g.State != wantState {
+				t.Errorf("%s GPU %d: got %+v, want %+v state %s used %d", n.Name, j, g, want, wantState, wantUsed)
+			}
+		}
+	}
+	g0 := got.Nodes[0].GPUs[0]
+	if len(g0.Processes) != 1 || g0.Processes[0].PID != foreign.Process.Pid || g0.Processes[0].User != c.User || g0.Processes[0].UsedMemoryMiB != 1234 {
+		t.Errorf("foreign process: %+v", g0.Processes)
+	}
+	if b := got.Nodes[2]; !b.Reachable || b.GPUState != "driver-failed" || len(b.GPUs) != 0 || !strings.Contains(b.GPUMessage, "driver") {
+		t.Errorf("broken driver node: %+v", b)
+	}
+	if d := got.Nodes[3]; d.Reachable || !strings.Contains(d.Error, "refused") {
+		t.Errorf("down node: %+v", d)
+	}
+
+	// The human view carries the same facts.
+	r = sshq(t, c, t.TempDir(), []string{"SSHQ_NODES=h100,ws,broken,gone"}, "status")
+	for _, want := range []string{"h100  up", "NVIDIA H100 80GB HBM3", fmt.Sprintf("foreign: pid %d %s", foreign.Process.Pid, c.User), "gone  down", "GPUs: 11 free / 12 total"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("status output lacks %q:\n%s", want, r.stdout)
+		}
 	}
 }
