@@ -132,7 +132,7 @@ func (j *job) plan(rents []entry) error {
 			switch {
 			case re == nil || re.kind != 'f' || re.size != le.size:
 				j.addUpload(le)
-			case j.opts.Checksum || re.mtime != le.mtime:
+			case j.opts.Checksum || re.mtime != le.mtime || le.mtime >= j.stamp:
 				j.hash = append(j.hash, le)
 			case re.mode != le.mode:
 				j.addMetaFix(le, re)

@@ -70,7 +70,7 @@ func Push(ctx context.Context, r Remote, localDir, remoteDir string, opts Option
 	if err != nil {
 		return Stats{}, err
 	}
-	j := &job{r: r, opts: opts, local: local, mirror: !opts.NoDelete}
+	j := &job{r: r, opts: opts, local: local, mirror: !opts.NoDelete, start: start.Unix()}
 	st, err := j.run(ctx, listDirScript(expr, !opts.NoDelete))
 	st.Duration = time.Since(start)
 	return st, err
@@ -136,6 +136,12 @@ type job struct {
 	mirror bool   // delete extraneous remote paths and fix the root's attributes
 	single string // PushFile: the only name in play
 	root   string // absolute remote directory
+	// stamp is when the previous sync of this directory started (Unix
+	// seconds, 0 if unknown) and start when this one did. A file whose
+	// mtime second is not older than the stamp may have changed after the
+	// previous sync read it, within the same second: size and mtime
+	// cannot clear it, so its content is compared (git's "racy" rule).
+	stamp, start int64
 
 	remote   map[string]*entry
 	localSet map[string]*entry
@@ -203,10 +209,11 @@ func (j *job) run(ctx context.Context, listCmd string) (Stats, error) {
 	if err != nil {
 		return j.st, err
 	}
-	root, rents, err := parseListing(out)
+	root, stamp, rents, err := parseListing(out)
 	if err != nil {
 		return j.st, err
 	}
+	j.stamp = stamp
 	j.root, j.st.RemoteDir = root, root
 	j.remote = make(map[string]*entry, len(rents))
 	for i := range rents {
@@ -224,7 +231,10 @@ func (j *job) run(ctx context.Context, listCmd string) (Stats, error) {
 		return j.st, err
 	}
 	dirs := j.dirFixes()
-	if len(j.upload)+len(j.fixInPlace)+len(dirs) == 0 {
+	// Only a mirrored cache keeps a stamp: it lives beside the directory,
+	// never in it, so the tree stays an exact copy of the local one.
+	needStamp := j.mirror && (j.stamp == 0 || len(j.hash) > 0 || len(j.upload) > 0)
+	if len(j.upload)+len(j.fixInPlace)+len(dirs) == 0 && !needStamp {
 		return j.st, ctx.Err()
 	}
 	c, err := getClient()
@@ -237,5 +247,32 @@ func (j *job) run(ctx context.Context, listCmd string) (Stats, error) {
 	if err := j.fixDirs(ctx, c, dirs); err != nil {
 		return j.st, err
 	}
-	return j.st, ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return j.st, err
+	}
+	if needStamp {
+		if err := j.writeStamp(c); err != nil {
+			return j.st, err
+		}
+	}
+	return j.st, nil
+}
+
+// stampPath is the stamp file of a mirrored directory.
+func stampPath(root string) string { return strings.TrimRight(root, "/") + ".sshq-stamp" }
+
+// writeStamp records that a complete sync started at j.start; written
+// last, so an interrupted sync leaves the older, more cautious stamp.
+func (j *job) writeStamp(c *sftp.Client) error {
+	p := stampPath(j.root)
+	f, err := c.OpenFile(p, os.O_WRONLY|os.O_CREATE)
+	if err != nil {
+		return fmt.Errorf("writing sync stamp %s on the node: %w", p, err)
+	}
+	f.Close()
+	t := time.Unix(j.start, 0)
+	if err := c.Chtimes(p, t, t); err != nil {
+		return fmt.Errorf("writing sync stamp %s on the node: %w", p, err)
+	}
+	return nil
 }

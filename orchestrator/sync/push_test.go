@@ -525,3 +525,28 @@ func TestDeletingOptionLikeNames(t *testing.T) {
 		})
 	}
 }
+
+// An edit in the same second as the sync that read the file keeps size and
+// mtime: only the stamp of that sync's start shows the file may be stale.
+func TestSameSecondEditIsSeen(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	src := t.TempDir()
+	p := filepath.Join(src, "v.txt")
+	now := time.Now().Truncate(time.Second)
+	write(t, p, "old code", 0o644, now)
+	dst := filepath.Join(n.home, "w")
+	ctx := context.Background()
+	_, err := Push(ctx, n, src, dst, Options{})
+	must(t, err)
+	write(t, p, "new code", 0o644, now)
+	st, err := Push(ctx, n, src, dst, Options{})
+	must(t, err)
+	if b, _ := os.ReadFile(filepath.Join(dst, "v.txt")); string(b) != "new code" || st.Uploaded != 1 {
+		t.Fatalf("same-second edit missed: node has %q (%+v)", b, st)
+	}
+	if _, err := os.Stat(dst + ".sshq-stamp"); err != nil {
+		t.Errorf("no stamp beside the cache: %v", err)
+	}
+	assertSame(t, treeOf(t, src), treeOf(t, dst))
+}

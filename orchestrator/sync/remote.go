@@ -51,8 +51,11 @@ func listDirScript(rootExpr string, mirror bool) string {
 	b.WriteString(`mkdir -p -- "$d" && cd -- "$d" || exit 1` + "\n")
 	if mirror {
 		b.WriteString(`if [ "$PWD" -ef "$HOME" ] || [ "$PWD" -ef / ]; then printf 'sshq: refusing to mirror into %s: it would delete everything else there; sync into a subdirectory\n' "$PWD" >&2; exit 3; fi` + "\n")
+		b.WriteString(`s=$(stat -c %Y -- "$PWD.sshq-stamp" 2>/dev/null) || s=0` + "\n")
+	} else {
+		b.WriteString("s=0\n")
 	}
-	b.WriteString(`printf '%s\0' "$PWD"` + "\n")
+	b.WriteString(`printf '%s\0%s\0' "$PWD" "$s"` + "\n")
 	b.WriteString("exec find . -printf " + findFormat + "\n")
 	return b.String()
 }
@@ -63,7 +66,7 @@ func listFileScript(parentExpr, name string) string {
 	var b strings.Builder
 	b.WriteString("export LC_ALL=C\nd=" + parentExpr + "\n")
 	b.WriteString(`mkdir -p -- "$d" && cd -- "$d" || exit 1` + "\n")
-	b.WriteString(`printf '%s\0' "$PWD"` + "\n")
+	b.WriteString(`printf '%s\0%s\0' "$PWD" 0` + "\n")
 	b.WriteString("exec find . -mindepth 1 -maxdepth 1 '(' -name " + sshpool.Quote(globEscape(name)) +
 		" -o -name " + sshpool.Quote(tempPrefix+"*-"+globEscape(truncName(name))) + " ')' -printf " + findFormat + "\n")
 	return b.String()
@@ -81,19 +84,23 @@ func globEscape(s string) string {
 }
 
 // parseListing reads listDirScript/listFileScript output: the absolute
-// directory, then the entries.
-func parseListing(out []byte) (string, []entry, error) {
+// directory, the sync stamp (0: none), then the entries.
+func parseListing(out []byte) (string, int64, []entry, error) {
 	f := bytes.Split(out, []byte{0})
-	if len(f) < 1 || len(f[0]) == 0 || f[0][0] != '/' {
-		return "", nil, fmt.Errorf("unexpected remote listing (does the node have GNU find?): %.200q", out)
+	if len(f) < 2 || len(f[0]) == 0 || f[0][0] != '/' {
+		return "", 0, nil, fmt.Errorf("unexpected remote listing (does the node have GNU find?): %.200q", out)
 	}
 	root := string(f[0])
-	f = f[1:]
+	stamp, err := strconv.ParseInt(string(f[1]), 10, 64)
+	if err != nil {
+		return "", 0, nil, fmt.Errorf("unexpected remote listing: bad stamp %q", f[1])
+	}
+	f = f[2:]
 	if n := len(f); n > 0 && len(f[n-1]) == 0 {
 		f = f[:n-1]
 	}
 	if len(f)%7 != 0 {
-		return "", nil, fmt.Errorf("unexpected remote listing: %d fields (does the node have GNU find?)", len(f))
+		return "", 0, nil, fmt.Errorf("unexpected remote listing: %d fields (does the node have GNU find?)", len(f))
 	}
 	es := make([]entry, 0, len(f)/7)
 	for i := 0; i < len(f); i += 7 {
@@ -103,14 +110,14 @@ func parseListing(out []byte) (string, []entry, error) {
 		secs, _, _ := strings.Cut(string(f[i+4]), ".")
 		mtime, err4 := strconv.ParseInt(secs, 10, 64)
 		if err1 != nil || err2 != nil || err3 != nil || err4 != nil || len(f[i]) != 1 {
-			return "", nil, fmt.Errorf("unexpected remote listing entry %q", f[i+5])
+			return "", 0, nil, fmt.Errorf("unexpected remote listing entry %q", f[i+5])
 		}
 		es = append(es, entry{
 			kind: f[i][0], mode: uint32(mode), nlink: nlink, size: size, mtime: mtime,
 			rel: string(f[i+5]), target: string(f[i+6]),
 		})
 	}
-	return root, es, nil
+	return root, stamp, es, nil
 }
 
 // hashScript prints "<sha256>  <path>\0" for each NUL-separated path on
