@@ -1,0 +1,129 @@
+// Package remote is the node side of sshq: the bash script that performs
+// every action on a node (node.sh, sent whole with each command, so nothing
+// is installed on nodes) and the Go functions that build those command lines
+// and parse what they print. It does no SSH itself: each function returns a
+// command string (built with sshpool.Command, every argument one quoted
+// word) and, for Submit, the bytes to send on stdin; the caller runs them
+// through the SSH pool.
+//
+// # On the node
+//
+// Per remote user, under $HOME/.sshq:
+//
+//	workdirs/<key>/        the synced workdir cache (written by sync, never in place)
+//	jobs/<uid>/            one job, mode 0700 (it may hold secrets):
+//	  meta.sh              identity from the controller (uid, id, user, name, GPUs, workdir key)
+//	  env.sh               the job's environment: task envs, then sshq's values (export NAME='value')
+//	  secrets.sh           secret envs, 0600; removed when the job ends
+//	  setup.sh, run.sh     the task's scripts
+//	  workdir/             hard-link snapshot (cp -al) of the cache at submit time
+//	  wrapper.sh           this script, run as `wrapper.sh wrapper <jobdir>` in tmux
+//	  nodeenv              the submitting session's umask, PATH, SSHQ_* settings
+//	  wrapper.lock         flock held by the wrapper alone while it lives
+//	  state                "STATE unix_ts.mmm" lines, appended at each change
+//	  log                  setup and run output (stdout+stderr), plus "sshq: ..." notes
+//	  ticket               the job's queue ticket name while it waits
+//	  gpus                 "index<TAB>uuid" lines of the GPUs it leased
+//	  gpu.env              CUDA_VISIBLE_DEVICES & co., sourced last by setup and run
+//	  cancel               left by Cancel before it signals
+//	  exit                 the exit code, written once (temp + rename) after the terminal state
+//	  scope                the systemd user scope's name, when one is used
+//
+// Shared by all users: the lease directory, $SSHQ_LEASE_DIR of the
+// submitting session, else /tmp/sshq-leases (mode 1777; a symlink is
+// refused):
+//
+//	<uuid>.lock            a GPU lease is an exclusive flock on it (file mode 0666)
+//	<uuid>.owner           "uid id user name since pid sid index" of the last holder (0666)
+//	queue.lock             flock serializing every GPU decision on the node
+//	queue/<ns>-<uid>       a waiting job's ticket, "uid user name num_gpus since allowed",
+//	                       flocked by its wrapper while it waits
+//
+// Free-text fields in shared files and reports (user, name) are written by
+// EncodeField: no tab, newline or space, "~" for empty. Shared files are
+// parsed, never sourced; only the user's own job files are sourced.
+//
+// # The wrapper
+//
+// Submit starts `tmux -L sshq new-session -d -s <uid>` running the wrapper
+// with SSHQ_JOB_UID=<uid> in its environment (inherited by every process
+// of the job: the mark Cancel kills by). The wrapper takes a ticket, writes
+// PENDING (Submit returns then, so submission order is queue order), and
+// waits on the node: every SSHQ_POLL_INTERVAL seconds (default 2) it takes
+// queue.lock and decides. Order is FIFO by ticket with safe backfill: each
+// older waiter that fits in the GPUs free now reserves them first, and a
+// head of queue that does not fit reserves every free GPU it could use; a
+// job starts only if it fits in what remains. So a younger job passes an
+// older one only on GPUs left over, and never delays the head. A GPU is free
+// when no lease holds it and no foreign process computes on it (a process
+// in nvidia-smi --query-compute-apps that is not in a lease holder's
+// session, not a descendant of a holder's wrapper, and not marked with a
+// holder's job uid). Tickets whose wrapper died are skipped (their flock is
+// gone) and removed where the sticky bit allows.
+//
+// To start, the wrapper try-locks each chosen GPU (all or none), writes the
+// owner records and keeps the lock fds open: setup and run inherit them, so
+// the kernel drops the lease when the job's last process ends, however it
+// ends. A job asking for 0 GPUs takes no ticket and starts at once; one
+// asking for more GPUs than the node has (of those it may use) fails at once
+// (FAILED_SETUP, reason in the log). Setup and run run with bash in the
+// snapshot workdir, or $HOME without one, stdin from /dev/null, output
+// appended to log, PYTHONUNBUFFERED=1. States: PENDING, SETTING_UP, RUNNING,
+// then SUCCEEDED (exit 0), FAILED (the run's code), FAILED_SETUP (setup's
+// code, or 3 for a node problem: lease directory, nvidia-smi) or CANCELLED.
+//
+// A lease directory that is a symlink, not a directory or not writable makes
+// Submit fail (exit 3, reason on stderr) and Node report an error. A GPU
+// whose lock file is a symlink or not a regular file is "unusable": no job
+// is given it, the job's log and Node say why, other GPUs stay usable.
+//
+// # Cancel
+//
+// Cancel marks the job, sends SIGTERM to every process of the user whose
+// /proc/<pid>/environ holds SSHQ_JOB_UID=<uid> (so setsid and SIGHUP-ignoring
+// children die too), waits up to the grace period, then SIGKILLs what is
+// left, records CANCELLED with exit 137 itself if the wrapper could not, and
+// kills the tmux session last. A pending job's wrapper removes its ticket
+// and records CANCELLED with 143. Where the user's systemd works and the
+// user lingers (without linger the user manager takes every scope down at
+// logout), the wrapper also runs in a `systemd-run --user --scope`, which
+// Cancel signals as well.
+//
+// # Output formats
+//
+// Jobs, Node and Cancel print "SSHQ-BEGIN 1", tab-separated records and
+// "SSHQ-END"; text before the begin line (a chatty .bashrc) is ignored, a
+// missing end line is an error.
+//
+//	Jobs:   job <uid> found <wrapper 0|1> <tmux 0|1>  |  job <uid> missing|invalid
+//	        state <uid> <STATE> <unix_ts>  (one per transition, in order)
+//	        exit <uid> <code>
+//	        gpu <uid> <index> <uuid>
+//	        queue <uid> <position>          (1 = head)
+//	Node:   gpu <index> <uuid> free|leased|foreign|unusable
+//	        lease <uuid> <index> <uid> <id> <user> <name> <since>
+//	        foreign <uuid> <pid,pid...>
+//	        ticket <position> <uid> <user> <name> <num_gpus> <since> <allowed|*>
+//	        error <text>
+//	Cancel: cancel <uid> cancelled <final state> | done | missing | invalid
+//
+// Logs prints raw log bytes; with follow its exit status is the job's, or 125
+// when the job is unknown or LOST.
+//
+// # Limits
+//
+//   - A process that execs with a cleared environment (env -i) loses the
+//     cancel mark; without a systemd scope Cancel cannot find it, though it
+//     still holds its inherited lease fds until it exits.
+//   - The same holds for telling a holder's GPU processes from foreign ones,
+//     which also uses sessions and ancestry; other users' environments are
+//     unreadable, so another user's daemonized, env-cleared process counts as
+//     foreign (the safe side).
+//   - Under hidepid /proc, other users' processes are invisible to these
+//     checks; the lease and ticket flocks still work.
+//   - Owner records are mode 0666 and only informative: any user can
+//     overwrite them; leases themselves are kernel flocks.
+//   - MIG devices are not leased separately (their uuids are skipped).
+//   - The tmux server is `tmux -L sshq -f /dev/null`; killing it sends
+//     SIGHUP to running jobs.
+package remote

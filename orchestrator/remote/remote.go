@@ -1,0 +1,312 @@
+package remote
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sshq/sshq/sshpool"
+)
+
+// Script is the node-side protocol (node.sh). Every command this package
+// builds runs it as `bash -c Script sshq ACTION ARGS...`.
+//
+//go:embed node.sh
+var Script string
+
+// DefaultCancelGrace is how long Cancel lets a job handle SIGTERM (save a
+// checkpoint, flush logs) before it sends SIGKILL.
+const DefaultCancelGrace = 10 * time.Second
+
+// EnvVar is one environment variable given to a job.
+type EnvVar struct {
+	Name, Value string
+}
+
+// JobSpec is what the controller decided about one job on one node.
+type JobSpec struct {
+	// UID names the job on every node: its directory, its tmux session and
+	// its lease records. Letters, digits, '-' and '_' (the controller uses
+	// <controller-id>-<n>).
+	UID string
+	// ID is the small number people see (SSHQ_JOB_ID).
+	ID int
+	// Name is the job's name (SSHQ_JOB_NAME); any bytes but NUL.
+	Name string
+	// User is the controller's local user, shown in lease and queue listings.
+	User string
+	// NumGPUs is the number of GPUs to lease on this node; 0 starts at once.
+	NumGPUs int
+	// AllowedGPUs are the UUIDs of the node's GPUs the job may use (the
+	// caller resolves a GPU type to these); empty means any.
+	AllowedGPUs []string
+	// Env are the task's environment variables, in order.
+	Env []EnvVar
+	// Secrets are environment variables that are written only to a 0600
+	// file in the job directory, removed when the job ends, and never
+	// appear on a command line or in a log.
+	Secrets []EnvVar
+	// Setup and Run are bash scripts; Setup may be empty.
+	Setup, Run string
+	// WorkdirKey names the node's workdir cache ~/.sshq/workdirs/<key>/,
+	// which Submit snapshots; "" runs the job in the remote $HOME.
+	WorkdirKey string
+	// NodeRank, NumNodes and NodeIPs describe a multi-node job; NumNodes 0
+	// means 1.
+	NodeRank, NumNodes int
+	NodeIPs            []string
+}
+
+// Submit returns the command that creates the job on a node and starts its
+// wrapper in a detached tmux session, and the bytes to send as its stdin.
+// The command returns once the job holds its place in the node's queue
+// (state PENDING) or has failed; it exits non-zero with the reason on stderr
+// when the job could not be created (uid already used, missing workdir
+// cache, no tmux, a lease directory that is a symlink...).
+//
+// The job's environment is, in order (later wins): spec.Env, spec.Secrets,
+// then the values sshq computes itself: SSHQ_JOB_ID, SSHQ_JOB_NAME,
+// SSHQ_NODE_RANK, SSHQ_NUM_NODES, SSHQ_NODE_IPS (newline-separated),
+// SSHQ_NUM_GPUS_PER_NODE and the SKYPILOT_ names for the same values plus
+// SKYPILOT_TASK_ID (= UID); on the node the wrapper adds
+// CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER=PCI_BUS_ID, PYTHONUNBUFFERED=1 and
+// SSHQ_JOB_UID.
+func Submit(spec JobSpec) (cmd string, stdin []byte, err error) {
+	if err := checkUID(spec.UID); err != nil {
+		return "", nil, err
+	}
+	if spec.NumGPUs < 0 {
+		return "", nil, fmt.Errorf("job %s: NumGPUs %d is negative", spec.UID, spec.NumGPUs)
+	}
+	for _, u := range spec.AllowedGPUs {
+		if !isToken(u) {
+			return "", nil, fmt.Errorf("job %s: GPU uuid %q holds characters nvidia-smi never prints in a uuid", spec.UID, u)
+		}
+	}
+	if spec.WorkdirKey != "" && (!isToken(spec.WorkdirKey) || strings.Trim(spec.WorkdirKey, ".") == "") {
+		return "", nil, fmt.Errorf("job %s: workdir key %q must be letters, digits, '.', '-', '_' (it names a directory on the node)", spec.UID, spec.WorkdirKey)
+	}
+	for _, ip := range spec.NodeIPs {
+		if ip == "" || strings.ContainsAny(ip, "\n\x00") {
+			return "", nil, fmt.Errorf("job %s: node IP %q is empty or holds a newline", spec.UID, ip)
+		}
+	}
+	if strings.Contains(spec.Name, "\x00") || strings.Contains(spec.User, "\x00") {
+		return "", nil, fmt.Errorf("job %s: name or user holds a NUL byte", spec.UID)
+	}
+	if strings.Contains(spec.Setup, "\x00") || strings.Contains(spec.Run, "\x00") {
+		return "", nil, fmt.Errorf("job %s: setup or run script holds a NUL byte, which bash cannot run", spec.UID)
+	}
+	numNodes := spec.NumNodes
+	if numNodes == 0 {
+		numNodes = 1
+	}
+	if spec.NodeRank < 0 || spec.NodeRank >= numNodes {
+		return "", nil, fmt.Errorf("job %s: node rank %d is outside 0..%d", spec.UID, spec.NodeRank, numNodes-1)
+	}
+
+	allowed := strings.Join(spec.AllowedGPUs, ",")
+	meta := strings.Join([]string{
+		"# sshq job identity (written by the controller)",
+		"SSHQ_M_UID=" + sshpool.Quote(spec.UID),
+		"SSHQ_M_ID=" + strconv.Itoa(spec.ID),
+		"SSHQ_M_USER=" + sshpool.Quote(EncodeField(spec.User)),
+		"SSHQ_M_NAME=" + sshpool.Quote(EncodeField(spec.Name)),
+		"SSHQ_M_NGPUS=" + strconv.Itoa(spec.NumGPUs),
+		"SSHQ_M_ALLOWED=" + sshpool.Quote(allowed),
+		"SSHQ_M_WORKDIR=" + sshpool.Quote(spec.WorkdirKey),
+		"",
+	}, "\n")
+
+	ips := strings.Join(spec.NodeIPs, "\n")
+	static := []EnvVar{
+		{"SSHQ_JOB_ID", strconv.Itoa(spec.ID)},
+		{"SSHQ_JOB_NAME", spec.Name},
+		{"SSHQ_NODE_RANK", strconv.Itoa(spec.NodeRank)},
+		{"SSHQ_NUM_NODES", strconv.Itoa(numNodes)},
+		{"SSHQ_NODE_IPS", ips},
+		{"SSHQ_NUM_GPUS_PER_NODE", strconv.Itoa(spec.NumGPUs)},
+		{"SKYPILOT_NODE_RANK", strconv.Itoa(spec.NodeRank)},
+		{"SKYPILOT_NUM_NODES", strconv.Itoa(numNodes)},
+		{"SKYPILOT_NODE_IPS", ips},
+		{"SKYPILOT_NUM_GPUS_PER_NODE", strconv.Itoa(spec.NumGPUs)},
+		{"SKYPILOT_TASK_ID", spec.UID},
+	}
+	env, err := exportLines(spec.Env, "# sshq job environment: the task's envs, then sshq's own values (which win)")
+	if err != nil {
+		return "", nil, fmt.Errorf("job %s: env: %w", spec.UID, err)
+	}
+	own, _ := exportLines(static, "")
+	secrets, err := exportLines(spec.Secrets, "# sshq job secrets: removed when the job ends")
+	if err != nil {
+		return "", nil, fmt.Errorf("job %s: secret: %w", spec.UID, err)
+	}
+
+	var b []byte
+	add := func(name, content string) {
+		b = append(b, name...)
+		b = append(b, 0)
+		b = append(b, content...)
+		b = append(b, 0)
+	}
+	add("meta.sh", meta)
+	add("env.sh", env+own)
+	if len(spec.Secrets) > 0 {
+		add("secrets.sh", secrets)
+	}
+	add("setup.sh", spec.Setup)
+	add("run.sh", spec.Run)
+	return command("submit", spec.UID), b, nil
+}
+
+// exportLines renders vars as a file bash sources; each value is one
+// POSIX-quoted word, so it arrives byte-exact and nothing in it runs.
+func exportLines(vars []EnvVar, header string) (string, error) {
+	var sb strings.Builder
+	if header != "" {
+		sb.WriteString(header + "\n")
+	}
+	for _, v := range vars {
+		if !isEnvName(v.Name) {
+			return "", fmt.Errorf("%q is not a valid environment variable name (letters, digits and '_', not starting with a digit)", v.Name)
+		}
+		if strings.Contains(v.Value, "\x00") {
+			return "", fmt.Errorf("the value of %s holds a NUL byte, which no environment variable can carry", v.Name)
+		}
+		sb.WriteString("export " + v.Name + "=" + sshpool.Quote(v.Value) + "\n")
+	}
+	return sb.String(), nil
+}
+
+// Cancel returns the command that ends the given jobs on a node: a pending
+// job leaves the queue, a running job's whole process tree (setsid children
+// and SIGHUP-ignoring ones included) gets SIGTERM, then SIGKILL after grace
+// (DefaultCancelGrace when 0), its GPU leases fall free with it, its state
+// becomes CANCELLED and its tmux session is closed last. The command returns
+// when every tree is gone; parse its output with ParseCancel.
+func Cancel(uids []string, grace time.Duration) string {
+	if grace <= 0 {
+		grace = DefaultCancelGrace
+	}
+	return command("cancel", append([]string{strconv.FormatInt(grace.Milliseconds(), 10)}, uids...)...)
+}
+
+// Jobs returns the command that reports the given jobs; parse with
+// ParseJobs.
+func Jobs(uids []string) string { return command("jobs", uids...) }
+
+// Node returns the command that reports the node's GPUs as the queue sees
+// them, every lease held on it by any user and the queue; parse with
+// ParseNode.
+func Node() string { return command("node") }
+
+// Logs returns the command that prints a job's log: its last tailLines
+// lines (all of it when tailLines < 0). With follow it goes on printing what
+// the job writes until the job ends, then exits with the job's exit code, so
+// the caller streams stdout and takes the exit status as the job's. Exit
+// status 125 means the job is unknown on the node or ended without an exit
+// record (LOST); the reason is on stderr.
+func Logs(uid string, tailLines int, follow bool) string {
+	f := "0"
+	if follow {
+		f = "1"
+	}
+	return command("logs", uid, strconv.Itoa(tailLines), f)
+}
+
+func command(action string, args ...string) string {
+	return sshpool.Command(append([]string{"bash", "-c", Script, "sshq", action}, args...)...)
+}
+
+func checkUID(uid string) error {
+	if uid == "" || len(uid) > 128 {
+		return fmt.Errorf("job uid %q must be 1 to 128 characters", uid)
+	}
+	for i := 0; i < len(uid); i++ {
+		c := uid[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return fmt.Errorf("job uid %q: only letters, digits, '-' and '_' may name a tmux session and a directory", uid)
+		}
+	}
+	return nil
+}
+
+func isEnvName(s string) bool {
+	if s == "" || s[0] >= '0' && s[0] <= '9' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !safeByte(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func safeByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
+}
+
+// EncodeField makes s one field of the node's tab-separated records (owner
+// files, tickets, reports): bytes outside [A-Za-z0-9._-] become %XX and the
+// empty string becomes "~", so a name with tabs, newlines or quotes can
+// neither split a record nor be read as anything but data.
+func EncodeField(s string) string {
+	if s == "" {
+		return "~"
+	}
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if safeByte(c) {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('%')
+		b.WriteByte(hex[c>>4])
+		b.WriteByte(hex[c&15])
+	}
+	return b.String()
+}
+
+// DecodeField reverses EncodeField.
+func DecodeField(s string) (string, error) {
+	if s == "~" {
+		return "", nil
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '%' {
+			b.WriteByte(c)
+			continue
+		}
+		if i+2 >= len(s) {
+			return "", errors.New("truncated %-escape in field " + strconv.Quote(s))
+		}
+		v, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
+		if err != nil {
+			return "", fmt.Errorf("bad %%-escape in field %q", s)
+		}
+		b.WriteByte(byte(v))
+		i += 2
+	}
+	return b.String(), nil
+}
