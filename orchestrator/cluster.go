@@ -1,0 +1,186 @@
+package orchestrator
+
+import (
+	"bytes"
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/sshq/sshq/inventory"
+	"github.com/sshq/sshq/orchestrator/gpu"
+	"github.com/sshq/sshq/orchestrator/remote"
+	"github.com/sshq/sshq/sshpool"
+)
+
+// Cluster is the set of nodes one command works on.
+type Cluster struct {
+	Pool     *sshpool.Pool
+	Resolver *inventory.Resolver
+	Names    []string
+}
+
+// opTimeout bounds one remote command on a node after it is connected: a
+// node whose shell or driver hangs must not hold the others' answers.
+func (c *Cluster) opTimeout(ctx context.Context, name string) time.Duration {
+	if n, err := c.Resolver.Resolve(ctx, name); err == nil {
+		t := n.Timeout()
+		if t < 5*time.Second {
+			t = 5 * time.Second
+		}
+		return t + 30*time.Second
+	}
+	return inventory.DefaultConnectTimeout + 30*time.Second
+}
+
+// Each runs f for every node in parallel and waits for all.
+func (c *Cluster) Each(ctx context.Context, f func(ctx context.Context, name string)) {
+	var wg sync.WaitGroup
+	for _, n := range c.Names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(ctx, n)
+		}()
+	}
+	wg.Wait()
+}
+
+// Holder is the sshq job that leases a GPU.
+type Holder struct {
+	JobID  int       `json:"job_id"`
+	JobUID string    `json:"job_uid"`
+	Name   string    `json:"name"`
+	User   string    `json:"user"`
+	Since  time.Time `json:"since"`
+}
+
+// GPUProcess is a compute process on a GPU.
+type GPUProcess struct {
+	PID           int    `json:"pid"`
+	User          string `json:"user"`
+	UsedMemoryMiB int    `json:"used_memory_mib"`
+	Name          string `json:"name"`
+}
+
+// GPUStatus is one GPU as `sshq status` shows it.
+type GPUStatus struct {
+	Index          int          `json:"index"`
+	UUID           string       `json:"uuid"`
+	Name           string       `json:"name"`
+	MemoryTotalMiB int          `json:"memory_total_mib"`
+	MemoryUsedMiB  int          `json:"memory_used_mib"`
+	UtilizationPct *int         `json:"utilization_pct"`
+	State          string       `json:"state"` // free, leased, foreign, unusable
+	Holder         *Holder      `json:"holder"`
+	Processes      []GPUProcess `json:"processes"`
+}
+
+// QueueEntry is a job waiting on a node, of any user or controller.
+type QueueEntry struct {
+	Position int       `json:"position"`
+	JobUID   string    `json:"job_uid"`
+	User     string    `json:"user"`
+	Name     string    `json:"name"`
+	NumGPUs  int       `json:"num_gpus"`
+	Since    time.Time `json:"since"`
+}
+
+// NodeStatus is one node in `sshq status`.
+type NodeStatus struct {
+	Name            string       `json:"name"`
+	Reachable       bool         `json:"reachable"`
+	Error           string       `json:"error,omitempty"`
+	CPUs            int          `json:"cpus"`
+	Load1           float64      `json:"load1"`
+	MemTotalMiB     int64        `json:"mem_total_mib"`
+	MemAvailableMiB int64        `json:"mem_available_mib"`
+	DiskFreeMiB     int64        `json:"disk_free_mib"`
+	GPUState        gpu.State    `json:"gpu_state,omitempty"`
+	GPUMessage      string       `json:"gpu_message,omitempty"`
+	GPUs            []GPUStatus  `json:"gpus"`
+	Queue           []QueueEntry `json:"queue"`
+	Warnings        []string     `json:"warnings"`
+}
+
+// probeSplit separates the GPU probe's output from the queue's.
+const probeSplit = "@@sshq-split@@"
+
+// probeCommand gathers, in one remote command, the driver's view (GPUs,
+// processes, host facts) and the queue's view (leases, tickets, which GPUs
+// the queue considers free). Both are scripts run by an explicit shell, so
+// the user's login shell (zsh, fish) does not matter.
+func probeCommand() string {
+	return sshpool.Command("sh", "-c", gpu.ProbeScript) + "; echo " + probeSplit + "; " + remote.Node()
+}
+
+// Probe asks one node for its status. It never fails: an unreachable node
+// comes back with Reachable false and the reason.
+func (c *Cluster) Probe(ctx context.Context, name string) NodeStatus {
+	ns := NodeStatus{Name: name, GPUs: []GPUStatus{}, Queue: []QueueEntry{}, Warnings: []string{}, CPUs: -1,
+		MemTotalMiB: -1, MemAvailableMiB: -1, DiskFreeMiB: -1, Load1: -1}
+	ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, name))
+	defer cancel()
+	res, err := c.Pool.Run(ctx, name, probeCommand(), nil)
+	if err != nil {
+		ns.Error = err.Error()
+		return ns
+	}
+	ns.Reachable = true
+	gpuOut, nodeOut, _ := bytes.Cut(res.Stdout, []byte(probeSplit+"\n"))
+	host, rep := gpu.ParseProbe(gpuOut)
+	ns.CPUs, ns.Load1 = host.CPUs, host.Load1
+	ns.MemTotalMiB, ns.MemAvailableMiB, ns.DiskFreeMiB = host.MemTotalMiB, host.MemAvailableMiB, host.DiskFreeMiB
+	ns.GPUState, ns.GPUMessage = rep.State, rep.Message
+	ns.Warnings = append(ns.Warnings, rep.Warnings...)
+
+	q, qerr := remote.ParseNode(nodeOut)
+	if qerr != nil {
+		ns.Warnings = append(ns.Warnings, "lease directory not readable: "+qerr.Error())
+		q = &remote.NodeStatus{}
+	}
+	ns.Warnings = append(ns.Warnings, q.Errors...)
+	leases := map[string]remote.Lease{}
+	for _, l := range q.Leases {
+		leases[l.UUID] = l
+	}
+	queueState := map[string]remote.NodeGPU{}
+	for _, g := range q.GPUs {
+		queueState[g.UUID] = g
+	}
+	for _, g := range rep.GPUs {
+		gs := GPUStatus{Index: g.Index, UUID: g.UUID, Name: g.Name, MemoryTotalMiB: g.MemoryTotalMiB,
+			MemoryUsedMiB: g.MemoryUsedMiB, UtilizationPct: g.UtilizationPct, State: "free", Processes: []GPUProcess{}}
+		for _, p := range rep.ProcessesOn(g.UUID) {
+			gs.Processes = append(gs.Processes, GPUProcess{PID: p.PID, User: p.User, UsedMemoryMiB: p.UsedMemoryMiB, Name: p.Name})
+		}
+		if l, ok := leases[g.UUID]; ok {
+			gs.State = "leased"
+			gs.Holder = &Holder{JobID: l.JobID, JobUID: l.JobUID, Name: l.Name, User: l.User, Since: l.Since}
+		} else if qs, ok := queueState[g.UUID]; ok && qs.State != "" {
+			gs.State = qs.State
+		} else if len(gs.Processes) > 0 {
+			// Without the queue's view, any process is someone else's.
+			gs.State = "foreign"
+		}
+		ns.GPUs = append(ns.GPUs, gs)
+	}
+	for _, t := range q.Queue {
+		ns.Queue = append(ns.Queue, QueueEntry{Position: t.Position, JobUID: t.JobUID, User: t.User, Name: t.Name, NumGPUs: t.NumGPUs, Since: t.Since})
+	}
+	sort.Slice(ns.Queue, func(i, j int) bool { return ns.Queue[i].Position < ns.Queue[j].Position })
+	return ns
+}
+
+// Status probes every node in parallel, in the order of c.Names.
+func (c *Cluster) Status(ctx context.Context) []NodeStatus {
+	out := make([]NodeStatus, len(c.Names))
+	idx := map[string]int{}
+	for i, n := range c.Names {
+		idx[n] = i
+	}
+	c.Each(ctx, func(ctx context.Context, name string) {
+		out[idx[name]] = c.Probe(ctx, name)
+	})
+	return out
+}

@@ -1,0 +1,569 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/sshq/sshq/orchestrator/remote"
+	"github.com/sshq/sshq/orchestrator/store"
+	wsync "github.com/sshq/sshq/orchestrator/sync"
+	"github.com/sshq/sshq/orchestrator/task"
+	"github.com/sshq/sshq/sshpool"
+)
+
+// ErrNoFit means no node could ever hold the request: more GPUs, or a GPU
+// type, than any node has. It is the user's request to change, not a wait.
+var ErrNoFit = errors.New("no node can run this task")
+
+// ErrNoNode means every candidate node is unreachable.
+var ErrNoNode = errors.New("no reachable node")
+
+// Placement is where a task goes and why.
+type Placement struct {
+	Node        string     `json:"node"`
+	Accel       task.Accel `json:"-"`
+	Accelerator string     `json:"accelerator"`
+	NumGPUs     int        `json:"num_gpus"`
+	AllowedGPUs []string   `json:"allowed_gpus"` // UUIDs of the node's GPUs of the requested type
+	FitsNow     bool       `json:"fits_now"`
+	FreeGPUs    int        `json:"free_gpus"`
+	QueueAhead  int        `json:"queue_ahead"`
+	Reason      string     `json:"reason"`
+}
+
+type candidate struct {
+	Placement
+	demand int
+}
+
+// Place probes the nodes (or only pin) and chooses one, as DESIGN.md says:
+// where the job fits now, the node with the fewest free GPUs that suffice
+// (best fit, keeping big holes for big jobs); else the node with the least
+// queued demand among those big enough. A request that no node could ever
+// hold is refused with ErrNoFit, naming what the nodes have.
+func (c *Cluster) Place(ctx context.Context, t *task.Task, pin string) (Placement, error) {
+	names := c.Names
+	if pin != "" {
+		names = []string{pin}
+	}
+	sub := &Cluster{Pool: c.Pool, Resolver: c.Resolver, Names: names}
+	statuses := sub.Status(ctx)
+	return place(t, statuses, pin)
+}
+
+func place(t *task.Task, statuses []NodeStatus, pin string) (Placement, error) {
+	accels := t.Resources.Accelerators
+	if len(accels) == 0 {
+		accels = []task.Accel{{Count: 0}}
+	}
+	var down, have []string
+	var fits, queues []candidate
+	for _, ns := range statuses {
+		if !ns.Reachable {
+			down = append(down, fmt.Sprintf("%s (%s)", ns.Name, firstLine(ns.Error)))
+			continue
+		}
+		if !nodeMeets(t, ns) {
+			have = append(have, fmt.Sprintf("%s: %s CPUs, %s RAM", ns.Name, fmtCount(ns.CPUs), fmtGiB(ns.MemTotalMiB)))
+			continue
+		}
+		headNeed := 0
+		demand := 0
+		for i, q := range ns.Queue {
+			if i == 0 {
+				headNeed = q.NumGPUs
+			}
+			demand += q.NumGPUs
+		}
+		desc := describeGPUs(ns)
+		have = append(have, ns.Name+": "+desc)
+		for pref, a := range accels {
+			var allowed []string
+			free := 0
+			for _, g := range ns.GPUs {
+				if a.Type != "" && !task.MatchGPU(a.Type, g.Name) {
+					continue
+				}
+				allowed = append(allowed, g.UUID)
+				if g.State == "free" {
+					free++
+				}
+			}
+			if len(allowed) < a.Count {
+				continue
+			}
+			p := Placement{Node: ns.Name, Accel: a, Accelerator: a.Type, NumGPUs: a.Count, AllowedGPUs: allowed,
+				FreeGPUs: free, QueueAhead: len(ns.Queue)}
+			if a.Count == 0 {
+				p.AllowedGPUs = nil
+			}
+			// Safe backfill on the node: a newcomer may pass waiters only
+			// when the free GPUs cover the head of the queue and itself.
+			p.FitsNow = free >= a.Count && (len(ns.Queue) == 0 || free >= a.Count+headNeed)
+			cand := candidate{Placement: p, demand: demand*100 + pref}
+			if p.FitsNow {
+				p.Reason = fmt.Sprintf("%d of %d matching GPUs free", free, len(allowed))
+				cand.Placement = p
+				fits = append(fits, cand)
+			} else {
+				cand.Reason = fmt.Sprintf("queued behind %d waiting job(s) and %d busy GPU(s)", len(ns.Queue), len(allowed)-free)
+				queues = append(queues, cand)
+			}
+		}
+	}
+	if len(fits) > 0 {
+		sort.SliceStable(fits, func(i, j int) bool {
+			if t.Resources.AccelOrdered && fits[i].demand%100 != fits[j].demand%100 {
+				return fits[i].demand%100 < fits[j].demand%100
+			}
+			return fits[i].FreeGPUs-fits[i].NumGPUs < fits[j].FreeGPUs-fits[j].NumGPUs
+		})
+		return fits[0].Placement, nil
+	}
+	if len(queues) > 0 {
+		sort.SliceStable(queues, func(i, j int) bool { return queues[i].demand < queues[j].demand })
+		return queues[0].Placement, nil
+	}
+	want := accelString(accels)
+	if len(have) == 0 && len(down) > 0 {
+		return Placement{}, fmt.Errorf("%w: %s", ErrNoNode, strings.Join(down, "; "))
+	}
+	msg := "it asks for " + want
+	if t.Resources.CPUs.Value > 0 || t.Resources.Memory.Value > 0 {
+		msg += fmt.Sprintf(" (cpus %s, memory %s GB)", t.Resources.CPUs, t.Resources.Memory)
+	}
+	msg += "; the nodes have: " + strings.Join(have, "; ")
+	if len(down) > 0 {
+		msg += "; unreachable: " + strings.Join(down, "; ")
+	}
+	if pin != "" {
+		msg += "; drop --node to let sshq choose"
+	} else {
+		msg += "; ask for fewer GPUs or another type (`sshq status` shows every GPU)"
+	}
+	return Placement{}, fmt.Errorf("%w: %s", ErrNoFit, msg)
+}
+
+func nodeMeets(t *task.Task, ns NodeStatus) bool {
+	if cpus := t.Resources.CPUs; cpus.Value > 0 && ns.CPUs >= 0 && float64(ns.CPUs) < cpus.Value {
+		return false
+	}
+	if mem := t.Resources.Memory; mem.Value > 0 && ns.MemTotalMiB >= 0 && float64(ns.MemTotalMiB)/1024 < mem.Value {
+		return false
+	}
+	return true
+}
+
+func describeGPUs(ns NodeStatus) string {
+	if len(ns.GPUs) == 0 {
+		if ns.GPUMessage != "" {
+			return "no GPUs (" + firstLine(ns.GPUMessage) + ")"
+		}
+		return "no GPUs"
+	}
+	count := map[string]int{}
+	var order []string
+	for _, g := range ns.GPUs {
+		if count[g.Name] == 0 {
+			order = append(order, g.Name)
+		}
+		count[g.Name]++
+	}
+	var parts []string
+	for _, n := range order {
+		parts = append(parts, fmt.Sprintf("%d× %s", count[n], n))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func accelString(as []task.Accel) string {
+	var s []string
+	for _, a := range as {
+		if a.Type == "" {
+			s = append(s, fmt.Sprintf("%d GPU(s)", a.Count))
+		} else {
+			s = append(s, a.String())
+		}
+	}
+	return strings.Join(s, " or ")
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}
+
+func fmtCount(n int) string {
+	if n < 0 {
+		return "?"
+	}
+	return fmt.Sprint(n)
+}
+
+func fmtGiB(mib int64) string {
+	if mib < 0 {
+		return "?"
+	}
+	return fmt.Sprintf("%.0f GiB", float64(mib)/1024)
+}
+
+// LocalUser is the controller's user name, recorded with each job.
+func LocalUser() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return os.Getenv("USER")
+}
+
+// LaunchOptions are the parts of a launch that are not in the task.
+type LaunchOptions struct {
+	Node     string               // pin to this node
+	Progress func(wsync.Progress) // sync progress, may be nil
+	Notef    func(string, ...any) // progress notes for people, may be nil
+	Origin   string               // controller host name, for workdir keys
+}
+
+// Launch places t, syncs its workdir and file mounts, submits it to the
+// node's queue and records it in st. The job is in the store (state
+// SUBMITTING, with its node) before anything is sent, so a controller that
+// dies mid-launch leaves a job that reconcile can find.
+func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opts LaunchOptions) (*store.Job, Placement, error) {
+	note := opts.Notef
+	if note == nil {
+		note = func(string, ...any) {}
+	}
+	p, err := c.Place(ctx, t, opts.Node)
+	if err != nil {
+		return nil, p, err
+	}
+	var job store.Job
+	err = st.Update(func(s *store.State) error {
+		j := s.NewJob(t.Name)
+		j.User = LocalUser()
+		j.Node = p.Node
+		j.Accelerator = p.Accelerator
+		j.NumGPUs = p.NumGPUs
+		j.Workdir = t.Workdir
+		j.Command = t.Run
+		j.TaskFile = t.File
+		j.EnvNames = sortedKeys(t.Envs)
+		job = *j
+		return nil
+	})
+	if err != nil {
+		return nil, p, err
+	}
+	fail := func(err error) (*store.Job, Placement, error) {
+		// Nothing runs on the node: forget the job rather than leave a
+		// phantom in the queue. Its id stays used.
+		_ = st.Update(func(s *store.State) error { s.Delete(job.ID); return nil })
+		return nil, p, err
+	}
+
+	client, err := c.Pool.Get(ctx, p.Node)
+	if err != nil {
+		return fail(err)
+	}
+	spec := remote.JobSpec{
+		UID: job.UID, ID: job.ID, Name: t.Name, User: job.User, NumGPUs: p.NumGPUs,
+		AllowedGPUs: p.AllowedGPUs, Setup: t.Setup, Run: t.Run, NumNodes: 1,
+		NodeIPs: []string{nodeIP(c, ctx, p.Node)},
+	}
+	if p.Accelerator == "" {
+		spec.AllowedGPUs = nil
+	}
+	for _, k := range sortedKeys(t.Envs) {
+		spec.Env = append(spec.Env, remote.EnvVar{Name: k, Value: t.Envs[k]})
+	}
+	for _, k := range sortedKeys(t.Secrets) {
+		spec.Secrets = append(spec.Secrets, remote.EnvVar{Name: k, Value: t.Secrets[k]})
+	}
+	if t.Workdir != "" {
+		key := wsync.WorkdirKey(opts.Origin, t.Workdir)
+		note("syncing %s to %s:~/.sshq/workdirs/%s", t.Workdir, p.Node, key)
+		if _, err := wsync.Push(ctx, wsync.SSH(client), t.Workdir, "~/.sshq/workdirs/"+key, wsync.Options{Progress: opts.Progress}); err != nil {
+			return fail(fmt.Errorf("syncing workdir to %s: %w", p.Node, err))
+		}
+		spec.WorkdirKey = key
+	}
+	for _, remotePath := range sortedKeys(t.FileMounts) {
+		local := t.FileMounts[remotePath]
+		note("copying %s to %s:%s", local, p.Node, remotePath)
+		fi, err := os.Stat(local)
+		if err != nil {
+			return fail(fmt.Errorf("file_mounts: %w", err))
+		}
+		if fi.IsDir() {
+			// A mount may land in a directory that holds other data: never delete there.
+			_, err = wsync.Push(ctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress, NoDelete: true})
+		} else {
+			_, err = wsync.PushFile(ctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress})
+		}
+		if err != nil {
+			return fail(fmt.Errorf("file_mounts %s → %s:%s: %w", local, p.Node, remotePath, err))
+		}
+	}
+	cmd, stdin, err := remote.Submit(spec)
+	if err != nil {
+		return fail(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	res, err := client.Run(sctx, cmd, strings.NewReader(string(stdin)))
+	if err != nil {
+		// The submit may or may not have reached the node: keep the job
+		// so reconcile settles it.
+		return nil, p, fmt.Errorf("submitting to %s: %w (the job may exist there: `sshq queue` will tell)", p.Node, err)
+	}
+	if res.ExitCode != 0 {
+		return fail(fmt.Errorf("%s refused the job: %s", p.Node, strings.TrimSpace(string(res.Stderr))))
+	}
+	err = st.Update(func(s *store.State) error {
+		j := s.Job(job.ID)
+		if j == nil {
+			return fmt.Errorf("job #%d vanished from the store", job.ID)
+		}
+		if j.State == store.Submitting {
+			j.State = store.Pending
+		}
+		now := time.Now().UTC()
+		j.LastSeen = &now
+		job = *j
+		return nil
+	})
+	return &job, p, err
+}
+
+func nodeIP(c *Cluster, ctx context.Context, name string) string {
+	if n, err := c.Resolver.Resolve(ctx, name); err == nil {
+		return n.HostName
+	}
+	return name
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// JobView is a job as `sshq queue` shows it.
+type JobView struct {
+	*store.Job
+	NodeReachable bool `json:"node_reachable"`
+}
+
+// Reconcile asks each node about this controller's unfinished jobs (one
+// command per node, in parallel) and records what they say. Jobs on a node
+// that does not answer keep their last known state. It returns the views of
+// jobs, in id order, and the nodes that did not answer.
+func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*store.Job) bool) ([]JobView, map[string]error, error) {
+	snap, err := st.Load()
+	if err != nil {
+		return nil, nil, err
+	}
+	byNode := map[string][]string{}
+	for _, j := range snap.Jobs {
+		if j.State.Terminal() || j.Node == "" || (only != nil && !only(j)) {
+			continue
+		}
+		byNode[j.Node] = append(byNode[j.Node], j.UID)
+	}
+	type answer struct {
+		jobs map[string]remote.JobStatus
+		err  error
+	}
+	answers := map[string]answer{}
+	nodes := make([]string, 0, len(byNode))
+	for n := range byNode {
+		nodes = append(nodes, n)
+	}
+	sub := &Cluster{Pool: c.Pool, Resolver: c.Resolver, Names: nodes}
+	results := make(chan struct {
+		node string
+		a    answer
+	}, len(nodes))
+	sub.Each(ctx, func(ctx context.Context, node string) {
+		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node))
+		defer cancel()
+		res, err := c.Pool.Run(ctx, node, remote.Jobs(byNode[node]), nil)
+		var a answer
+		switch {
+		case err != nil:
+			a.err = err
+		case res.ExitCode != 0:
+			a.err = fmt.Errorf("%s: %s", node, strings.TrimSpace(string(res.Stderr)))
+		default:
+			a.jobs, a.err = remote.ParseJobs(res.Stdout)
+		}
+		results <- struct {
+			node string
+			a    answer
+		}{node, a}
+	})
+	close(results)
+	unreachable := map[string]error{}
+	for r := range results {
+		answers[r.node] = r.a
+		if r.a.err != nil {
+			unreachable[r.node] = r.a.err
+		}
+	}
+	var views []JobView
+	err = st.Update(func(s *store.State) error {
+		now := time.Now().UTC()
+		views = views[:0]
+		for _, j := range s.Jobs {
+			a, asked := answers[j.Node]
+			if asked && a.err == nil && !j.State.Terminal() {
+				if js, ok := a.jobs[j.UID]; ok {
+					applyStatus(j, js, now)
+				}
+			}
+			if only != nil && !only(j) {
+				continue
+			}
+			_, down := unreachable[j.Node]
+			views = append(views, JobView{Job: j, NodeReachable: !down})
+		}
+		return nil
+	})
+	return views, unreachable, err
+}
+
+// applyStatus records what the node said about j.
+func applyStatus(j *store.Job, js remote.JobStatus, now time.Time) {
+	if !js.Found {
+		// A job still being submitted may not have reached the node yet.
+		if j.State == store.Submitting && now.Sub(j.Submitted) < 2*time.Minute {
+			return
+		}
+		j.State = store.Lost
+		if j.Ended == nil {
+			j.Ended = &now
+		}
+		j.LastSeen = &now
+		return
+	}
+	j.State = store.JobState(js.State)
+	j.LastSeen = &now
+	for _, tr := range js.History {
+		at := tr.At
+		switch {
+		case tr.State == remote.Running && j.Started == nil:
+			j.Started = &at
+		case tr.State.Terminal():
+			j.Ended = &at
+		}
+	}
+	if js.State.Terminal() && j.Ended == nil {
+		j.Ended = &now
+	}
+	if js.Exited {
+		code := js.ExitCode
+		j.ExitCode = &code
+	}
+	if len(js.GPUs) > 0 {
+		j.GPUs, j.GPUUUIDs = j.GPUs[:0], j.GPUUUIDs[:0]
+		for _, g := range js.GPUs {
+			j.GPUs = append(j.GPUs, g.Index)
+			j.GPUUUIDs = append(j.GPUUUIDs, g.UUID)
+		}
+	}
+	if js.QueuePosition > 0 {
+		pos := js.QueuePosition
+		j.QueuePosition = &pos
+	} else {
+		j.QueuePosition = nil
+	}
+}
+
+// Cancel ends the given jobs on their nodes (one command per node) and
+// records CANCELLED. It returns per-job outcomes.
+func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job, grace time.Duration) (map[int]string, error) {
+	byNode := map[string][]*store.Job{}
+	for _, j := range jobs {
+		byNode[j.Node] = append(byNode[j.Node], j)
+	}
+	out := map[int]string{}
+	var errs []error
+	type res struct {
+		node string
+		m    map[string]remote.CancelOutcome
+		err  error
+	}
+	ch := make(chan res, len(byNode))
+	nodes := make([]string, 0, len(byNode))
+	for n := range byNode {
+		nodes = append(nodes, n)
+	}
+	(&Cluster{Pool: c.Pool, Resolver: c.Resolver, Names: nodes}).Each(ctx, func(ctx context.Context, node string) {
+		var uids []string
+		for _, j := range byNode[node] {
+			uids = append(uids, j.UID)
+		}
+		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node)+grace+10*time.Second)
+		defer cancel()
+		r, err := c.Pool.Run(ctx, node, remote.Cancel(uids, grace), nil)
+		if err == nil && r.ExitCode != 0 {
+			err = fmt.Errorf("%s: %s", node, strings.TrimSpace(string(r.Stderr)))
+		}
+		var m map[string]remote.CancelOutcome
+		if err == nil {
+			m, err = remote.ParseCancel(r.Stdout)
+		}
+		ch <- res{node, m, err}
+	})
+	close(ch)
+	for r := range ch {
+		for _, j := range byNode[r.node] {
+			if r.err != nil {
+				out[j.ID] = "error: " + r.err.Error()
+				continue
+			}
+			out[j.ID] = string(r.m[j.UID])
+		}
+		if r.err != nil {
+			errs = append(errs, r.err)
+		}
+	}
+	_, _, rerr := c.Reconcile(ctx, st, func(j *store.Job) bool {
+		_, ok := out[j.ID]
+		return ok
+	})
+	if rerr != nil {
+		errs = append(errs, rerr)
+	}
+	return out, errors.Join(errs...)
+}
+
+// Logs streams a job's log to w. With follow it returns when the job ends,
+// with the job's exit code.
+func (c *Cluster) Logs(ctx context.Context, j *store.Job, tail int, follow bool, w, errw io.Writer) (int, error) {
+	client, err := c.Pool.Get(ctx, j.Node)
+	if err != nil {
+		return -1, err
+	}
+	if !follow {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.opTimeout(ctx, j.Node))
+		defer cancel()
+	}
+	code, err := client.Stream(ctx, remote.Logs(j.UID, tail, follow), nil, w, errw)
+	if err != nil {
+		return -1, err
+	}
+	return code, nil
+}
+
+var _ = sshpool.Quote
