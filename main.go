@@ -155,6 +155,7 @@ func commands(e env) []*cli.Command {
 		statusCommand(e),
 		nodesCommand(e),
 		initCommand(e),
+		completionCommand(e),
 	}
 	cmds = append(cmds, extraCommands(e)...)
 	for _, c := range cmds {
@@ -1421,3 +1422,69 @@ func attachCommand(e env) *cli.Command {
 		},
 	}
 }
+
+// ---- sshq completion ----
+
+func completionCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:      "completion",
+		Usage:     "print a shell completion script (bash, zsh or fish)",
+		ArgsUsage: "bash|zsh|fish",
+		Description: `Examples:
+   source <(sshq completion bash)                       # bash, in ~/.bashrc
+   sshq completion zsh > "${fpath[1]}/_sshq"            # zsh
+   sshq completion fish > ~/.config/fish/completions/sshq.fish`,
+		Action: func(c *cli.Context) error {
+			switch c.Args().First() {
+			case "bash":
+				fmt.Fprint(e.stdout, bashCompletion)
+			case "zsh":
+				fmt.Fprint(e.stdout, zshCompletion)
+			case "fish":
+				s, err := c.App.ToFishCompletion()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(e.stdout, s)
+			default:
+				return usageErr("completion needs a shell: `sshq completion bash`, `zsh` or `fish`")
+			}
+			return nil
+		},
+	}
+}
+
+// The scripts ask sshq itself (urfave/cli's --generate-bash-completion), so
+// they never go stale when commands or flags change.
+const bashCompletion = `# bash completion for sshq
+_sshq_complete() {
+  local cur words
+  cur="${COMP_WORDS[COMP_CWORD]}"
+  words=("${COMP_WORDS[@]:0:COMP_CWORD}")
+  if [[ "$cur" == -* ]]; then
+    COMPREPLY=($(compgen -W "$("${words[@]}" "$cur" --generate-bash-completion 2>/dev/null)" -- "$cur"))
+  else
+    COMPREPLY=($(compgen -W "$("${words[@]}" --generate-bash-completion 2>/dev/null)" -- "$cur"))
+    [[ ${#COMPREPLY[@]} -eq 0 ]] && COMPREPLY=($(compgen -f -- "$cur"))
+  fi
+}
+complete -o default -F _sshq_complete sshq
+`
+
+const zshCompletion = `#compdef sshq
+_sshq() {
+  local -a opts
+  local cur=${words[-1]}
+  if [[ "$cur" == -* ]]; then
+    opts=("${(@f)$(${words[@]:0:#words[@]-1} ${cur} --generate-bash-completion 2>/dev/null)}")
+  else
+    opts=("${(@f)$(${words[@]:0:#words[@]-1} --generate-bash-completion 2>/dev/null)}")
+  fi
+  if [[ -n "${opts[1]}" ]]; then
+    _describe 'values' opts
+  else
+    _files
+  fi
+}
+compdef _sshq sshq
+`
