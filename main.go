@@ -25,6 +25,7 @@ import (
 
 	"github.com/sshq/sshq/inventory"
 	"github.com/sshq/sshq/orchestrator"
+	"github.com/sshq/sshq/orchestrator/demo"
 	"github.com/sshq/sshq/orchestrator/remote"
 	"github.com/sshq/sshq/orchestrator/store"
 	wsync "github.com/sshq/sshq/orchestrator/sync"
@@ -155,6 +156,7 @@ func commands(e env) []*cli.Command {
 		statusCommand(e),
 		nodesCommand(e),
 		initCommand(e),
+		demoCommand(e),
 		completionCommand(e),
 	}
 	cmds = append(cmds, extraCommands(e)...)
@@ -934,8 +936,11 @@ func doLaunch(c *cli.Context, e env) error {
 			"gpus": job.GPUs, "num_gpus": job.NumGPUs, "state": job.State})
 	}
 	where := "starting"
-	if !p.FitsNow {
-		where = fmt.Sprintf("queued behind %d job(s) until %d GPU(s) free up", p.QueueAhead, p.NumGPUs)
+	switch {
+	case !p.FitsNow && p.QueueAhead > 0:
+		where = fmt.Sprintf("waiting in the node's queue behind %d job(s) for %d GPU(s)", p.QueueAhead, p.NumGPUs)
+	case !p.FitsNow:
+		where = fmt.Sprintf("waiting in the node's queue until %d GPU(s) free up", p.NumGPUs)
 	}
 	fmt.Fprintf(e.stderr, "sshq: job #%d (%s) submitted to %s: %s\n", job.ID, job.Name, job.Node, where)
 	if detach {
@@ -1488,3 +1493,56 @@ _sshq() {
 }
 compdef _sshq sshq
 `
+
+// ---- sshq demo ----
+
+func demoCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:  "demo",
+		Usage: "run a local 3-node GPU cluster inside sshq (simulated GPUs, real SSH, tmux and flock)",
+		Description: `Starts three nodes in this process, each an SSH server on a 127.0.0.x address with its own home,
+tmux socket, GPU lease directory and a simulated nvidia-smi (2× A100 80GB, 4× RTX 4090, 1× T4),
+and prints the variables that point sshq at them. Runs until Ctrl-C, then stops every node and
+job it started. Needs tmux.
+
+Examples:
+   sshq demo               # then, in another terminal, export what it printed and try sshq status
+   sshq demo --tour        # a scripted walk: status, launch, queue, logs, cancel, status`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "tour", Usage: "run a short scripted tour, then stop"},
+			&cli.StringFlag{Name: "dir", Usage: "where the demo keeps its nodes and files", DefaultText: "$TMPDIR/sshq-demo-$UID"},
+		},
+		Action: func(c *cli.Context) error {
+			dir := c.String("dir")
+			if dir == "" {
+				dir = filepath.Join(os.TempDir(), fmt.Sprintf("sshq-demo-%d", os.Getuid()))
+			}
+			cl, err := demo.Start(dir, demo.DefaultNodes)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			st := ui.For(e.stdout, e.getenv)
+			fmt.Fprintf(e.stdout, "sshq demo: %d nodes up\n", len(cl.Nodes))
+			for _, n := range cl.Nodes {
+				fmt.Fprintf(e.stdout, "  %-10s %s:%-5d %d× %s\n", n.Name, n.IP, n.Port, len(n.GPUs), n.GPUs[0].Name)
+			}
+			if c.Bool("tour") {
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				if err := demo.Tour(c.Context, cl, exe, e.stdout, st.Bold); err != nil {
+					return err
+				}
+				fmt.Fprintln(e.stdout, "\nTour done: every job ended as expected. Run `sshq demo` to keep the cluster up and try your own commands.")
+				return nil
+			}
+			fmt.Fprintf(e.stdout, "\nPoint sshq at it from another terminal:\n  export %s\nthen try:\n  sshq status\n  sshq launch --gpus A100:1 -- nvidia-smi -L\n\nCtrl-C stops the nodes and their jobs.\n",
+				strings.Join(cl.Env(), " "))
+			<-c.Context.Done()
+			fmt.Fprintln(e.stderr, "\nsshq demo: stopping nodes and jobs")
+			return nil
+		},
+	}
+}

@@ -273,3 +273,70 @@ func TestStatusMatchesSimulatedTruth(t *testing.T) {
 		}
 	}
 }
+
+func TestDemoTourEndToEnd(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("tmux"); err != nil {
+		t.Skip("tmux not installed")
+	}
+	r := sshq(t, nil, t.TempDir(), nil, "demo", "--tour", "--dir", filepath.Join(t.TempDir(), "demo"))
+	if r.code != 0 || !strings.Contains(r.stdout, "Tour done") {
+		t.Fatalf("tour exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	for _, want := range []string{"PENDING (#1 in queue)", "#2 train-big", "train-big: cancelled", "waits-for-a100: SUCCEEDED", "GPUs: 7 free / 7 total"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("tour output lacks %q", want)
+		}
+	}
+}
+
+func TestDemoServesUntilInterrupted(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("tmux"); err != nil {
+		t.Skip("tmux not installed")
+	}
+	home := t.TempDir()
+	cmd := exec.Command(sshqBin, "demo", "--dir", filepath.Join(home, "demo"))
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitFor(t, 30*time.Second, "demo prints its exports", func() bool { return strings.Contains(out.String(), "Ctrl-C stops") })
+	var exports []string
+	for _, line := range strings.Split(out.String(), "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "export "); ok {
+			exports = strings.Fields(rest)
+		}
+	}
+	if len(exports) != 3 {
+		t.Fatalf("exports: %q\n%s", exports, out.String())
+	}
+	r := sshq(t, nil, home, exports, "launch", "-d", "--gpus", "A100:1", "--", "sleep 1000")
+	if r.code != 0 {
+		t.Fatalf("launch on the demo: %s", r.stderr)
+	}
+	var st statusJSON
+	json.Unmarshal([]byte(sshq(t, nil, home, exports, "status", "--json").stdout), &st)
+	if len(st.Nodes) != 3 || !st.Nodes[0].Reachable || st.Nodes[0].GPUs[0].State != "leased" {
+		t.Fatalf("demo status: %+v", st.Nodes)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("demo after Ctrl-C: %v\n%s", err, out.String())
+	}
+	// Its nodes and jobs are gone with it.
+	r = sshq(t, nil, home, exports, "status", "--json")
+	if r.code != 3 {
+		t.Errorf("nodes still answer after the demo stopped: %s", r.stdout)
+	}
+	if b, _ := exec.Command("pgrep", "-f", "sleep 1000").Output(); len(b) > 0 {
+		for _, p := range strings.Fields(string(b)) {
+			if env, _ := os.ReadFile("/proc/" + p + "/environ"); strings.Contains(string(env), home) {
+				t.Errorf("job process %s outlived the demo", p)
+			}
+		}
+	}
+}
