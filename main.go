@@ -1398,6 +1398,12 @@ func attachCommand(e env) *cli.Command {
 		Name:      "attach",
 		Usage:     "open the job's tmux session on its node (detach with Ctrl-b d)",
 		ArgsUsage: "JOB",
+		Description: `Replaces this process with the system ssh client: ssh -t NODE tmux -L sshq attach -t UID.
+The job keeps running when you detach (Ctrl-b d) or the connection drops.
+
+Examples:
+   sshq attach 12
+   sshq attach train`,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return usageErr("attach takes one job: `sshq attach 12`")

@@ -340,3 +340,41 @@ func TestDemoServesUntilInterrupted(t *testing.T) {
 		}
 	}
 }
+
+func TestStatusWatchRefreshesUntilInterrupted(t *testing.T) {
+	t.Parallel()
+	c := sshtest.Start(t, sshtest.Options{Nodes: 1})
+	gpusim.Install(c.Nodes[0].Dir, gpusim.T4x1(t.Name()))
+	home := t.TempDir()
+	cmd := exec.Command(sshqBin, "status", "--watch", "0.2")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home, "SSHQ_SSH_CONFIG=" + c.ConfigPath, "SSHQ_NODES=node1"}
+	var out syncBuffer
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "three refreshes", func() bool { return strings.Count(out.String(), "Tesla T4") >= 3 })
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("watch ended with %v after Ctrl-C", err)
+	}
+	if strings.Contains(out.String(), "\x1b[") {
+		t.Error("escape sequences written to a pipe")
+	}
+}
+
+func TestAttachRefusesEndedJob(t *testing.T) {
+	t.Parallel()
+	c, home, env := gpuCluster(t, map[string][]gpusim.GPU{"box": gpusim.T4x1(t.Name())})
+	if r := sshq(t, c, home, env, "launch", "--", "true"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	r := sshq(t, c, home, env, "attach", "1")
+	if r.code != 2 || !strings.Contains(r.stderr, "sshq logs 1") {
+		t.Errorf("attach to an ended job: %d %s", r.code, r.stderr)
+	}
+	r = sshq(t, c, home, env, "logs", "99")
+	if r.code != 2 || !strings.Contains(r.stderr, "sshq queue") {
+		t.Errorf("unknown job: %d %s", r.code, r.stderr)
+	}
+}
