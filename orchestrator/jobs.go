@@ -15,7 +15,6 @@ import (
 	"github.com/sshq/sshq/orchestrator/store"
 	wsync "github.com/sshq/sshq/orchestrator/sync"
 	"github.com/sshq/sshq/orchestrator/task"
-	"github.com/sshq/sshq/sshpool"
 )
 
 // ErrNoFit means no node could ever hold the request: more GPUs, or a GPU
@@ -222,6 +221,9 @@ func LocalUser() string {
 	return os.Getenv("USER")
 }
 
+// SyncTimeout bounds the workdir and file-mount sync of one launch.
+var SyncTimeout = 2 * time.Hour
+
 // LaunchOptions are the parts of a launch that are not in the task.
 type LaunchOptions struct {
 	Node     string               // pin to this node
@@ -271,6 +273,11 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	if err != nil {
 		return fail(err)
 	}
+	// Syncs may move gigabytes, but never forever: a node whose disk or
+	// home hangs must not hold the launch (keepalives only catch a dead
+	// connection, not a stuck command).
+	sctx, cancelSync := context.WithTimeout(ctx, SyncTimeout)
+	defer cancelSync()
 	spec := remote.JobSpec{
 		UID: job.UID, ID: job.ID, Name: t.Name, User: job.User, NumGPUs: p.NumGPUs,
 		AllowedGPUs: p.AllowedGPUs, Setup: t.Setup, Run: t.Run, NumNodes: 1,
@@ -288,7 +295,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	if t.Workdir != "" {
 		key := wsync.WorkdirKey(opts.Origin, t.Workdir)
 		note("syncing %s to %s:~/.sshq/workdirs/%s", t.Workdir, p.Node, key)
-		if _, err := wsync.Push(ctx, wsync.SSH(client), t.Workdir, "~/.sshq/workdirs/"+key, wsync.Options{Progress: opts.Progress}); err != nil {
+		if _, err := wsync.Push(sctx, wsync.SSH(client), t.Workdir, "~/.sshq/workdirs/"+key, wsync.Options{Progress: opts.Progress}); err != nil {
 			return fail(fmt.Errorf("syncing workdir to %s: %w", p.Node, err))
 		}
 		spec.WorkdirKey = key
@@ -302,9 +309,9 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 		}
 		if fi.IsDir() {
 			// A mount may land in a directory that holds other data: never delete there.
-			_, err = wsync.Push(ctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress, NoDelete: true})
+			_, err = wsync.Push(sctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress, NoDelete: true})
 		} else {
-			_, err = wsync.PushFile(ctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress})
+			_, err = wsync.PushFile(sctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress})
 		}
 		if err != nil {
 			return fail(fmt.Errorf("file_mounts %s → %s:%s: %w", local, p.Node, remotePath, err))
@@ -314,9 +321,9 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	if err != nil {
 		return fail(err)
 	}
-	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	subCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	res, err := client.Run(sctx, cmd, strings.NewReader(string(stdin)))
+	res, err := client.Run(subCtx, cmd, strings.NewReader(string(stdin)))
 	if err != nil {
 		// The submit may or may not have reached the node: keep the job
 		// so reconcile settles it.
@@ -565,5 +572,3 @@ func (c *Cluster) Logs(ctx context.Context, j *store.Job, tail int, follow bool,
 	}
 	return code, nil
 }
-
-var _ = sshpool.Quote
