@@ -250,21 +250,6 @@ func noNodesError(cfg *inventory.Config) error {
 
 func (cl *cluster) close() { cl.pool.Close() }
 
-// forEachNode runs f for every node in parallel, each under its own
-// deadline, and returns when all are done: a hung node costs its own
-// timeout, never the others' answers.
-func (cl *cluster) forEachNode(ctx context.Context, f func(ctx context.Context, name string)) {
-	var wg sync.WaitGroup
-	for _, n := range cl.names {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f(ctx, n)
-		}()
-	}
-	wg.Wait()
-}
-
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -373,7 +358,7 @@ func checkNodes(c *cli.Context, e env, cl *cluster) error {
 	for i, n := range cl.names {
 		idx[n] = i
 	}
-	cl.forEachNode(c.Context, func(ctx context.Context, name string) {
+	cl.orch().Each(c.Context, func(ctx context.Context, name string) {
 		r := &results[idx[name]]
 		r.Name, r.Problems = name, []string{}
 		n, err := cl.resolver.Resolve(ctx, name)
