@@ -181,7 +181,7 @@ func TestGoodCorpus(t *testing.T) {
 				if w.File != path || w.Line < 1 || w.Col < 1 {
 					t.Errorf("warning %+v lacks its place", w)
 				}
-				if want := "line " + strconv.Itoa(w.Line) + ": " + w.Field + " is ignored: "; !strings.HasPrefix(w.String(), want) {
+				if want := path + ":" + strconv.Itoa(w.Line) + ":" + strconv.Itoa(w.Col) + ": " + w.Field + " is ignored: "; !strings.HasPrefix(w.String(), want) {
 					t.Errorf("warning %q does not start with %q", w.String(), want)
 				}
 			}

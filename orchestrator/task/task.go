@@ -142,8 +142,12 @@ type Warning struct {
 	Reason    string // why it is ignored
 }
 
+// String puts the place first, as compilers do, so editors can jump there.
 func (w Warning) String() string {
-	return fmt.Sprintf("line %d: %s is ignored: %s", w.Line, w.Field, w.Reason)
+	if w.File == "" {
+		return fmt.Sprintf("line %d: %s is ignored: %s", w.Line, w.Field, w.Reason)
+	}
+	return fmt.Sprintf("%s:%d:%d: %s is ignored: %s", w.File, w.Line, w.Col, w.Field, w.Reason)
 }
 
 // Error is a problem with a task file or an override. Line and Col are

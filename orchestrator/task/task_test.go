@@ -157,8 +157,8 @@ run: x
 		t.Errorf("accelerators lost next to ignored fields: %v", tk.Resources.Accelerators)
 	}
 	want := []string{
-		"line 3: resources.region is ignored: sshq places jobs on your ssh nodes",
-		"line 4: resources.labels is ignored: sshq places jobs on your ssh nodes, which have no cloud labels",
+		"task.yaml:3:3: resources.region is ignored: sshq places jobs on your ssh nodes",
+		"task.yaml:4:3: resources.labels is ignored: sshq places jobs on your ssh nodes, which have no cloud labels",
 	}
 	var got []string
 	for _, w := range warns {
