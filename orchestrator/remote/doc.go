@@ -55,11 +55,13 @@
 // head of queue that does not fit reserves every free GPU it could use; a
 // job starts only if it fits in what remains. So a younger job passes an
 // older one only on GPUs left over, and never delays the head. A GPU is free
-// when no lease holds it and no foreign process computes on it (a process
-// in nvidia-smi --query-compute-apps that is not in a lease holder's
-// session, not a descendant of a holder's wrapper, and not marked with a
-// holder's job uid). Tickets whose wrapper died are skipped (their flock is
-// gone) and removed where the sticky bit allows.
+// when no lease holds it and no process in nvidia-smi --query-compute-apps
+// computes on it. A process is foreign on a GPU unless it belongs to that
+// GPU's own lease holder (shares the holder's session, descends from its
+// wrapper, or is marked with its job uid): a job's process on a GPU it did
+// not lease (NVML, a container given every GPU) occupies that GPU as anyone
+// else's would, so no other job is put there. Tickets whose wrapper died are
+// skipped (their flock is gone) and removed where the sticky bit allows.
 //
 // To start, the wrapper try-locks each chosen GPU (all or none), writes the
 // owner records and keeps the lock fds open: setup and run inherit them, so

@@ -141,9 +141,12 @@ queue_unlock() {
 #   gpu_uuids (index order), gpu_idx[uuid], gpu_state[uuid] = free | leased |
 #   foreign | unusable, owner[uuid] (the raw owner record of a held lease),
 #   foreign_pids[uuid].
-# A GPU is free when no lease holds it and no foreign process (one not in any
-# lease holder's process tree) computes on it. Returns 1 with gpu_err set
-# when nvidia-smi fails. Must run under queue.lock.
+# A GPU is free when no lease holds it and no process computes on it. A
+# process on a GPU is foreign unless it belongs to that GPU's own lease
+# holder: one of a job that strays off its lease (NVML, a container given
+# every GPU, a reset CUDA_VISIBLE_DEVICES) occupies the GPU it uses like any
+# other, or two jobs would share it. Returns 1 with gpu_err set when
+# nvidia-smi fails. Must run under queue.lock.
 gpu_err=
 declare -a gpu_uuids
 declare -A gpu_idx gpu_state owner foreign_pids bad_lock
@@ -189,14 +192,6 @@ probe_gpus() {
 
 	apps=$(nvidia-smi --query-compute-apps=gpu_uuid,pid --format=csv,noheader,nounits 2>/dev/null) || apps=
 	[ -n "$apps" ] || return 0
-	local -A holder_pid holder_sid holder_uid
-	local o_uid o_id o_user o_name o_since o_pid o_sid o_rest
-	for uuid in "${!owner[@]}"; do
-		IFS=$tab read -r o_uid o_id o_user o_name o_since o_pid o_sid o_rest <<<"${owner[$uuid]}"
-		[ -n "${o_pid:-}" ] && holder_pid[$o_pid]=1
-		[ -n "${o_sid:-}" ] && holder_sid[$o_sid]=1
-		[ -n "${o_uid:-}" ] && holder_uid[$o_uid]=1
-	done
 	# One ps for the whole table: ancestry and session of every process.
 	local -A ppid_of sid_of
 	local p pp s
@@ -207,29 +202,32 @@ probe_gpus() {
 	while IFS=', ' read -r uuid pid rest; do
 		case $pid in '' | *[!0-9]*) continue ;; esac
 		[ -n "${gpu_idx[$uuid]+x}" ] || continue
-		if ! in_lease_tree "$pid"; then
-			foreign_pids[$uuid]="${foreign_pids[$uuid]:-}${foreign_pids[$uuid]:+,}$pid"
-			[ "${gpu_state[$uuid]}" = free ] && gpu_state[$uuid]=foreign
+		if [ "${gpu_state[$uuid]}" = leased ] && in_holder_tree "$pid" "${owner[$uuid]}"; then
+			continue
 		fi
+		foreign_pids[$uuid]="${foreign_pids[$uuid]:-}${foreign_pids[$uuid]:+,}$pid"
+		[ "${gpu_state[$uuid]}" = free ] && gpu_state[$uuid]=foreign
 	done <<<"$apps"
 	return 0
 }
 
-# in_lease_tree PID: a lease holder's own processes are never foreign. A
-# process belongs to a holder when it shares the wrapper's session (tmux made
-# the wrapper a session leader), descends from the wrapper, or (for our own
-# processes, whose environ we may read) carries a holder's SSHQ_JOB_UID mark.
-# Uses holder_pid/holder_sid/holder_uid and ppid_of/sid_of of probe_gpus.
-in_lease_tree() {
-	local p=$1 n=0 mark
-	[ -n "${sid_of[$p]:-}" ] && [ -n "${holder_sid[${sid_of[$p]}]:-}" ] && return 0
-	while [ -n "$p" ] && [ "$p" != 0 ] && [ $n -lt 64 ]; do
-		[ -n "${holder_pid[$p]:-}" ] && return 0
+# in_holder_tree PID OWNER_RECORD: PID is one of the lease holder's own
+# processes. It is when it shares the wrapper's session (tmux made the
+# wrapper a session leader), descends from the wrapper, or (for our own
+# processes, whose environ we may read) carries the holder's SSHQ_JOB_UID
+# mark. Uses ppid_of/sid_of of probe_gpus.
+in_holder_tree() {
+	local p=$1 n=0 mark o_uid o_id o_user o_name o_since o_pid o_sid o_rest
+	IFS=$tab read -r o_uid o_id o_user o_name o_since o_pid o_sid o_rest <<<"$2"
+	[ -n "${o_sid:-}" ] && [ "${sid_of[$p]:-}" = "$o_sid" ] && return 0
+	while [ -n "${o_pid:-}" ] && [ -n "$p" ] && [ "$p" != 0 ] && [ $n -lt 64 ]; do
+		[ "$p" = "$o_pid" ] && return 0
 		p=${ppid_of[$p]:-}
 		n=$((n + 1))
 	done
+	[ -n "${o_uid:-}" ] || return 1
 	mark=$(grep -az '^SSHQ_JOB_UID=' "/proc/$1/environ" 2>/dev/null | tr -d '\0')
-	[ -n "$mark" ] && [ -n "${holder_uid[${mark#SSHQ_JOB_UID=}]:-}" ]
+	[ "$mark" = "SSHQ_JOB_UID=$o_uid" ]
 }
 
 # ---------------------------------------------------------------- queue

@@ -96,9 +96,10 @@ type Ticket struct {
 type NodeGPU struct {
 	Index int
 	UUID  string
-	// State is "free", "leased", "foreign" (a process outside every sshq
-	// lease computes on it) or "unusable" (its lock file is not a regular
-	// file).
+	// State is "free", "leased", "foreign" (no lease holds it and a process
+	// computes on it: someone's outside sshq, or an sshq job's straying off
+	// its own lease) or "unusable" (its lock file is not a regular file).
+	// ForeignPIDs are the processes on it that are not its lease holder's.
 	State       string
 	ForeignPIDs []int
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -384,8 +385,9 @@ func TestForeignProcessesAreRespected(t *testing.T) {
 	if len(st.GPUs) != 2 {
 		t.Errorf("fp-all holds %+v", st.GPUs)
 	}
-	// The job's own processes, even a setsid one on a GPU it did not lease,
-	// are never foreign.
+	// The job's own processes on the GPU it leased, a setsid one included,
+	// are not foreign; one on a GPU it did not lease occupies that GPU, or
+	// the next job would share it.
 	ns = n.node()
 	if len(ns.Leases) != 2 || ns.Leases[0].JobUID != "fp-all" || ns.Leases[0].User != "tester" || ns.Leases[0].Since.IsZero() {
 		t.Errorf("leases %+v", ns.Leases)
@@ -394,7 +396,8 @@ func TestForeignProcessesAreRespected(t *testing.T) {
 	n.waitState("fp-all", Succeeded)
 
 	own := spec("fp-own", 1, `echo "$SSHQ_GPU0,$$,100,python" >> "$SSHQ_SIM_DIR/procs.csv"
-setsid sleep 30 & echo "$SSHQ_GPU1,$!,100,python" >> "$SSHQ_SIM_DIR/procs.csv"
+setsid sleep 30 & echo "$SSHQ_GPU0,$!,100,python" >> "$SSHQ_SIM_DIR/procs.csv"
+setsid sleep 31 & echo $! > "$HOME/stray"; echo "$SSHQ_GPU1,$!,100,python" >> "$SSHQ_SIM_DIR/procs.csv"
 `+blockUntil("own"))
 	own.AllowedGPUs = []string{g[0].UUID}
 	own.Env = []EnvVar{{"SSHQ_GPU0", g[0].UUID}, {"SSHQ_GPU1", g[1].UUID}}
@@ -402,14 +405,27 @@ setsid sleep 30 & echo "$SSHQ_GPU1,$!,100,python" >> "$SSHQ_SIM_DIR/procs.csv"
 	n.waitState("fp-own", Running)
 	waitFor(t, "fp-own's processes on both GPUs", func() bool {
 		b, _ := os.ReadFile(filepath.Join(sim, "procs.csv"))
-		return strings.Count(string(b), "\n") >= 3
+		return strings.Count(string(b), "\n") >= 4
 	})
+	b, _ := os.ReadFile(filepath.Join(n.home(), "stray"))
+	stray, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	ns = n.node()
-	for _, gg := range ns.GPUs {
-		if len(gg.ForeignPIDs) > 0 || gg.State == "foreign" {
-			t.Errorf("the job's own process counted as foreign: %+v", gg)
+	if g0 := ns.GPUs[0]; g0.State != "leased" || len(g0.ForeignPIDs) > 0 {
+		t.Errorf("the job's own processes on its GPU counted as foreign: %+v", g0)
+	}
+	if g1 := ns.GPUs[1]; g1.State != "foreign" || len(g1.ForeignPIDs) != 1 || g1.ForeignPIDs[0] != stray {
+		t.Errorf("GPU 1 with the job's stray process %d: %+v, want foreign", stray, g1)
+	}
+	n.submit(spec("fp-next", 1, "true"))
+	for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline); { // five polls
+		if st := n.job("fp-next"); st.State != Pending {
+			t.Fatalf("fp-next is %s while fp-own's stray process computes on the only other GPU", st.State)
 		}
 	}
+	n.release("own")
+	n.waitState("fp-own", Succeeded)
+	syscall.Kill(stray, syscall.SIGKILL)
+	n.waitState("fp-next", Succeeded)
 }
 
 func TestCancelKillsTheWholeTree(t *testing.T) {
