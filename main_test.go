@@ -276,9 +276,7 @@ func TestStatusMatchesSimulatedTruth(t *testing.T) {
 
 func TestDemoTourEndToEnd(t *testing.T) {
 	t.Parallel()
-	if _, err := exec.LookPath("tmux"); err != nil {
-		t.Skip("tmux not installed")
-	}
+	requireTmux(t)
 	r := sshq(t, nil, t.TempDir(), nil, "demo", "--tour", "--dir", filepath.Join(t.TempDir(), "demo"))
 	if r.code != 0 || !strings.Contains(r.stdout, "Tour done") {
 		t.Fatalf("tour exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
@@ -292,9 +290,7 @@ func TestDemoTourEndToEnd(t *testing.T) {
 
 func TestDemoServesUntilInterrupted(t *testing.T) {
 	t.Parallel()
-	if _, err := exec.LookPath("tmux"); err != nil {
-		t.Skip("tmux not installed")
-	}
+	requireTmux(t)
 	home := t.TempDir()
 	cmd := exec.Command(sshqBin, "demo", "--dir", filepath.Join(home, "demo"))
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}
@@ -376,5 +372,18 @@ func TestAttachRefusesEndedJob(t *testing.T) {
 	r = sshq(t, c, home, env, "logs", "99")
 	if r.code != 2 || !strings.Contains(r.stderr, "sshq queue") {
 		t.Errorf("unknown job: %d %s", r.code, r.stderr)
+	}
+}
+
+// requireTmux skips a demo test where tmux is missing, except in CI, where
+// nothing may be skipped.
+func requireTmux(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("tmux"); err != nil {
+		msg := "tmux not installed: `sudo apt-get install -y tmux`"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg + " (CI is set: nothing may be skipped)")
+		}
+		t.Skip(msg)
 	}
 }
