@@ -27,6 +27,12 @@ type Resolver struct {
 	once     sync.Once
 	fallback *ssh_config.Config
 	fbErr    error
+
+	// memo keeps each alias's result for the life of the resolver (one sshq
+	// command): `ssh -G` is a process per call, and a command asks about the
+	// same node several times (dial, deadlines, ProxyJump hops).
+	mu   sync.Mutex
+	memo map[string]Node
 }
 
 // NewResolver prefers `ssh -G` when an OpenSSH client is on PATH.
@@ -43,6 +49,12 @@ func (r *Resolver) Resolve(ctx context.Context, alias string) (Node, error) {
 	if alias == "" || strings.HasPrefix(alias, "-") || strings.ContainsAny(alias, " \t\r\n") {
 		return Node{}, fmt.Errorf("%q is not a valid ssh host alias", alias)
 	}
+	r.mu.Lock()
+	if n, ok := r.memo[alias]; ok {
+		r.mu.Unlock()
+		return n.clone(), nil
+	}
+	r.mu.Unlock()
 	var n Node
 	var err error
 	if r.SSHPath != "" {
@@ -53,7 +65,24 @@ func (r *Resolver) Resolve(ctx context.Context, alias string) (Node, error) {
 	if err != nil {
 		return Node{}, err
 	}
-	return finish(n), nil
+	n = finish(n)
+	r.mu.Lock()
+	if r.memo == nil {
+		r.memo = map[string]Node{}
+	}
+	r.memo[alias] = n
+	r.mu.Unlock()
+	return n.clone(), nil
+}
+
+// clone copies the slices, so a caller that edits its Node (a ProxyJump hop
+// with an explicit user or port) cannot change the memo.
+func (n Node) clone() Node {
+	n.IdentityFiles = append([]string(nil), n.IdentityFiles...)
+	n.CertificateFiles = append([]string(nil), n.CertificateFiles...)
+	n.UserKnownHostsFiles = append([]string(nil), n.UserKnownHostsFiles...)
+	n.GlobalKnownHostsFiles = append([]string(nil), n.GlobalKnownHostsFiles...)
+	return n
 }
 
 // ResolveAll resolves every alias in parallel, keeping order.

@@ -386,6 +386,16 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		}
 		byNode[j.Node] = append(byNode[j.Node], j.UID)
 	}
+	if len(byNode) == 0 {
+		// Nothing to ask: do not rewrite state.json for a read.
+		var views []JobView
+		for _, j := range snap.Jobs {
+			if only == nil || only(j) {
+				views = append(views, JobView{Job: j, NodeReachable: true})
+			}
+		}
+		return views, map[string]error{}, nil
+	}
 	type answer struct {
 		jobs map[string]remote.JobStatus
 		err  error
