@@ -34,14 +34,18 @@
 // refused):
 //
 //	<uuid>.lock            a GPU lease is an exclusive flock on it (file mode 0666)
-//	<uuid>.owner           "uid id user name since pid sid index" of the last holder (0666)
+//	<uuid>.owner           "uid id user name since pid sid index login" of the last holder (0666)
 //	queue.lock             flock serializing every GPU decision on the node
-//	queue/<ns>-<uid>       a waiting job's ticket, "uid user name num_gpus since allowed",
+//	queue/<ns>-<uid>       a waiting job's ticket, "uid user name num_gpus since allowed login",
 //	                       flocked by its wrapper while it waits
 //
-// Free-text fields in shared files and reports (user, name) are written by
-// EncodeField: no tab, newline or space, "~" for empty. Shared files are
-// parsed, never sourced; only the user's own job files are sourced.
+// user is the submitting controller's local user, login the node account
+// the job runs as (`id -un`), which is who holds the GPU; login is the last
+// field because older node scripts neither write nor read it (absent means
+// unknown). Free-text fields in shared files and reports (user, name, login)
+// are percent-encoded as EncodeField does: no tab, newline or space, "~" for
+// empty. Shared files are parsed, never sourced; only the user's own job
+// files are sourced.
 //
 // # The wrapper
 //
@@ -95,7 +99,9 @@
 //
 // Jobs, Node and Cancel print "SSHQ-BEGIN 1", tab-separated records and
 // "SSHQ-END"; text before the begin line (a chatty .bashrc) is ignored, a
-// missing end line is an error.
+// missing end line is an error. Fields are only ever added at the end of a
+// record, and parsers ignore fields past the ones they know, so controllers
+// and node scripts of neighbouring versions still understand each other.
 //
 //	Jobs:   job <uid> found <wrapper 0|1> <tmux 0|1>  |  job <uid> missing|invalid
 //	        state <uid> <STATE> <unix_ts>  (one per transition, in order)
@@ -103,9 +109,9 @@
 //	        gpu <uid> <index> <uuid>
 //	        queue <uid> <position>          (1 = head)
 //	Node:   gpu <index> <uuid> free|leased|foreign|unusable
-//	        lease <uuid> <index> <uid> <id> <user> <name> <since>
+//	        lease <uuid> <index> <uid> <id> <user> <name> <since> <login>
 //	        foreign <uuid> <pid,pid...>
-//	        ticket <position> <uid> <user> <name> <num_gpus> <since> <allowed|*>
+//	        ticket <position> <uid> <user> <name> <num_gpus> <since> <allowed|*> <login>
 //	        error <text>
 //	Cancel: cancel <uid> cancelled <final state> | done | missing | invalid
 //

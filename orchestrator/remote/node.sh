@@ -60,6 +60,29 @@ tmx() { TMUX= tmux -L sshq -f /dev/null "$@"; }
 # login shell (which may not be bash, so printf %q is not an option).
 sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
+# enc STRING: the controller's EncodeField, for the few values the node itself
+# puts in shared records (the login name: "DOMAIN\user" and "user@realm"
+# exist). Runs under LC_ALL=C, so it walks bytes.
+enc() {
+	local s=$1 out= c i n
+	if [ -z "$s" ]; then
+		printf '~'
+		return
+	fi
+	for ((i = 0; i < ${#s}; i++)); do
+		c=${s:i:1}
+		case $c in
+		[A-Za-z0-9._-]) out+=$c ;;
+		*)
+			printf -v n '%d' "'$c"
+			printf -v c '%%%02X' $((n & 255))
+			out+=$c
+			;;
+		esac
+	done
+	printf '%s' "$out"
+}
+
 # ---------------------------------------------------------------- lease dir
 
 # The lease directory is shared by every user of the node, so it is mode 1777
@@ -233,22 +256,23 @@ in_holder_tree() {
 # ---------------------------------------------------------------- queue
 
 # read_tickets lists live tickets in FIFO order into t_name/t_uid/t_user/
-# t_jname/t_n/t_since/t_allowed. A ticket is live while its wrapper holds a
-# flock on it: a wrapper that died (even by SIGKILL, even another user's)
-# leaves a ticket nobody holds, which is skipped, and removed when the sticky
-# bit lets us. Must run under queue.lock.
-declare -a t_name t_uid t_user t_jname t_n t_since t_allowed
+# t_jname/t_n/t_since/t_allowed/t_login. A ticket is live while its wrapper
+# holds a flock on it: a wrapper that died (even by SIGKILL, even another
+# user's) leaves a ticket nobody holds, which is skipped, and removed when the
+# sticky bit lets us. Must run under queue.lock.
+declare -a t_name t_uid t_user t_jname t_n t_since t_allowed t_login
 read_tickets() {
-	local f u us jn n si al rest
-	t_name=() t_uid=() t_user=() t_jname=() t_n=() t_since=() t_allowed=()
+	local f u us jn n si al lg rest
+	t_name=() t_uid=() t_user=() t_jname=() t_n=() t_since=() t_allowed=() t_login=()
 	for f in "$lease_dir"/queue/*; do
 		[ -f "$f" ] && [ ! -L "$f" ] || continue
 		if lock_free "$f"; then
 			rm -f -- "$f" 2>/dev/null
 			continue
 		fi
-		u= us= jn= n= si= al=
-		IFS=$tab read -r u us jn n si al rest <"$f" 2>/dev/null
+		u= us= jn= n= si= al= lg=
+		# lg (the login) is absent from tickets of older node scripts.
+		IFS=$tab read -r u us jn n si al lg rest <"$f" 2>/dev/null
 		case $n in '' | *[!0-9]*) continue ;; esac
 		t_name+=("${f##*/}")
 		t_uid+=("$u")
@@ -257,6 +281,7 @@ read_tickets() {
 		t_n+=("$n")
 		t_since+=("${si:-~}")
 		t_allowed+=("${al:-*}")
+		t_login+=("${lg:-~}")
 	done
 }
 
@@ -417,7 +442,7 @@ systemd_ok() {
 # The wrapper runs in the job's tmux session with no controller anywhere.
 # Files in its job directory: meta.sh (identity, from the controller),
 # state (lines "STATE unix_ts"), log, exit, gpus, ticket, cancel.
-jd= uid= got_signal= ticket= tfd= wfd=
+jd= uid= got_signal= ticket= tfd= wfd= my_login=
 declare -a lease_fds
 
 jlog() { printf 'sshq: %s\n' "$*" >>"$jd/log"; }
@@ -514,12 +539,14 @@ release_leases() {
 
 # write_owner UUID: the record `sshq status` shows for a held lease. Written
 # through dd with nocreat+nofollow, so a symlink planted as the owner file
-# cannot redirect the write into someone's file.
+# cannot redirect the write into someone's file. The login is last: older
+# readers stop before it. No field may be empty (tab is IFS whitespace, so
+# an empty field would shift the rest), hence "~" for an unknown session.
 write_owner() {
 	local f=$lease_dir/$1.owner
 	ensure_shared_file "$f" || return 1
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$uid" "$SSHQ_M_ID" "$SSHQ_M_USER" "$SSHQ_M_NAME" \
-		"$(now)" "$$" "$my_sid" "${gpu_idx[$1]}" |
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$uid" "$SSHQ_M_ID" "$SSHQ_M_USER" "$SSHQ_M_NAME" \
+		"$(now)" "$$" "${my_sid:-~}" "${gpu_idx[$1]}" "$my_login" |
 		dd of="$f" conv=nocreat oflag=nofollow status=none 2>/dev/null
 }
 
@@ -570,6 +597,10 @@ cmd_wrapper() {
 	export PYTHONUNBUFFERED=1
 	my_sid=$(ps -o sid= -p $$ 2>/dev/null) || my_sid=
 	my_sid=${my_sid// /}
+	# The account the job runs as on this node: what status shows as its
+	# holder (the controller's own user name may be "root" on every laptop).
+	my_login=$(id -un 2>/dev/null) || my_login=
+	my_login=$(enc "$my_login")
 	declare -A warned=()
 	declare -a leased=()
 	local i u since line cvd
@@ -603,7 +634,7 @@ cmd_wrapper() {
 		# Readable by all: other users' waiters probe its lock and read it.
 		(
 			umask 022
-			printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$uid" "$SSHQ_M_USER" "$SSHQ_M_NAME" "$ngpus" "$since" "$allowed" >"$tmp"
+			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$uid" "$SSHQ_M_USER" "$SSHQ_M_NAME" "$ngpus" "$since" "$allowed" "$my_login" >"$tmp"
 		)
 		exec {tfd}<"$tmp"
 		flock -n "$tfd"
@@ -722,7 +753,7 @@ cmd_jobs() {
 }
 
 cmd_node() {
-	local u i r o_uid o_id o_user o_name o_since o_pid o_sid o_rest
+	local u i r o_uid o_id o_user o_name o_since o_pid o_sid o_idx o_login o_rest
 	printf 'SSHQ-BEGIN %s\n' "$SSHQ_PROTO"
 	if ! lease_dir_prepare; then
 		printf 'error\t%s\n' "$(printf %s "$lease_err" | tr '\t\n' '  ')"
@@ -738,10 +769,12 @@ cmd_node() {
 		for u in "${gpu_uuids[@]}"; do
 			printf 'gpu\t%s\t%s\t%s\n' "${gpu_idx[$u]}" "$u" "${gpu_state[$u]}"
 			if [ "${gpu_state[$u]}" = leased ]; then
-				o_uid= o_id= o_user= o_name= o_since=
-				IFS=$tab read -r o_uid o_id o_user o_name o_since o_pid o_sid o_rest <<<"${owner[$u]}"
-				printf 'lease\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$u" "${gpu_idx[$u]}" "${o_uid:-~}" \
-					"${o_id:-~}" "${o_user:-~}" "${o_name:-~}" "${o_since:-~}"
+				o_uid= o_id= o_user= o_name= o_since= o_login=
+				IFS=$tab read -r o_uid o_id o_user o_name o_since o_pid o_sid o_idx o_login o_rest <<<"${owner[$u]}"
+				# The login comes last, so controllers that read only
+				# the first fields are not confused by it.
+				printf 'lease\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$u" "${gpu_idx[$u]}" "${o_uid:-~}" \
+					"${o_id:-~}" "${o_user:-~}" "${o_name:-~}" "${o_since:-~}" "${o_login:-~}"
 			fi
 			if [ -n "${foreign_pids[$u]:-}" ]; then
 				printf 'foreign\t%s\t%s\n' "$u" "${foreign_pids[$u]}"
@@ -756,8 +789,8 @@ cmd_node() {
 	read_tickets
 	queue_unlock
 	for i in "${!t_name[@]}"; do
-		printf 'ticket\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$((i + 1))" "${t_uid[$i]}" "${t_user[$i]}" \
-			"${t_jname[$i]}" "${t_n[$i]}" "${t_since[$i]}" "${t_allowed[$i]}"
+		printf 'ticket\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$((i + 1))" "${t_uid[$i]}" "${t_user[$i]}" \
+			"${t_jname[$i]}" "${t_n[$i]}" "${t_since[$i]}" "${t_allowed[$i]}" "${t_login[$i]}"
 	done
 	printf 'SSHQ-END\n'
 }

@@ -71,11 +71,15 @@ type JobStatus struct {
 
 // Lease is a GPU lease held on a node by any user's job.
 type Lease struct {
-	UUID     string
-	Index    int
-	JobUID   string
-	JobID    int
+	UUID   string
+	Index  int
+	JobUID string
+	JobID  int
+	// User is the submitting controller's local user; NodeUser is the
+	// node account the job runs as ("" when an older node script wrote the
+	// record).
 	User     string
+	NodeUser string
 	Name     string
 	Since    time.Time
 	Recorded bool // false when the holder left no owner record (fields empty)
@@ -83,9 +87,11 @@ type Lease struct {
 
 // Ticket is one waiting job in a node's queue.
 type Ticket struct {
-	Position    int // 1 = the head of the queue
-	JobUID      string
+	Position int // 1 = the head of the queue
+	JobUID   string
+	// User and NodeUser as in Lease.
 	User        string
+	NodeUser    string
 	Name        string
 	NumGPUs     int
 	Since       time.Time
@@ -324,6 +330,12 @@ func ParseNode(out []byte) (*NodeStatus, error) {
 			if l.Since, err = parseTime(r[7]); err != nil {
 				return nil, bad(err.Error())
 			}
+			// Trailing fields are newer than the record: absent means unknown.
+			if len(r) > 8 {
+				if l.NodeUser, err = DecodeField(r[8]); err != nil {
+					return nil, bad(err.Error())
+				}
+			}
 			ns.Leases = append(ns.Leases, l)
 		case "ticket":
 			if len(r) < 8 {
@@ -348,6 +360,11 @@ func ParseNode(out []byte) (*NodeStatus, error) {
 			}
 			if r[7] != "*" && r[7] != "" {
 				t.AllowedGPUs = strings.Split(r[7], ",")
+			}
+			if len(r) > 8 {
+				if t.NodeUser, err = DecodeField(r[8]); err != nil {
+					return nil, bad(err.Error())
+				}
 			}
 			ns.Queue = append(ns.Queue, t)
 		}

@@ -3,6 +3,7 @@ package remote
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -729,5 +730,137 @@ func TestCommandsQuoteTheirArguments(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(n.home(), "pwned")); err == nil {
 		t.Error("a uid ran as code")
+	}
+}
+
+// The node account a job runs as, not the controller's user, is who holds a
+// GPU or waits: two laptops both running as root submit as two node users.
+func TestNodeReportsTheLoginOfHolderAndWaiter(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.T4x1("login"))
+	// A directory-service login (backslash, space, '@', UTF-8) must come
+	// back byte-exact without splitting a record.
+	login := `DOM\üser name@realm`
+	fake := fmt.Sprintf("#!/bin/bash\nif [ \"$1\" = -un ]; then printf '%%s\\n' %s; else exec /usr/bin/id \"$@\"; fi\n", shellQuote(login))
+	if err := os.WriteFile(filepath.Join(n.dir, "bin", "id"), []byte(fake), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n.submit(spec("login-a", 1, blockUntil("a")))
+	n.waitState("login-a", Running)
+	n.submit(spec("login-b", 1, "true"))
+	n.waitState("login-b", Pending)
+
+	out, _, rc := n.run(Node(), nil)
+	if rc != 0 {
+		t.Fatalf("node: rc=%d", rc)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Split(l, "\t")
+		if (f[0] == "lease" || f[0] == "ticket") && (len(f) != 9 || f[8] != EncodeField(login)) {
+			t.Errorf("%s record %q: want 9 fields ending in the encoded login %q", f[0], l, EncodeField(login))
+		}
+	}
+	ns, err := ParseNode([]byte(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ns.Leases) != 1 || ns.Leases[0].JobUID != "login-a" || ns.Leases[0].NodeUser != login || ns.Leases[0].User != "tester" {
+		t.Errorf("leases %+v, want login-a held by node user %q for controller user tester", ns.Leases, login)
+	}
+	if len(ns.Queue) != 1 || ns.Queue[0].JobUID != "login-b" || ns.Queue[0].NodeUser != login || ns.Queue[0].User != "tester" {
+		t.Errorf("queue %+v, want login-b waiting as node user %q for controller user tester", ns.Queue, login)
+	}
+	n.release("a")
+	n.waitState("login-b", Succeeded)
+}
+
+// shellQuote is one single-quoted shell word.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// A node script of the previous version may hold a lease or wait in the
+// queue (its owner record and ticket lack the login): its jobs keep being
+// reported, with the login unknown, and the queue still counts its ticket.
+func TestRecordsOfOlderNodeScriptsStillRead(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.T4x1("old"))
+	leases := filepath.Join(n.dir, "leases")
+	uuid := n.gpus[0].UUID
+	if err := os.MkdirAll(filepath.Join(leases, "queue"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{
+		uuid + ".lock":   "",
+		uuid + ".owner":  "old-run\t7\told%20ctl\told-job\t1700000000.500\t1\t1\t0\n",
+		"queue.lock":     "",
+		"queue/1-old-wt": "old-wt\told%20ctl\twaiter\t1\t1700000001.000\t*\n",
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(leases, name), []byte(body), 0o666); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One process holds both flocks, as the older wrappers would.
+	holder := exec.Command("bash", "-c", `exec 8<"$1" 9<"$2" && flock 8 && flock 9 && echo held && exec sleep 60`,
+		"holder", filepath.Join(leases, uuid+".lock"), filepath.Join(leases, "queue", "1-old-wt"))
+	stdout, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	if b := make([]byte, 5); func() bool { _, err := io.ReadFull(stdout, b); return err != nil || string(b) != "held\n" }() {
+		t.Fatal("the holder did not take its flocks")
+	}
+
+	ns := n.node()
+	want := Lease{UUID: uuid, Index: 0, JobUID: "old-run", JobID: 7, User: "old ctl", Name: "old-job",
+		Since: time.UnixMilli(1700000000500), Recorded: true}
+	if len(ns.Leases) != 1 || !ns.Leases[0].Since.Equal(want.Since) {
+		t.Fatalf("leases %+v, want %+v", ns.Leases, want)
+	}
+	ns.Leases[0].Since = want.Since
+	if ns.Leases[0] != want {
+		t.Errorf("lease %+v, want %+v (node user unknown)", ns.Leases[0], want)
+	}
+	if len(ns.Queue) != 1 || ns.Queue[0].JobUID != "old-wt" || ns.Queue[0].User != "old ctl" || ns.Queue[0].Name != "waiter" ||
+		ns.Queue[0].NodeUser != "" || ns.Queue[0].AllowedGPUs != nil {
+		t.Errorf("queue %+v, want old-wt of old ctl, node user unknown, any GPU", ns.Queue)
+	}
+	// A new job waits behind the old ticket rather than passing it.
+	n.submit(spec("after-old", 1, "true"))
+	if st := n.waitState("after-old", Pending); st.QueuePosition != 2 {
+		t.Errorf("after-old at queue position %d, want 2 behind the old ticket", st.QueuePosition)
+	}
+	holder.Process.Kill()
+	holder.Wait()
+	n.waitState("after-old", Succeeded)
+}
+
+// Controllers read reports of either version: the login is a trailing field
+// that older node scripts do not send.
+func TestParseNodeLoginFieldIsOptional(t *testing.T) {
+	t.Parallel()
+	const head = "SSHQ-BEGIN 1\ngpu\t0\tGPU-a\tleased\ngpu\t1\tGPU-b\tfree\n"
+	lease := "lease\tGPU-a\t0\tj1\t3\troot\ttrain\t1700000000.000"
+	ticket := "ticket\t1\tj2\troot\teval\t2\t1700000001.000\tGPU-a,GPU-b"
+	for _, tc := range []struct {
+		suffix, want string
+	}{{"", ""}, {"\t~", ""}, {"\talice", "alice"}, {"\t" + EncodeField("DOM\\bob smith"), "DOM\\bob smith"}, {"\tcarol\tfuture-field", "carol"}} {
+		ns, err := ParseNode([]byte(head + lease + tc.suffix + "\n" + ticket + tc.suffix + "\nSSHQ-END\n"))
+		if err != nil {
+			t.Errorf("suffix %q: %v", tc.suffix, err)
+			continue
+		}
+		if len(ns.Leases) != 1 || ns.Leases[0].NodeUser != tc.want || ns.Leases[0].User != "root" || ns.Leases[0].JobID != 3 || ns.Leases[0].Name != "train" {
+			t.Errorf("suffix %q: leases %+v, want node user %q", tc.suffix, ns.Leases, tc.want)
+		}
+		if len(ns.Queue) != 1 || ns.Queue[0].NodeUser != tc.want || ns.Queue[0].User != "root" || len(ns.Queue[0].AllowedGPUs) != 2 {
+			t.Errorf("suffix %q: queue %+v, want node user %q", tc.suffix, ns.Queue, tc.want)
+		}
+	}
+	if _, err := ParseNode([]byte(head + lease + "\t%zz\nSSHQ-END\n")); err == nil {
+		t.Error("a lease with a badly encoded login parsed")
 	}
 }
