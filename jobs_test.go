@@ -430,3 +430,24 @@ func TestQueuedJobKeepsItsSnapshotAndSecretsStayOffTheController(t *testing.T) {
 		return nil
 	})
 }
+
+func TestCtrlCDetachesAttachedLaunch(t *testing.T) {
+	t.Parallel()
+	c, home, env := gpuCluster(t, map[string][]gpusim.GPU{"box": gpusim.T4x1(t.Name())})
+	cmd := exec.Command(sshqBin, "launch", "--gpus", "1", "--", "echo up; sleep 1000")
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + home, "SSHQ_HOME=" + filepath.Join(home, ".sshq"), "SSHQ_SSH_CONFIG=" + c.ConfigPath}, env...)
+	var out, errb syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "job output", func() bool { return strings.Contains(out.String(), "up") })
+	cmd.Process.Signal(os.Interrupt)
+	err := cmd.Wait()
+	if err != nil || !strings.Contains(errb.String(), "keeps running") || !strings.Contains(errb.String(), "sshq logs -f 1") {
+		t.Fatalf("Ctrl-C: %v\n%s", err, errb.String())
+	}
+	if q := queue(t, c, home, env); q[0].State != "RUNNING" {
+		t.Errorf("job after detach: %s", q[0].State)
+	}
+}
