@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -365,6 +366,49 @@ func nodeUsers(t *testing.T, c *sshtest.Cluster, n *sshtest.Node, count int) []s
 	return aliases
 }
 
+// whoJSON is the part of `sshq status --json` that says who holds and who
+// waits.
+type whoJSON struct {
+	Nodes []struct {
+		GPUs []struct {
+			State  string    `json:"state"`
+			Holder *whoEntry `json:"holder"`
+		} `json:"gpus"`
+		Queue []whoEntry `json:"queue"`
+	} `json:"nodes"`
+}
+
+type whoEntry struct {
+	JobID          int    `json:"job_id"`
+	Position       int    `json:"position"`
+	Name           string `json:"name"`
+	User           string `json:"user"`
+	NodeUser       string `json:"node_user"`
+	ControllerUser string `json:"controller_user"`
+}
+
+func whoOf(t *testing.T, c *sshtest.Cluster, home string, env []string) whoJSON {
+	t.Helper()
+	r := sshq(t, c, home, env, "status", "--json")
+	var st whoJSON
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || len(st.Nodes) == 0 {
+		t.Fatalf("status --json: %v\n%s\n%s", err, r.stdout, r.stderr)
+	}
+	return st
+}
+
+// containsRow reports whether some line of a table holds cells as its first
+// whitespace-separated fields.
+func containsRow(table string, cells ...string) bool {
+	for _, l := range strings.Split(table, "\n") {
+		f := strings.Fields(l)
+		if len(f) >= len(cells) && slices.Equal(f[:len(cells)], cells) {
+			return true
+		}
+	}
+	return false
+}
+
 func TestFairTwoControllersTwoUsers(t *testing.T) {
 	t.Parallel()
 	c, homeA, env := gpuCluster(t, map[string][]gpusim.GPU{"box": gpusim.A100x2(t.Name())})
@@ -406,33 +450,50 @@ func TestFairTwoControllersTwoUsers(t *testing.T) {
 	if most := checkExclusive(t, spans); most > 2 {
 		t.Errorf("%d jobs ran at once on 2 GPUs", most)
 	}
-	// Each controller sees the other's jobs on the node: B's lease, A's ticket.
+	// The node account each controller's jobs ran as, by the jobs' own word.
+	users := map[string]string{}
+	for _, s := range spans {
+		users[s.name[:1]] = s.user
+	}
+	// Each controller sees the other's jobs on the node, B's lease and A's
+	// ticket, each under the node account that runs it, even though both
+	// controllers run as the same local user.
 	flag := filepath.Join(filepath.Dir(events), "release")
 	launchD(t, c, homeB, envB, "b-hold", "1", recorded(events, gated(flag)))
 	waitStates(t, c, homeB, envB, "RUNNING", "b-hold")
 	launchD(t, c, homeA, envA, "a-all", "2", recorded(events, "true"))
-	stA, stB := statusOf(t, c, homeA, envA), statusOf(t, c, homeB, envB)
+	me := localUserName(t)
+	stA, stB := whoOf(t, c, homeA, envA), whoOf(t, c, homeB, envB)
 	held := 0
 	for _, g := range stA.Nodes[0].GPUs {
-		if g.State == "leased" && g.Holder != nil && g.Holder.Name == "b-hold" && g.Holder.JobID == 5 {
+		if h := g.Holder; g.State == "leased" && h != nil && h.Name == "b-hold" && h.JobID == 5 {
 			held++
+			if h.User != users["b"] || h.NodeUser != users["b"] || h.ControllerUser != me {
+				t.Errorf("controller A's status: b-hold held by %+v, want node user %s (controller user %s)", *h, users["b"], me)
+			}
 		}
 	}
 	if held != 1 {
 		t.Errorf("controller A's status shows B's job on %d GPUs, want 1: %+v", held, stA.Nodes[0].GPUs)
 	}
-	if q := stB.Nodes[0].Queue; len(q) != 1 || q[0].Name != "a-all" || q[0].Position != 1 {
-		t.Errorf("controller B's status queue %+v, want A's a-all at 1", q)
+	for ctl, st := range map[string]whoJSON{"A": stA, "B": stB} {
+		if q := st.Nodes[0].Queue; len(q) != 1 || q[0].Name != "a-all" || q[0].Position != 1 ||
+			q[0].User != users["a"] || q[0].NodeUser != users["a"] || q[0].ControllerUser != me {
+			t.Errorf("controller %s's status queue %+v, want A's a-all at 1 as node user %s", ctl, q, users["a"])
+		}
+	}
+	human := sshq(t, c, homeA, envA, "status").stdout
+	if !strings.Contains(human, fmt.Sprintf("#5 b-hold (%s)", users["b"])) {
+		t.Errorf("sshq status does not show b-hold held by %s:\n%s", users["b"], human)
+	}
+	if !containsRow(human, "1", "a-all", users["a"], "2") {
+		t.Errorf("sshq status does not show a-all waiting as %s:\n%s", users["a"], human)
 	}
 	os.WriteFile(flag, nil, 0o644)
 	waitStates(t, c, homeA, envA, "SUCCEEDED", "a-all")
 	checkExclusive(t, readSpans(t, events))
 
 	if asRoot {
-		users := map[string]string{}
-		for _, s := range spans {
-			users[s.name[:1]] = s.user
-		}
 		if users["a"] == users["b"] || users["a"] == "root" || users["b"] == "root" {
 			t.Errorf("jobs ran as %v, want one distinct non-root user per controller", users)
 		}

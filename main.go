@@ -633,7 +633,7 @@ func renderStatus(st ui.Style, nodes []orchestrator.NodeStatus) string {
 				case "leased":
 					if g.Holder != nil {
 						running[g.Holder.JobUID] = true
-						holder = st.Paint(ui.Blue, fmt.Sprintf("#%d %s (%s)", g.Holder.JobID, g.Holder.Name, g.Holder.User))
+						holder = st.Paint(ui.Blue, fmt.Sprintf("#%d %s (%s)", g.Holder.JobID, g.Holder.Name, orDash(g.Holder.User)))
 					} else {
 						holder = st.Paint(ui.Blue, "leased")
 					}
@@ -658,7 +658,7 @@ func renderStatus(st ui.Style, nodes []orchestrator.NodeStatus) string {
 			var rows [][]string
 			for _, q := range n.Queue {
 				waiting++
-				rows = append(rows, []string{fmt.Sprint(q.Position), q.Name, q.User, fmt.Sprint(q.NumGPUs), humanSince(q.Since)})
+				rows = append(rows, []string{fmt.Sprint(q.Position), q.Name, orDash(q.User), fmt.Sprint(q.NumGPUs), humanSince(q.Since)})
 			}
 			b.WriteString("  waiting:\n")
 			b.WriteString(indent(st.Table([]string{"POS", "JOB", "USER", "GPUS", "WAITING"}, rows), "  "))

@@ -48,11 +48,18 @@ func (c *Cluster) Each(ctx context.Context, f func(ctx context.Context, name str
 
 // Holder is the sshq job that leases a GPU.
 type Holder struct {
-	JobID  int       `json:"job_id"`
-	JobUID string    `json:"job_uid"`
-	Name   string    `json:"name"`
-	User   string    `json:"user"`
-	Since  time.Time `json:"since"`
+	JobID  int    `json:"job_id"`
+	JobUID string `json:"job_uid"`
+	Name   string `json:"name"`
+	// User is who holds the GPU: the node account the job runs as, or,
+	// when the node's record predates that (NodeUser empty), the
+	// submitting controller's local user. ControllerUser is always the
+	// latter, which alone cannot tell apart two people whose laptops both
+	// run sshq as root.
+	User           string    `json:"user"`
+	NodeUser       string    `json:"node_user"`
+	ControllerUser string    `json:"controller_user"`
+	Since          time.Time `json:"since"`
 }
 
 // GPUProcess is a compute process on a GPU.
@@ -76,14 +83,26 @@ type GPUStatus struct {
 	Processes      []GPUProcess `json:"processes"`
 }
 
-// QueueEntry is a job waiting on a node, of any user or controller.
+// QueueEntry is a job waiting on a node, of any user or controller. The
+// users are as in Holder.
 type QueueEntry struct {
-	Position int       `json:"position"`
-	JobUID   string    `json:"job_uid"`
-	User     string    `json:"user"`
-	Name     string    `json:"name"`
-	NumGPUs  int       `json:"num_gpus"`
-	Since    time.Time `json:"since"`
+	Position       int       `json:"position"`
+	JobUID         string    `json:"job_uid"`
+	User           string    `json:"user"`
+	NodeUser       string    `json:"node_user"`
+	ControllerUser string    `json:"controller_user"`
+	Name           string    `json:"name"`
+	NumGPUs        int       `json:"num_gpus"`
+	Since          time.Time `json:"since"`
+}
+
+// holderUser is the user to show for a job: its node account when the node
+// recorded one, else its controller's user.
+func holderUser(nodeUser, controllerUser string) string {
+	if nodeUser != "" {
+		return nodeUser
+	}
+	return controllerUser
 }
 
 // NodeStatus is one node in `sshq status`.
@@ -156,7 +175,8 @@ func (c *Cluster) Probe(ctx context.Context, name string) NodeStatus {
 		}
 		if l, ok := leases[g.UUID]; ok {
 			gs.State = "leased"
-			gs.Holder = &Holder{JobID: l.JobID, JobUID: l.JobUID, Name: l.Name, User: l.User, Since: l.Since}
+			gs.Holder = &Holder{JobID: l.JobID, JobUID: l.JobUID, Name: l.Name, User: holderUser(l.NodeUser, l.User),
+				NodeUser: l.NodeUser, ControllerUser: l.User, Since: l.Since}
 		} else if qs, ok := queueState[g.UUID]; ok && qs.State != "" {
 			gs.State = qs.State
 		} else if len(gs.Processes) > 0 {
@@ -166,7 +186,8 @@ func (c *Cluster) Probe(ctx context.Context, name string) NodeStatus {
 		ns.GPUs = append(ns.GPUs, gs)
 	}
 	for _, t := range q.Queue {
-		ns.Queue = append(ns.Queue, QueueEntry{Position: t.Position, JobUID: t.JobUID, User: t.User, Name: t.Name, NumGPUs: t.NumGPUs, Since: t.Since})
+		ns.Queue = append(ns.Queue, QueueEntry{Position: t.Position, JobUID: t.JobUID, User: holderUser(t.NodeUser, t.User),
+			NodeUser: t.NodeUser, ControllerUser: t.User, Name: t.Name, NumGPUs: t.NumGPUs, Since: t.Since})
 	}
 	sort.Slice(ns.Queue, func(i, j int) bool { return ns.Queue[i].Position < ns.Queue[j].Position })
 	return ns

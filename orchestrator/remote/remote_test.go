@@ -810,8 +810,9 @@ func TestRecordsOfOlderNodeScriptsStillRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
-	if b := make([]byte, 5); func() bool { _, err := io.ReadFull(stdout, b); return err != nil || string(b) != "held\n" }() {
-		t.Fatal("the holder did not take its flocks")
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(stdout, b); err != nil || string(b) != "held\n" {
+		t.Fatalf("the holder did not take its flocks: %q %v", b, err)
 	}
 
 	ns := n.node()
