@@ -13,6 +13,7 @@ import (
 	"github.com/charmbracelet/lipgloss"
 	"github.com/charmbracelet/lipgloss/table"
 	"github.com/mattn/go-isatty"
+	"github.com/muesli/termenv"
 )
 
 // Style decides how output looks for one writer.
@@ -35,7 +36,7 @@ func For(w io.Writer, getenv func(string) string) Style {
 	color := tty && getenv("NO_COLOR") == "" && getenv("TERM") != "dumb"
 	r := lipgloss.NewRenderer(w)
 	if !color {
-		r.SetColorProfile(0) // termenv.Ascii: no escape sequences at all
+		r.SetColorProfile(termenv.Ascii) // no escape sequences at all
 	}
 	return Style{TTY: tty, Color: color, r: r}
 }
