@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
+	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/sshpool/sshtest"
 )
 
@@ -449,5 +450,35 @@ func TestCtrlCDetachesAttachedLaunch(t *testing.T) {
 	}
 	if q := queue(t, c, home, env); q[0].State != "RUNNING" {
 		t.Errorf("job after detach: %s", q[0].State)
+	}
+}
+
+// A job still syncing is in the store but not on its node: cancel must
+// stop it there, and reconcile must not call it LOST.
+func TestCancelAndReconcileOfASubmittingJob(t *testing.T) {
+	t.Parallel()
+	c, home, env := gpuCluster(t, map[string][]gpusim.GPU{"box": gpusim.T4x1(t.Name())})
+	st, err := store.Open(filepath.Join(home, ".sshq"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Update(func(s *store.State) error {
+		for _, name := range []string{"syncing", "to-cancel"} {
+			j := s.NewJob(name)
+			j.Node = "box"
+			j.Submitted = time.Now().Add(-10 * time.Minute) // a long sync
+		}
+		return nil
+	})
+	q := queue(t, c, home, env)
+	if q[0].State != "SUBMITTING" || q[1].State != "SUBMITTING" {
+		t.Fatalf("a job still syncing must stay SUBMITTING: %+v", q)
+	}
+	r := sshq(t, c, home, env, "cancel", "to-cancel")
+	if r.code != 0 || !strings.Contains(r.stdout, "cancelled") {
+		t.Fatalf("cancel: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if q := queue(t, c, home, env); q[1].State != "CANCELLED" || q[0].State != "SUBMITTING" {
+		t.Errorf("after cancel: %+v", q)
 	}
 }

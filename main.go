@@ -510,12 +510,21 @@ Examples:
 // normalizeArgs lets `--watch` stand without a value (`sshq status --watch`
 // refreshes every 2 s), and lets flags follow a task file
 // (`sshq launch task.yaml -d`), which urfave/cli cannot express by itself.
+// Words of a job's command are never touched.
 func normalizeArgs(args []string) []string {
 	args = launchFlagsFirst(args)
 	out := make([]string, 0, len(args)+1)
+	inStatus := false
 	for i, a := range args {
 		out = append(out, a)
-		if a == "--watch" || a == "-w" {
+		if a == "--" {
+			out = append(out, args[i+1:]...)
+			break
+		}
+		if a == "status" {
+			inStatus = true
+		}
+		if inStatus && (a == "--watch" || a == "-w") {
 			next := ""
 			if i+1 < len(args) {
 				next = args[i+1]
@@ -721,9 +730,11 @@ func humanDuration(d time.Duration) string {
 	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
 }
 
-// launchFlagsFirst moves flags written after a task file in front of it.
-// Words after a plain command stay as they are: in
-// `sshq launch python train.py --lr 3`, --lr belongs to the program.
+// launchFlagsFirst moves flags written after a task file in front of it:
+// `sshq launch task.yaml -d --env A=1` works like `sshq launch -d --env A=1
+// task.yaml`. Only the flags right after the task file move; from the first
+// other word (or `--`) on, everything is the job's command, in order: in
+// `sshq launch task.yaml python train.py --lr 3`, --lr is the program's.
 func launchFlagsFirst(args []string) []string {
 	li := -1
 	for i, a := range args {
@@ -753,24 +764,28 @@ func launchFlagsFirst(args []string) []string {
 		if !isTaskFile(a) {
 			return args
 		}
-		var flags, pos []string
-		pos = append(pos, a)
 		tail := rest[i+1:]
-		for j := 0; j < len(tail); j++ {
-			if strings.HasPrefix(tail[j], "-") {
-				flags = append(flags, tail[j])
-				if launchValueFlags[strings.TrimLeft(tail[j], "-")] && !strings.Contains(tail[j], "=") && j+1 < len(tail) {
-					j++
-					flags = append(flags, tail[j])
-				}
-				continue
+		var flags []string
+		j := 0
+		for ; j < len(tail); j++ {
+			if tail[j] == "--" {
+				j++
+				break
 			}
-			pos = append(pos, tail[j])
+			if !strings.HasPrefix(tail[j], "-") {
+				break
+			}
+			flags = append(flags, tail[j])
+			if launchValueFlags[strings.TrimLeft(tail[j], "-")] && !strings.Contains(tail[j], "=") && j+1 < len(tail) {
+				j++
+				flags = append(flags, tail[j])
+			}
 		}
 		out := append([]string{}, args[:li+1]...)
 		out = append(out, rest[:i]...)
 		out = append(out, flags...)
-		return append(out, pos...)
+		out = append(out, "--", a)
+		return append(out, tail[j:]...)
 	}
 	return args
 }
@@ -850,7 +865,7 @@ func doLaunch(c *cli.Context, e env) error {
 			return withCode(exitUsage, err)
 		}
 		if len(args) > 1 {
-			run = strings.Join(args[1:], " ")
+			run = shellJoin(args[1:])
 		}
 	} else {
 		if strings.HasSuffix(args[0], ".yaml") || strings.HasSuffix(args[0], ".yml") {

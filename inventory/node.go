@@ -21,6 +21,7 @@ type Node struct {
 	IdentitiesOnly        bool          `json:"identities_only"`
 	IdentityAgent         string        `json:"identity_agent,omitempty"`
 	ProxyJump             string        `json:"proxy_jump"`
+	ProxyCommand          string        `json:"proxy_command,omitempty"` // not run by sshq; reported as unsupported
 	UserKnownHostsFiles   []string      `json:"user_known_hosts_files"`
 	GlobalKnownHostsFiles []string      `json:"global_known_hosts_files,omitempty"`
 	StrictHostKeyChecking string        `json:"strict_host_key_checking"`

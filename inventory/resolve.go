@@ -149,6 +149,8 @@ func (r *Resolver) resolveSSHG(ctx context.Context, alias string) (Node, error) 
 			n.IdentityAgent = val
 		case "proxyjump":
 			n.ProxyJump = val
+		case "proxycommand":
+			n.ProxyCommand = val
 		case "userknownhostsfile":
 			n.UserKnownHostsFiles = strings.Fields(val)
 		case "globalknownhostsfile":
@@ -227,6 +229,7 @@ func (r *Resolver) resolveFallback(alias string) (Node, error) {
 	n.IdentitiesOnly = yes(get("IdentitiesOnly"))
 	n.IdentityAgent = get("IdentityAgent")
 	n.ProxyJump = get("ProxyJump")
+	n.ProxyCommand = get("ProxyCommand")
 	n.UserKnownHostsFiles = strings.Fields(get("UserKnownHostsFile"))
 	n.GlobalKnownHostsFiles = strings.Fields(get("GlobalKnownHostsFile"))
 	n.StrictHostKeyChecking = get("StrictHostKeyChecking")
@@ -249,6 +252,9 @@ func finish(n Node) Node {
 	}
 	if n.Port == 0 {
 		n.Port = 22
+	}
+	if strings.EqualFold(n.ProxyCommand, "none") {
+		n.ProxyCommand = ""
 	}
 	if n.User == "" {
 		n.User = localUser()

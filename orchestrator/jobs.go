@@ -321,6 +321,16 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	if err != nil {
 		return fail(err)
 	}
+	// `sshq cancel` may have run while we synced: it can only mark the job
+	// in the store, since the node does not know it yet.
+	if err := st.Update(func(s *store.State) error {
+		if j := s.Job(job.ID); j != nil && j.State == store.Cancelled {
+			return ErrCancelledDuringLaunch
+		}
+		return nil
+	}); err != nil {
+		return nil, p, err
+	}
 	subCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	res, err := client.Run(subCtx, cmd, strings.NewReader(string(stdin)))
@@ -332,21 +342,42 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	if res.ExitCode != 0 {
 		return fail(fmt.Errorf("%s refused the job: %s", p.Node, strings.TrimSpace(string(res.Stderr))))
 	}
+	cancelled := false
 	err = st.Update(func(s *store.State) error {
 		j := s.Job(job.ID)
 		if j == nil {
 			return fmt.Errorf("job #%d vanished from the store", job.ID)
 		}
-		if j.State == store.Submitting {
+		switch {
+		case j.State == store.Submitting:
 			j.State = store.Pending
+		case j.State == store.Lost && j.ExitCode == nil && j.Started == nil:
+			// A reconcile ran before the node knew the job.
+			j.State, j.Ended = store.Pending, nil
+		case j.State == store.Cancelled:
+			cancelled = true
 		}
 		now := time.Now().UTC()
 		j.LastSeen = &now
 		job = *j
 		return nil
 	})
+	if cancelled {
+		// The cancel came between our check and the submit: honour it.
+		_, _ = client.Run(subCtx, remote.Cancel([]string{job.UID}, remote.DefaultCancelGrace), nil)
+		return &job, p, ErrCancelledDuringLaunch
+	}
 	return &job, p, err
 }
+
+// ErrCancelledDuringLaunch: `sshq cancel` ran while the job was being
+// synced and submitted.
+var ErrCancelledDuringLaunch = errors.New("the job was cancelled while it was being submitted")
+
+// submitGrace is how long a SUBMITTING job may be unknown to its node
+// before reconcile calls it LOST: a launch syncs first, for up to
+// SyncTimeout, and only then submits.
+func submitGrace() time.Duration { return SyncTimeout + 5*time.Minute }
 
 func nodeIP(c *Cluster, ctx context.Context, name string) string {
 	if n, err := c.Resolver.Resolve(ctx, name); err == nil {
@@ -462,7 +493,7 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 func applyStatus(j *store.Job, js remote.JobStatus, now time.Time) {
 	if !js.Found {
 		// A job still being submitted may not have reached the node yet.
-		if j.State == store.Submitting && now.Sub(j.Submitted) < 2*time.Minute {
+		if j.State == store.Submitting && now.Sub(j.Submitted) < submitGrace() {
 			return
 		}
 		j.State = store.Lost
@@ -553,6 +584,20 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 		if r.err != nil {
 			errs = append(errs, r.err)
 		}
+	}
+	// A job still being synced is not on its node yet: mark it, and its
+	// launch will not submit it.
+	if err := st.Update(func(s *store.State) error {
+		now := time.Now().UTC()
+		for id, o := range out {
+			if j := s.Job(id); j != nil && j.State == store.Submitting && o == "missing" {
+				j.State, j.Ended = store.Cancelled, &now
+				out[id] = "cancelled"
+			}
+		}
+		return nil
+	}); err != nil {
+		errs = append(errs, err)
 	}
 	_, _, rerr := c.Reconcile(ctx, st, func(j *store.Job) bool {
 		_, ok := out[j.ID]

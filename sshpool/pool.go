@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -36,8 +37,9 @@ type Pool struct {
 	resolver    Resolver
 	maxChannels int
 
-	mu    sync.Mutex
-	conns map[string]*poolEntry
+	mu     sync.Mutex
+	conns  map[string]*poolEntry
+	closed bool
 }
 
 type poolEntry struct {
@@ -67,28 +69,47 @@ type Client struct {
 	slots  chan struct{}
 	done   chan struct{}
 	closer func()
-	jump   *Client // the previous hop, when ProxyJump was used
+	// owned are the ProxyJump hops after the first, which no pool entry
+	// holds: they live and die with this connection.
+	owned []*Client
 
 	mu     sync.Mutex
 	closed bool
 	err    error
 }
 
+// maxHops bounds a ProxyJump chain, including hops of hops.
+const maxHops = 8
+
 // Get returns the pooled connection to alias, dialing it if there is none or
 // the previous one broke.
 func (p *Pool) Get(ctx context.Context, alias string) (*Client, error) {
-	return p.get(ctx, alias, 0)
+	return p.entry(ctx, alias, nil, func() (inventory.Node, error) { return p.resolver.Resolve(ctx, alias) })
 }
 
-func (p *Pool) get(ctx context.Context, alias string, depth int) (*Client, error) {
-	if depth > 8 {
-		return nil, fmt.Errorf("%w: ProxyJump chain for %s is longer than 8 hops (a loop in the ssh config?)", ErrUnreachable, alias)
+// entry returns the live client of a pool entry, dialing it under the
+// entry's lock. chain is the list of entries being dialed above this one:
+// a ProxyJump loop (`Host *` with `ProxyJump bastion` and no `!bastion`) is
+// refused instead of waiting on its own lock forever.
+func (p *Pool) entry(ctx context.Context, key string, chain []string, resolve func() (inventory.Node, error)) (*Client, error) {
+	for _, k := range chain {
+		if k == key {
+			return nil, fmt.Errorf("%w: ProxyJump loop: %s → %s (exclude the jump host from the Host pattern that sets ProxyJump, e.g. `Host * !bastion`)",
+				ErrUnreachable, strings.Join(chain, " → "), key)
+		}
+	}
+	if len(chain) > maxHops {
+		return nil, fmt.Errorf("%w: ProxyJump chain %s is longer than %d hops", ErrUnreachable, strings.Join(chain, " → "), maxHops)
 	}
 	p.mu.Lock()
-	e := p.conns[alias]
+	if p.closed {
+		p.mu.Unlock()
+		return nil, fmt.Errorf("%w: connection pool closed", ErrConnectionLost)
+	}
+	e := p.conns[key]
 	if e == nil {
 		e = &poolEntry{}
-		p.conns[alias] = e
+		p.conns[key] = e
 	}
 	p.mu.Unlock()
 
@@ -97,13 +118,20 @@ func (p *Pool) get(ctx context.Context, alias string, depth int) (*Client, error
 	if e.client != nil && e.client.Alive() {
 		return e.client, nil
 	}
-	n, err := p.resolver.Resolve(ctx, alias)
+	n, err := resolve()
 	if err != nil {
 		return nil, err
 	}
-	c, err := p.dial(ctx, n, depth)
+	c, err := p.dial(ctx, n, append(chain, key))
 	if err != nil {
 		return nil, err
+	}
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		c.Close() // Close ran while we dialed; nobody would close this one
+		return nil, fmt.Errorf("%w: connection pool closed", ErrConnectionLost)
 	}
 	e.client = c
 	return c, nil
@@ -131,16 +159,22 @@ func (p *Pool) DialAll(ctx context.Context, aliases []string) map[string]error {
 	return errs
 }
 
-// Close closes every connection.
+// Close closes every connection. A dial still in progress closes its own
+// client when it finishes, so Close never waits for a slow node.
 func (p *Pool) Close() error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, e := range p.conns {
-		if e.client != nil {
-			e.client.Close()
+	p.closed = true
+	entries := p.conns
+	p.conns = map[string]*poolEntry{}
+	p.mu.Unlock()
+	for _, e := range entries {
+		if e.mu.TryLock() {
+			if e.client != nil {
+				e.client.Close()
+			}
+			e.mu.Unlock()
 		}
 	}
-	p.conns = map[string]*poolEntry{}
 	return nil
 }
 
@@ -149,7 +183,13 @@ func (p *Pool) drop(alias string, c *Client) {
 	c.Close()
 }
 
-func (p *Pool) dial(ctx context.Context, n inventory.Node, depth int) (*Client, error) {
+// dial connects to n, through its ProxyJump chain if it has one, within
+// n's ConnectTimeout for TCP and handshake together.
+func (p *Pool) dial(ctx context.Context, n inventory.Node, chain []string) (*Client, error) {
+	if n.ProxyCommand != "" {
+		return nil, fmt.Errorf("%w: %s uses ProxyCommand (%s), which sshq does not run; reach it with ProxyJump instead (e.g. `ProxyJump bastion` in place of `ProxyCommand ssh -W %%h:%%p bastion`)",
+			ErrUnreachable, n.Name, n.ProxyCommand)
+	}
 	timeout := n.Timeout()
 	deadline := time.Now().Add(timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -158,124 +198,82 @@ func (p *Pool) dial(ctx context.Context, n inventory.Node, depth int) (*Client, 
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 
-	var jump *Client
+	var owned []*Client
+	closeOwned := func() {
+		for _, o := range owned {
+			o.Close()
+		}
+	}
 	var raw net.Conn
 	var err error
-	if hops := n.ProxyJumps(); len(hops) > 0 {
-		jump, err = p.jumpChain(dctx, hops, depth)
+	if hops := n.ProxyJumps(); len(hops) > 0 && !(len(hops) == 1 && hops[0] == n.Name) {
+		var last *Client
+		last, owned, err = p.jumpChain(dctx, hops, chain)
 		if err != nil {
+			closeOwned()
 			return nil, fmt.Errorf("%w: %s via ProxyJump %s: %v", ErrUnreachable, n.Name, n.ProxyJump, stripSentinel(err))
 		}
-		raw, err = dialThrough(dctx, jump, n.Addr())
+		raw, err = dialThrough(dctx, last, n.Addr())
 	} else {
 		var d net.Dialer
 		raw, err = d.DialContext(dctx, "tcp", n.Addr())
 	}
 	if err != nil {
+		closeOwned()
 		return nil, fmt.Errorf("%w: %s (%s): %v", ErrUnreachable, n.Name, n.Addr(), friendlyNetErr(err, timeout))
 	}
-
-	auth, closer, notes, err := authMethods(n)
+	c, err := p.handshake(dctx, raw, n, deadline, timeout)
 	if err != nil {
-		raw.Close()
+		closeOwned()
 		return nil, err
 	}
-	hk := newHostKeyChecker(n)
-	cfg := &ssh.ClientConfig{
-		User:              n.User,
-		Auth:              auth,
-		HostKeyCallback:   hk.callback,
-		HostKeyAlgorithms: hk.algorithms(),
-		Timeout:           timeout,
-	}
-	// ssh.ClientConfig.Timeout covers only the TCP connect; a server that
-	// accepts and then says nothing would hang NewClientConn forever.
-	_ = raw.SetDeadline(deadline)
-	stop := context.AfterFunc(dctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
-	sconn, chans, reqs, err := ssh.NewClientConn(raw, n.Addr(), cfg)
-	stop()
-	if err != nil {
-		raw.Close()
-		closer()
-		return nil, classifyHandshake(n, err, timeout, notes)
-	}
-	_ = raw.SetDeadline(time.Time{})
-	c := &Client{
-		Node:   n,
-		ssh:    ssh.NewClient(sconn, chans, reqs),
-		slots:  make(chan struct{}, p.maxChannels),
-		done:   make(chan struct{}),
-		closer: closer,
-		jump:   jump,
-	}
-	go func() {
-		err := c.ssh.Wait()
-		c.markClosed(err)
-	}()
-	go c.keepalive()
+	c.owned = owned
 	return c, nil
 }
 
-// jumpChain connects to the first hop through the pool (so it is shared and
-// may itself be behind a ProxyJump) and to each further hop through the one
-// before it.
-func (p *Pool) jumpChain(ctx context.Context, hops []string, depth int) (*Client, error) {
-	first, err := p.hop(ctx, hops[0], depth)
+// jumpChain connects to the first hop through the pool (so it is shared
+// and may itself sit behind a ProxyJump) and to each further hop through
+// the one before it. It returns the last hop and the hops it opened that
+// the pool does not hold, which the caller must close with its connection.
+func (p *Pool) jumpChain(ctx context.Context, hops []string, chain []string) (*Client, []*Client, error) {
+	prev, err := p.hop(ctx, hops[0], chain)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	prev := first
+	var owned []*Client
 	for _, h := range hops[1:] {
 		n, err := p.resolveHop(ctx, h)
 		if err != nil {
-			return nil, err
+			return nil, owned, err
 		}
-		n.ProxyJump = ""
 		raw, err := dialThrough(ctx, prev, n.Addr())
 		if err != nil {
-			return nil, fmt.Errorf("hop %s: %v", h, err)
+			return nil, owned, fmt.Errorf("hop %s: %v", h, err)
 		}
-		c, err := p.handshake(ctx, raw, n, prev)
+		deadline, _ := ctx.Deadline()
+		c, err := p.handshake(ctx, raw, n, deadline, n.Timeout())
 		if err != nil {
-			return nil, fmt.Errorf("hop %s: %w", h, err)
+			return nil, owned, fmt.Errorf("hop %s: %w", h, err)
 		}
+		owned = append(owned, c)
 		prev = c
 	}
-	return prev, nil
+	return prev, owned, nil
 }
 
-func (p *Pool) hop(ctx context.Context, spec string, depth int) (*Client, error) {
+// hop returns the pooled connection to the first ProxyJump hop. A hop
+// with an explicit user or port is its own pool entry.
+func (p *Pool) hop(ctx context.Context, spec string, chain []string) (*Client, error) {
 	user, host, port := parseHop(spec)
 	if user == "" && port == 0 {
-		return p.get(ctx, host, depth+1)
+		return p.entry(ctx, host, chain, func() (inventory.Node, error) { return p.resolver.Resolve(ctx, host) })
 	}
-	n, err := p.resolveHop(ctx, spec)
-	if err != nil {
-		return nil, err
-	}
-	// A hop with an explicit user or port is its own pool entry.
-	p.mu.Lock()
-	e := p.conns["jump:"+spec]
-	if e == nil {
-		e = &poolEntry{}
-		p.conns["jump:"+spec] = e
-	}
-	p.mu.Unlock()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.client != nil && e.client.Alive() {
-		return e.client, nil
-	}
-	c, err := p.dial(ctx, n, depth+1)
-	if err != nil {
-		return nil, err
-	}
-	e.client = c
-	return c, nil
+	return p.entry(ctx, "jump:"+spec, chain, func() (inventory.Node, error) { return p.resolveHop(ctx, spec) })
 }
 
 // resolveHop resolves a ProxyJump element `[user@]host[:port]`, where host
-// may be an alias of the config.
+// may be an alias of the config. Only the first hop may have a ProxyJump of
+// its own, as with `ssh -J`.
 func (p *Pool) resolveHop(ctx context.Context, spec string) (inventory.Node, error) {
 	user, host, port := parseHop(spec)
 	n, err := p.resolver.Resolve(ctx, host)
@@ -305,9 +303,11 @@ func parseHop(spec string) (user, host string, port int) {
 	return user, host, port
 }
 
-// handshake runs the SSH handshake on an already-open stream (a hop).
-func (p *Pool) handshake(ctx context.Context, raw net.Conn, n inventory.Node, jump *Client) (*Client, error) {
-	timeout := n.Timeout()
+// handshake runs the SSH handshake on an open stream. The deadline is
+// enforced by closing the stream, not by SetDeadline: a stream through a
+// ProxyJump hop is an SSH channel, which supports no deadlines, and a host
+// that accepts TCP but never speaks would otherwise hang the dial forever.
+func (p *Pool) handshake(ctx context.Context, raw net.Conn, n inventory.Node, deadline time.Time, timeout time.Duration) (*Client, error) {
 	auth, closer, notes, err := authMethods(n)
 	if err != nil {
 		raw.Close()
@@ -315,18 +315,28 @@ func (p *Pool) handshake(ctx context.Context, raw net.Conn, n inventory.Node, ju
 	}
 	hk := newHostKeyChecker(n)
 	cfg := &ssh.ClientConfig{User: n.User, Auth: auth, HostKeyCallback: hk.callback, HostKeyAlgorithms: hk.algorithms(), Timeout: timeout}
-	_ = raw.SetDeadline(time.Now().Add(timeout))
-	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	var timedOut atomic.Bool
+	var timer *time.Timer
+	if !deadline.IsZero() {
+		timer = time.AfterFunc(time.Until(deadline), func() { timedOut.Store(true); raw.Close() })
+	}
+	stop := context.AfterFunc(ctx, func() { timedOut.Store(true); raw.Close() })
 	sconn, chans, reqs, err := ssh.NewClientConn(raw, n.Addr(), cfg)
 	stop()
+	if timer != nil {
+		timer.Stop()
+	}
 	if err != nil {
 		raw.Close()
 		closer()
+		if timedOut.Load() && !errors.Is(err, ErrHostKeyChanged) && !errors.Is(err, ErrHostKeyUnknown) {
+			return nil, fmt.Errorf("%w: %s (%s): SSH handshake did not finish within %s (the host accepts TCP but its sshd does not answer: overloaded or hung?)",
+				ErrUnreachable, n.Name, n.Addr(), timeout)
+		}
 		return nil, classifyHandshake(n, err, timeout, notes)
 	}
-	_ = raw.SetDeadline(time.Time{})
 	c := &Client{Node: n, ssh: ssh.NewClient(sconn, chans, reqs), slots: make(chan struct{}, p.maxChannels),
-		done: make(chan struct{}), closer: closer, jump: jump}
+		done: make(chan struct{}), closer: closer}
 	go func() { c.markClosed(c.ssh.Wait()) }()
 	go c.keepalive()
 	return c, nil
@@ -407,19 +417,25 @@ func (c *Client) Alive() bool {
 
 func (c *Client) markClosed(err error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed {
+		c.mu.Unlock()
 		return
 	}
 	c.closed = true
 	c.err = err
 	close(c.done)
+	owned := c.owned
+	c.mu.Unlock()
 	if c.closer != nil {
 		c.closer()
 	}
+	for _, o := range owned {
+		o.Close()
+	}
 }
 
-// Close closes the connection (not the jump hosts, which the pool owns).
+// Close closes the connection and the hops it owns (not the first hop,
+// which the pool holds and may share).
 func (c *Client) Close() error {
 	err := c.ssh.Close()
 	c.markClosed(err)
@@ -498,7 +514,33 @@ type Result struct {
 func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader) (Result, error) {
 	var out, errb bytes.Buffer
 	code, err := c.Stream(ctx, cmd, stdin, &out, &errb)
-	return Result{Stdout: out.Bytes(), Stderr: errb.Bytes(), ExitCode: code}, err
+	if err != nil {
+		// The session's copy goroutines may still be writing into the
+		// buffers after a cancel; leave them to it.
+		return Result{ExitCode: -1}, err
+	}
+	return Result{Stdout: out.Bytes(), Stderr: errb.Bytes(), ExitCode: code}, nil
+}
+
+// await runs a call that waits for the server (channel open, exec or
+// subsystem request, SFTP init) and takes no context. If ctx ends first,
+// the connection is closed: a server that does not answer a channel request
+// within the caller's deadline is not one to keep sending work to, and
+// closing is the only way to make x/crypto give the call back.
+func (c *Client) await(ctx context.Context, f func() error) error {
+	res := make(chan error, 1)
+	go func() { res <- f() }()
+	select {
+	case err := <-res:
+		return err
+	case <-ctx.Done():
+		c.Close()
+		<-res
+		return fmt.Errorf("%s: no answer from the node: %w", c.Node.Name, ctx.Err())
+	case <-c.done:
+		<-res
+		return fmt.Errorf("%w: %s", ErrConnectionLost, c.Node.Name)
+	}
 }
 
 // Stream is Run with caller-provided writers, for output that must be shown
@@ -516,7 +558,10 @@ func (c *Client) Stream(ctx context.Context, cmd string, stdin io.Reader, stdout
 	sess.Stdin = stdin
 	sess.Stdout = stdout
 	sess.Stderr = stderr
-	if err := sess.Start(cmd); err != nil {
+	if err := c.await(ctx, func() error { return sess.Start(cmd) }); err != nil {
+		if ctx.Err() != nil || !c.Alive() {
+			return -1, err
+		}
 		return -1, notStarted{c.channelErr(err)}
 	}
 	done := make(chan error, 1)
@@ -526,6 +571,12 @@ func (c *Client) Stream(ctx context.Context, cmd string, stdin io.Reader, stdout
 	case <-ctx.Done():
 		_ = sess.Signal(ssh.SIGTERM)
 		sess.Close()
+		// Let the session's output copies finish before the caller's
+		// writers are handed back (bounded: the peer may be gone).
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+		}
 		return -1, fmt.Errorf("%s on %s: %w", shortCmd(cmd), c.Node.Name, ctx.Err())
 	case <-c.done:
 		return -1, fmt.Errorf("%w: %s dropped while running %s", ErrConnectionLost, c.Node.Name, shortCmd(cmd))
@@ -558,9 +609,16 @@ func (c *Client) newSession(ctx context.Context) (*ssh.Session, error) {
 	wait := 10 * time.Millisecond
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		sess, err := c.ssh.NewSession()
+		var sess *ssh.Session
+		err := c.await(ctx, func() (err error) {
+			sess, err = c.ssh.NewSession()
+			return err
+		})
 		if err == nil {
 			return sess, nil
+		}
+		if ctx.Err() != nil || !c.Alive() {
+			return nil, err
 		}
 		var oce *ssh.OpenChannelError
 		if !errors.As(err, &oce) || time.Now().After(deadline) {
@@ -644,7 +702,10 @@ func (c *Client) SFTP(ctx context.Context) (*sftp.Client, func(), error) {
 		c.release()
 		return nil, nil, err
 	}
-	if err := sess.RequestSubsystem("sftp"); err != nil {
+	if err := c.await(ctx, func() error { return sess.RequestSubsystem("sftp") }); err != nil {
+		if ctx.Err() != nil || !c.Alive() {
+			return fail(err)
+		}
 		return fail(fmt.Errorf("%s: the sftp subsystem is not available (enable `Subsystem sftp` in the node's sshd_config): %w", c.Node.Name, err))
 	}
 	w, err := sess.StdinPipe()
@@ -655,14 +716,18 @@ func (c *Client) SFTP(ctx context.Context) (*sftp.Client, func(), error) {
 	if err != nil {
 		return fail(err)
 	}
-	sc, err := sftp.NewClientPipe(r, w,
-		sftp.UseConcurrentWrites(true),
-		sftp.UseConcurrentReads(true),
-		sftp.MaxConcurrentRequestsPerFile(64),
-		// OpenSSH sftp-server takes messages up to 256 KiB; the default 32 KiB
-		// data packets cost eight times the requests for the same bytes.
-		sftp.MaxPacketUnchecked(255*1024),
-	)
+	var sc *sftp.Client
+	err = c.await(ctx, func() (err error) {
+		sc, err = sftp.NewClientPipe(r, w,
+			sftp.UseConcurrentWrites(true),
+			sftp.UseConcurrentReads(true),
+			sftp.MaxConcurrentRequestsPerFile(64),
+			// OpenSSH sftp-server takes messages up to 256 KiB; the default
+			// 32 KiB data packets cost eight times the requests for the bytes.
+			sftp.MaxPacketUnchecked(255*1024),
+		)
+		return err
+	})
 	if err != nil {
 		return fail(fmt.Errorf("%s: starting sftp: %w", c.Node.Name, err))
 	}
