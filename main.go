@@ -1254,7 +1254,8 @@ Examples:
 			defer closeFn()
 			code, err := oc.Logs(c.Context, jobs[0], c.Int("tail"), c.Bool("follow"), e.stdout, e.stderr)
 			if c.Context.Err() != nil {
-				return nil
+				// Like tail -f: interrupted, not the job's outcome.
+				return withCode(exitInterrupted, errors.New(""))
 			}
 			if err != nil {
 				return withCode(exitUnreachable, err)

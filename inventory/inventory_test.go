@@ -189,3 +189,19 @@ func TestSettingsRoundTrip(t *testing.T) {
 		t.Errorf("bad yaml: %v", err)
 	}
 }
+
+func TestExpandPathTokensAndEnv(t *testing.T) {
+	t.Setenv("SSHQ_TEST_SOCK_DIR", "/run/agent")
+	n := &Node{Name: "gpu", HostName: "10.0.0.1", User: "bob", Port: 2222}
+	home := homeDir()
+	for in, want := range map[string]string{
+		"~/.ssh/id_%h_%r":              home + "/.ssh/id_10.0.0.1_bob",
+		"%d/x-%n-%p":                   home + "/x-gpu-2222",
+		"${SSHQ_TEST_SOCK_DIR}/s.sock": "/run/agent/s.sock",
+		"/abs/100%%":                   "/abs/100%",
+	} {
+		if got := expandPath(in, n); got != want {
+			t.Errorf("expandPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

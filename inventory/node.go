@@ -113,6 +113,18 @@ func localHostname() string {
 // user, %h host name, %r remote user, %l local host name, %n the alias,
 // %p port, %% a percent sign.
 func expandPath(p string, n *Node) string {
+	// OpenSSH expands ${VAR} (braces only) in these paths.
+	for {
+		i := strings.Index(p, "${")
+		if i < 0 {
+			break
+		}
+		j := strings.IndexByte(p[i:], '}')
+		if j < 0 {
+			break
+		}
+		p = p[:i] + os.Getenv(p[i+2:i+j]) + p[i+j+1:]
+	}
 	if p == "~" {
 		p = homeDir()
 	} else if strings.HasPrefix(p, "~/") {

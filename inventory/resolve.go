@@ -292,9 +292,12 @@ func finish(n Node) Node {
 	for i, f := range n.UserKnownHostsFiles {
 		n.UserKnownHostsFiles[i] = expandPath(f, &n)
 	}
+	for i, f := range n.GlobalKnownHostsFiles {
+		n.GlobalKnownHostsFiles[i] = expandPath(f, &n)
+	}
 	if n.IdentityAgent != "" && !strings.EqualFold(n.IdentityAgent, "none") && n.IdentityAgent != "SSH_AUTH_SOCK" {
-		if strings.HasPrefix(n.IdentityAgent, "$") {
-			n.IdentityAgent = os.Getenv(strings.Trim(n.IdentityAgent[1:], "{}"))
+		if v, ok := strings.CutPrefix(n.IdentityAgent, "$"); ok && !strings.HasPrefix(v, "{") {
+			n.IdentityAgent = os.Getenv(v) // `IdentityAgent $SOME_SOCK`
 		} else {
 			n.IdentityAgent = expandPath(n.IdentityAgent, &n)
 		}
