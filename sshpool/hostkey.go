@@ -46,23 +46,46 @@ func (c *hostKeyChecker) lookupName() string {
 	return net.JoinHostPort(c.node.HostName, fmt.Sprint(c.node.Port))
 }
 
-// knownKeys returns what known_hosts holds for the host. knownhosts has no
-// lookup call, so it is asked to verify a throwaway key and its KeyError
-// lists the keys it would have accepted.
-func (c *hostKeyChecker) knownKeys() ([]knownhosts.KnownKey, error) {
+// knownKeys returns what known_hosts holds for the host: its plain keys and
+// the @cert-authority keys whose pattern covers it. knownhosts has no lookup
+// call, so it is asked to verify a throwaway key and its KeyError lists the
+// lines it would have accepted; it does not say which of them are CA lines,
+// so the marker is read back from the named file and line.
+func (c *hostKeyChecker) knownKeys() (plain, cas []knownhosts.KnownKey, err error) {
 	if len(c.files) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	cb, err := knownhosts.New(c.files...)
 	if err != nil {
-		return nil, fmt.Errorf("reading known_hosts: %w", err)
+		return nil, nil, fmt.Errorf("reading known_hosts: %w", err)
 	}
-	err = cb(c.lookupName(), &net.TCPAddr{IP: net.IPv4zero}, probeKey)
 	var ke *knownhosts.KeyError
-	if errors.As(err, &ke) {
-		return ke.Want, nil
+	if !errors.As(cb(c.lookupName(), &net.TCPAddr{IP: net.IPv4zero}, probeKey), &ke) {
+		return nil, nil, nil
 	}
-	return nil, nil
+	plain, cas = splitAuthorities(ke.Want)
+	return plain, cas, nil
+}
+
+// splitAuthorities separates @cert-authority lines from plain host keys:
+// knownhosts reports both as accepted keys, but a CA key is not the host's
+// key, and a host whose plain key is unknown is new, not changed.
+func splitAuthorities(keys []knownhosts.KnownKey) (plain, cas []knownhosts.KnownKey) {
+	lines := map[string][]string{}
+	for _, k := range keys {
+		ls, ok := lines[k.Filename]
+		if !ok {
+			data, _ := os.ReadFile(k.Filename)
+			ls = strings.Split(string(data), "\n")
+			lines[k.Filename] = ls
+		}
+		if k.Line >= 1 && k.Line <= len(ls) && strings.HasPrefix(strings.TrimSpace(ls[k.Line-1]), "@cert-authority") {
+			cas = append(cas, k)
+		} else {
+			plain = append(plain, k)
+		}
+	}
+	return plain, cas
 }
 
 var probeKey = func() ssh.PublicKey {
@@ -72,13 +95,31 @@ var probeKey = func() ssh.PublicKey {
 	return k
 }()
 
-// algorithms orders host-key algorithms so the server offers a key type that
-// known_hosts holds. x/crypto's default order would negotiate ecdsa with a
-// server that has both, then fail against a known_hosts with only ed25519.
+// Host-key algorithms in x/crypto's default preference, split into
+// certificates and plain keys.
+var (
+	certHostKeyAlgos = []string{
+		ssh.CertAlgoRSASHA256v01, ssh.CertAlgoRSASHA512v01, ssh.CertAlgoRSAv01,
+		ssh.CertAlgoECDSA256v01, ssh.CertAlgoECDSA384v01, ssh.CertAlgoECDSA521v01,
+		ssh.CertAlgoED25519v01,
+	}
+	plainHostKeyAlgos = []string{
+		ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521,
+		ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSA,
+		ssh.KeyAlgoED25519,
+	}
+)
+
+// algorithms orders host-key algorithms so the server offers a key that
+// known_hosts can verify. x/crypto's default order would negotiate ecdsa
+// with a server that has both, then fail against a known_hosts with only
+// ed25519; and it puts certificates first, which a host with no
+// @cert-authority line cannot verify (and must never be recorded), so
+// certificates are asked for only when a CA line covers the host.
 func (c *hostKeyChecker) algorithms() []string {
-	keys, err := c.knownKeys()
-	if err != nil || len(keys) == 0 {
-		return nil
+	plain, cas, err := c.knownKeys()
+	if err != nil {
+		return plainHostKeyAlgos
 	}
 	var algos []string
 	seen := map[string]bool{}
@@ -90,7 +131,10 @@ func (c *hostKeyChecker) algorithms() []string {
 			}
 		}
 	}
-	for _, k := range keys {
+	if len(cas) > 0 {
+		add(certHostKeyAlgos...)
+	}
+	for _, k := range plain {
 		switch t := k.Key.Type(); t {
 		case ssh.KeyAlgoRSA:
 			add(ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA)
@@ -98,18 +142,49 @@ func (c *hostKeyChecker) algorithms() []string {
 			add(t)
 		}
 	}
+	if len(plain) == 0 {
+		// Nothing to match: any plain key will do, to be checked as new.
+		add(plainHostKeyAlgos...)
+	}
 	return algos
 }
 
 func (c *hostKeyChecker) callback(hostname string, remote net.Addr, key ssh.PublicKey) error {
 	name := c.lookupName()
-	fp := ssh.FingerprintSHA256(key)
+	var cb ssh.HostKeyCallback
 	if len(c.files) > 0 {
-		cb, err := knownhosts.New(c.files...)
-		if err != nil {
+		var err error
+		if cb, err = knownhosts.New(c.files...); err != nil {
 			return fmt.Errorf("%w: reading known_hosts: %v", ErrHostKeyUnknown, err)
 		}
-		err = cb(name, remote, key)
+	}
+	var certNote string
+	if cert, ok := key.(*ssh.Certificate); ok {
+		// knownhosts checks the certificate against the @cert-authority
+		// lines (signature, validity, principal, revocation).
+		certNote = " (its host certificate is not vouched for by any @cert-authority line in known_hosts)"
+		if cb != nil {
+			err := cb(name, remote, cert)
+			if err == nil {
+				return nil
+			}
+			if _, cas, _ := c.knownKeys(); len(cas) > 0 {
+				certNote = fmt.Sprintf(" (its host certificate was refused: %v)", err)
+			}
+			var re *knownhosts.RevokedError
+			if errors.As(cb(name, remote, cert.SignatureKey), &re) {
+				return fmt.Errorf("%w: the certificate authority that signed the host key of %s (%s) is marked @revoked in %s:%d; refusing to connect",
+					ErrHostKeyChanged, c.node.Name, ssh.FingerprintSHA256(cert.SignatureKey), re.Revoked.Filename, re.Revoked.Line)
+			}
+		}
+		// As OpenSSH does when no CA vouches for the certificate: verify
+		// (and, under accept-new, record) the plain key it certifies. A
+		// certificate line in known_hosts would match nothing later.
+		key = cert.Key
+	}
+	fp := ssh.FingerprintSHA256(key)
+	if cb != nil {
+		err := cb(name, remote, key)
 		if err == nil {
 			return nil
 		}
@@ -122,8 +197,8 @@ func (c *hostKeyChecker) callback(hostname string, remote net.Addr, key ssh.Publ
 		if !errors.As(err, &ke) {
 			return fmt.Errorf("%w: %v", ErrHostKeyUnknown, err)
 		}
-		if len(ke.Want) > 0 {
-			w := ke.Want[0]
+		if plain, _ := splitAuthorities(ke.Want); len(plain) > 0 {
+			w := plain[0]
 			return fmt.Errorf("%w: WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED for %s (%s)! It now presents %s key %s, "+
 				"but %s:%d holds a different key. Someone could be intercepting the connection, or the host was reinstalled. "+
 				"If you know it was reinstalled, remove the old key with `ssh-keygen -R %s -f %s` and connect again",
@@ -138,10 +213,10 @@ func (c *hostKeyChecker) callback(hostname string, remote net.Addr, key ssh.Publ
 	default:
 		target := c.userFile()
 		return fmt.Errorf("%w: no host key for %s (%s) in %s, and StrictHostKeyChecking is %q. "+
-			"The host offered %s key %s. Check that fingerprint, then run `ssh %s` once and accept it, "+
+			"The host offered %s key %s%s. Check that fingerprint, then run `ssh %s` once and accept it, "+
 			"or add it with `ssh-keyscan -p %d -t %s %s >> %s`; or set `StrictHostKeyChecking accept-new` for this host in your ssh config",
 			ErrHostKeyUnknown, c.node.Name, knownHostsDisplay(name), strings.Join(c.candidateFiles(), ", "), c.node.StrictHostKeyChecking,
-			key.Type(), fp, c.node.Name, c.node.Port, key.Type(), c.node.HostName, target)
+			key.Type(), fp, certNote, c.node.Name, c.node.Port, key.Type(), c.node.HostName, target)
 	}
 }
 
@@ -170,6 +245,9 @@ func (c *hostKeyChecker) userFile() string {
 // record appends the new key to the first UserKnownHostsFile, hashed when
 // HashKnownHosts is set, as accept-new does in OpenSSH.
 func (c *hostKeyChecker) record(key ssh.PublicKey) error {
+	if cert, ok := key.(*ssh.Certificate); ok {
+		key = cert.Key // a certificate line would never match again
+	}
 	knownHostsMu.Lock()
 	defer knownHostsMu.Unlock()
 	f := c.userFile()

@@ -308,7 +308,7 @@ func parseHop(spec string) (user, host string, port int) {
 // ProxyJump hop is an SSH channel, which supports no deadlines, and a host
 // that accepts TCP but never speaks would otherwise hang the dial forever.
 func (p *Pool) handshake(ctx context.Context, raw net.Conn, n inventory.Node, deadline time.Time, timeout time.Duration) (*Client, error) {
-	auth, closer, notes, err := authMethods(n)
+	auth, closer, notes, err := authMethodsUntil(n, deadline)
 	if err != nil {
 		raw.Close()
 		return nil, err

@@ -412,7 +412,9 @@ func (n *Node) Stop() {
 	if n.cmd == nil {
 		return
 	}
-	_ = n.cmd.Process.Kill()
+	// The whole group: a session child sshd just forked would otherwise
+	// outlive it and write its log into a directory being removed.
+	_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
 	_, _ = n.cmd.Process.Wait()
 	n.cmd = nil
 }
