@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -100,6 +101,12 @@ func run(parent context.Context, args []string, e env) int {
 		}
 	}()
 
+	// A completion request for words after `--` is about the job's own
+	// command: answer nothing (the shell completes files) and never let
+	// it reach the command's action, which would launch the job.
+	if n := len(args); n > 0 && args[n-1] == "--generate-bash-completion" && slices.Contains(args[:n-1], "--") {
+		return exitOK
+	}
 	app := newApp(e)
 	err := app.RunContext(ctx, normalizeArgs(args))
 	if err == nil {
@@ -128,13 +135,9 @@ func newApp(e env) *cli.App {
 		ErrWriter:            e.stderr,
 		EnableBashCompletion: true,
 		HideHelpCommand:      true,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "ssh-config", Usage: "OpenSSH client config listing the nodes", EnvVars: []string{"SSHQ_SSH_CONFIG"}, DefaultText: "~/.ssh/config"},
-			&cli.StringFlag{Name: "nodes", Usage: "which hosts are nodes: aliases or globs, comma-separated (e.g. gpu-*,!gpu-9)", EnvVars: []string{"SSHQ_NODES"}},
-			&cli.StringFlag{Name: "home", Usage: "controller state directory", EnvVars: []string{"SSHQ_HOME"}, DefaultText: "~/.sshq"},
-		},
-		ExitErrHandler: func(*cli.Context, error) {}, // run() prints errors and picks codes
-		Commands:       commands(e),
+		Flags:                globalFlags(true),
+		ExitErrHandler:       func(*cli.Context, error) {}, // run() prints errors and picks codes
+		Commands:             commands(e),
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return usageErr("%v (see `sshq %s --help`)", err, c.Command.Name)
 		},
@@ -162,6 +165,15 @@ func commands(e env) []*cli.Command {
 	}
 	cmds = append(cmds, extraCommands(e)...)
 	for _, c := range cmds {
+		switch c.Name {
+		case "logs", "cancel", "wait", "attach":
+			c.BashComplete = completeJobs(e)
+		case "launch":
+			c.BashComplete = func(*cli.Context) {} // nothing: the shell completes file names
+		}
+		// The global flags work after the command too (`sshq status
+		// --nodes gpu-1`), as users type them.
+		c.Flags = append(c.Flags, globalFlags(false)...)
 		if c.OnUsageError == nil {
 			c.OnUsageError = func(c *cli.Context, err error, _ bool) error {
 				return usageErr("%v (see `sshq %s --help`)", err, c.Command.Name)
@@ -169,6 +181,55 @@ func commands(e env) []*cli.Command {
 		}
 	}
 	return cmds
+}
+
+// completeJobs offers this controller's unfinished job ids and names.
+func completeJobs(e env) cli.BashCompleteFunc {
+	return func(c *cli.Context) {
+		st, err := store.Open(sshqHome(c))
+		if err != nil {
+			return
+		}
+		s, err := st.Load()
+		if err != nil {
+			return
+		}
+		for _, j := range s.Jobs {
+			if !j.State.Terminal() || c.Command.Name == "logs" {
+				fmt.Fprintln(e.stdout, j.ID)
+			}
+		}
+	}
+}
+
+// globalFlags are sshq's options that every command shares. The copies on
+// commands carry no EnvVars, so a flag typed after the command wins over
+// one typed before it, which wins over the environment (see gflag).
+func globalFlags(withEnv bool) []cli.Flag {
+	env := func(name string) []string {
+		if withEnv {
+			return []string{name}
+		}
+		return nil
+	}
+	return []cli.Flag{
+		&cli.StringFlag{Name: "ssh-config", Usage: "OpenSSH client config listing the nodes", EnvVars: env("SSHQ_SSH_CONFIG"), DefaultText: "~/.ssh/config"},
+		&cli.StringFlag{Name: "nodes", Usage: "which hosts are nodes: aliases or globs, comma-separated (e.g. gpu-*,!gpu-9)", EnvVars: env("SSHQ_NODES")},
+		&cli.StringFlag{Name: "home", Usage: "controller state directory", EnvVars: env("SSHQ_HOME"), DefaultText: "~/.sshq"},
+	}
+}
+
+// gflag reads a global flag from wherever it was given.
+func gflag(c *cli.Context, name string) string {
+	if c.IsSet(name) {
+		return c.String(name)
+	}
+	for _, parent := range c.Lineage()[1:] {
+		if v := parent.String(name); v != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 // extraCommands is extended by the files of the other commands' issues.
@@ -186,7 +247,7 @@ func extraCommands(e env) []*cli.Command {
 
 // sshqHome is $SSHQ_HOME or ~/.sshq.
 func sshqHome(c *cli.Context) string {
-	if h := c.String("home"); h != "" {
+	if h := gflag(c, "home"); h != "" {
 		return h
 	}
 	home, _ := os.UserHomeDir()
@@ -201,8 +262,18 @@ type cluster struct {
 	pool     *sshpool.Pool
 }
 
+// sshConfigPath is --ssh-config / SSHQ_SSH_CONFIG, else the file `sshq
+// init` was run with, else "" (OpenSSH's default).
+func sshConfigPath(c *cli.Context) string {
+	if p := gflag(c, "ssh-config"); p != "" {
+		return p
+	}
+	s, _ := inventory.LoadSettings(sshqHome(c))
+	return s.SSHConfig
+}
+
 func loadConfig(c *cli.Context, e env) (*inventory.Config, error) {
-	cfg, err := inventory.Load(c.String("ssh-config"))
+	cfg, err := inventory.Load(sshConfigPath(c))
 	if err != nil {
 		return nil, withCode(exitUsage, err)
 	}
@@ -223,13 +294,13 @@ func openCluster(c *cli.Context, e env) (*cluster, error) {
 	if err != nil {
 		return nil, withCode(exitUsage, err)
 	}
-	pats, _, err := inventory.Patterns(c.String("nodes"), "", settings)
+	pats, _, err := inventory.Patterns(gflag(c, "nodes"), "", settings)
 	if errors.Is(err, inventory.ErrNoNodes) {
 		return nil, withCode(exitUsage, noNodesError(cfg))
 	}
 	names, err := inventory.Select(cfg.Aliases, pats)
 	if err != nil {
-		return nil, withCode(exitUsage, err)
+		return nil, withCode(exitUsage, fmt.Errorf("%w (ssh config: %s)", err, cfg.Path))
 	}
 	r := inventory.NewResolver(cfg)
 	return &cluster{cfg: cfg, resolver: r, names: names, pool: sshpool.New(r)}, nil
@@ -496,7 +567,12 @@ Examples:
 			if err != nil {
 				return withCode(exitUsage, err)
 			}
-			if err := inventory.SaveSettings(sshqHome(c), inventory.Settings{Nodes: pats}); err != nil {
+			settings := inventory.Settings{Nodes: pats}
+			if !cfg.Default {
+				// Later commands must read the same file the patterns name.
+				settings.SSHConfig, _ = filepath.Abs(cfg.Path)
+			}
+			if err := inventory.SaveSettings(sshqHome(c), settings); err != nil {
 				return err
 			}
 			sort.Strings(names)
@@ -558,7 +634,7 @@ Examples:
    sshq status --json | jq '.nodes[].gpus[] | select(.state=="free") | .uuid'`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "machine-readable output"},
-			&cli.Float64Flag{Name: "watch", Aliases: []string{"w"}, Usage: "refresh every `SECONDS` (default 2 when given without a value)"},
+			&cli.Float64Flag{Name: "watch", Aliases: []string{"w"}, DefaultText: "off; 2 when given without a value", Usage: "refresh every `SECONDS`"},
 		},
 		Action: func(c *cli.Context) error {
 			cl, err := openCluster(c, e)
@@ -836,7 +912,7 @@ Examples:
    sshq launch --gpus 1 -- python train.py --epochs 3
    sshq launch --dry-run task.yaml          # validate and show the placement, touch nothing`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "name", Usage: "job name (default: the task's name, or the command's first word)"},
+			&cli.StringFlag{Name: "name", Usage: "job name (default: the task's name, or the command's program)"},
 			&cli.StringFlag{Name: "gpus", Usage: "GPUs to use: `N` or TYPE:N (A100:2); overrides the task's resources"},
 			&cli.StringFlag{Name: "node", Usage: "run on this node only"},
 			&cli.StringSliceFlag{Name: "env", Usage: "set an env var: K=V, or K to pass the local value (repeatable)"},
@@ -876,7 +952,10 @@ func doLaunch(c *cli.Context, e env) error {
 			return err
 		}
 		run = shellJoin(args)
-		t.Name = filepath.Base(args[0])
+		// The program's name, also for `sshq launch 'python train.py'`.
+		if f := strings.Fields(args[0]); len(f) > 0 {
+			t.Name = filepath.Base(f[0])
+		}
 	}
 	for _, w := range warns {
 		fmt.Fprintf(e.stderr, "sshq: warning: %s\n", w)
@@ -885,7 +964,7 @@ func doLaunch(c *cli.Context, e env) error {
 	if g := c.String("gpus"); g != "" {
 		a, err := task.ParseGPUFlag(g)
 		if err != nil {
-			return withCode(exitUsage, fmt.Errorf("--gpus: %w", err))
+			return withCode(exitUsage, err)
 		}
 		ov.GPUs = &a
 	}
@@ -909,6 +988,9 @@ func doLaunch(c *cli.Context, e env) error {
 	}
 	defer cl.close()
 	oc := cl.orch()
+	if pin := c.String("node"); pin != "" && !slices.Contains(cl.names, pin) {
+		return usageErr("--node %s: not one of the nodes (%s); pick one of them, or add it with --nodes or `sshq init`", pin, strings.Join(cl.names, ", "))
+	}
 	if c.Bool("dry-run") {
 		p, err := oc.Place(c.Context, t, c.String("node"))
 		if err != nil {
@@ -963,6 +1045,9 @@ func doLaunch(c *cli.Context, e env) error {
 		where = fmt.Sprintf("waiting in the node's queue behind %d job(s) for %d GPU(s)", p.QueueAhead, p.NumGPUs)
 	case !p.FitsNow:
 		where = fmt.Sprintf("waiting in the node's queue until %d GPU(s) free up", p.NumGPUs)
+	}
+	if p.NumGPUs == 0 {
+		where += " (no GPU requested: add --gpus N, or resources.accelerators in the task, for GPUs)"
 	}
 	fmt.Fprintf(e.stderr, "sshq: job #%d (%s) submitted to %s: %s\n", job.ID, job.Name, job.Node, where)
 	if detach {
@@ -1233,7 +1318,7 @@ Examples:
    sshq logs -f --tail 50 train`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "follow until the job ends; exit with its code"},
-			&cli.IntFlag{Name: "tail", Aliases: []string{"n"}, Value: -1, Usage: "only the last `N` lines"},
+			&cli.IntFlag{Name: "tail", Aliases: []string{"n"}, Value: -1, DefaultText: "all", Usage: "only the last `N` lines"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -1252,6 +1337,13 @@ Examples:
 				return err
 			}
 			defer closeFn()
+			if views, _, _ := oc.Reconcile(c.Context, st, func(j *store.Job) bool { return j.ID == jobs[0].ID }); len(views) == 1 && views[0].State == store.Pending {
+				pos := ""
+				if views[0].QueuePosition != nil {
+					pos = fmt.Sprintf(", #%d in %s's queue", *views[0].QueuePosition, views[0].Node)
+				}
+				fmt.Fprintf(e.stderr, "sshq: job #%d is PENDING%s: its output starts when it gets its GPUs\n", views[0].ID, pos)
+			}
 			code, err := oc.Logs(c.Context, jobs[0], c.Int("tail"), c.Bool("follow"), e.stdout, e.stderr)
 			if c.Context.Err() != nil {
 				// Like tail -f: interrupted, not the job's outcome.
@@ -1327,7 +1419,14 @@ Examples:
 				writeJSON(e.stdout, res)
 			} else {
 				for _, j := range jobs {
-					fmt.Fprintf(e.stdout, "#%d %s: %s\n", j.ID, j.Name, out[j.ID])
+					o := out[j.ID]
+					switch o {
+					case "done":
+						o = "already ended (" + string(j.State) + "); nothing to cancel"
+					case "missing":
+						o = "unknown on " + j.Node + " (its record there is gone); nothing to cancel"
+					}
+					fmt.Fprintf(e.stdout, "#%d %s: %s\n", j.ID, j.Name, o)
 				}
 				if len(jobs) == 0 {
 					fmt.Fprintln(e.stdout, "no unfinished jobs to cancel")
@@ -1348,8 +1447,13 @@ func waitCommand(e env) *cli.Command {
 		Name:      "wait",
 		Usage:     "block until jobs end; exit with the last failing one's code",
 		ArgsUsage: "JOB...",
-		Description: `Examples:
-   sshq wait 12 13 && echo all good`,
+		Description: `Asks the jobs' nodes every --interval until every job has ended. Exits 0 when all
+SUCCEEDED, else with the exit code of the last failing job (1 for LOST or CANCELLED without one).
+The jobs keep running if wait is interrupted.
+
+Examples:
+   sshq wait 12 13 && echo all good
+   sshq launch -d task.yaml | xargs sshq wait`,
 		Flags: []cli.Flag{
 			&cli.DurationFlag{Name: "interval", Value: 2 * time.Second, Usage: "how often to ask the nodes"},
 		},
@@ -1445,7 +1549,7 @@ Examples:
 				return errors.New("attach needs the OpenSSH client (`ssh`) on this machine")
 			}
 			argv := []string{"ssh"}
-			if cfg := c.String("ssh-config"); cfg != "" {
+			if cfg := sshConfigPath(c); cfg != "" {
 				argv = append(argv, "-F", cfg)
 			}
 			argv = append(argv, "-t", j.Node, sshpool.Command("tmux", "-L", "sshq", "attach-session", "-t", j.UID))
@@ -1461,7 +1565,9 @@ func completionCommand(e env) *cli.Command {
 		Name:      "completion",
 		Usage:     "print a shell completion script (bash, zsh or fish)",
 		ArgsUsage: "bash|zsh|fish",
-		Description: `Examples:
+		Description: `Prints a script that completes sshq's commands, flags, job ids and files.
+
+Examples:
    source <(sshq completion bash)                       # bash, in ~/.bashrc
    sshq completion zsh > "${fpath[1]}/_sshq"            # zsh
    sshq completion fish > ~/.config/fish/completions/sshq.fish`,
@@ -1536,18 +1642,27 @@ Examples:
    sshq demo --tour        # a scripted walk: status, launch, queue, logs, cancel, status`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "tour", Usage: "run a short scripted tour, then stop"},
-			&cli.StringFlag{Name: "dir", Usage: "where the demo keeps its nodes and files", DefaultText: "$TMPDIR/sshq-demo-$UID"},
+			&cli.StringFlag{Name: "dir", Usage: "where the demo keeps its nodes and files (removed after a tour)", DefaultText: "$TMPDIR/sshq-demo-$UID"},
 		},
 		Action: func(c *cli.Context) error {
 			dir := c.String("dir")
 			if dir == "" {
-				dir = filepath.Join(os.TempDir(), fmt.Sprintf("sshq-demo-%d", os.Getuid()))
+				// The tour has its own directory, so it never disturbs a
+				// demo you keep running, and it leaves nothing behind.
+				name := "sshq-demo"
+				if c.Bool("tour") {
+					name = "sshq-demo-tour"
+				}
+				dir = filepath.Join(os.TempDir(), fmt.Sprintf("%s-%d", name, os.Getuid()))
 			}
 			cl, err := demo.Start(dir, demo.DefaultNodes)
 			if err != nil {
 				return err
 			}
 			defer cl.Close()
+			if c.Bool("tour") {
+				defer os.RemoveAll(cl.Dir)
+			}
 			st := ui.For(e.stdout, e.getenv)
 			fmt.Fprintf(e.stdout, "sshq demo: %d nodes up\n", len(cl.Nodes))
 			for _, n := range cl.Nodes {

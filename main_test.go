@@ -407,3 +407,25 @@ func TestArgumentNormalizationNeverTouchesTheJobCommand(t *testing.T) {
 		}
 	}
 }
+
+// The completion script re-runs the words typed so far: after `--` that
+// must never launch the job.
+func TestCompletionNeverLaunches(t *testing.T) {
+	t.Parallel()
+	c, home, env := gpuCluster(t, map[string][]gpusim.GPU{"box": gpusim.T4x1(t.Name())})
+	sshq(t, c, home, env, "launch", "--gpus", "1", "--", "sleep", "5", "--generate-bash-completion")
+	if _, err := os.Stat(filepath.Join(home, ".sshq", "state.json")); err == nil {
+		if q := queue(t, c, home, env); len(q) != 0 {
+			t.Fatalf("completion launched a job: %+v", q)
+		}
+	}
+	if r := sshq(t, c, home, env, "launch", "-d", "--", "true"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	if r := sshq(t, c, home, env, "logs", "--generate-bash-completion"); strings.TrimSpace(r.stdout) != "1" {
+		t.Errorf("logs completion offers %q, want the job id 1", r.stdout)
+	}
+	if r := sshq(t, nil, home, nil, "completion", "bash"); r.code != 0 || !strings.Contains(r.stdout, "complete -o default -F _sshq_complete sshq") {
+		t.Errorf("completion bash: %d %s", r.code, r.stdout)
+	}
+}

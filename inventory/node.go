@@ -1,6 +1,7 @@
 package inventory
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/user"
@@ -32,9 +33,31 @@ type Node struct {
 	ServerAliveCountMax   int           `json:"server_alive_count_max"`
 	// Source says which resolver produced the node: "ssh -G" or "ssh_config".
 	Source string `json:"source"`
+	// ConfigFile is the ssh config it came from when that is not the
+	// default one, so advice can say `ssh -F FILE`.
+	ConfigFile string `json:"-"`
 	// ExplicitIdentities is false when IdentityFiles are OpenSSH's defaults
 	// rather than the user's choice; missing default files are not an error.
 	ExplicitIdentities bool `json:"-"`
+}
+
+// MarshalJSON adds the durations in seconds, as `ssh -G` prints them.
+func (n Node) MarshalJSON() ([]byte, error) {
+	type plain Node
+	return json.Marshal(struct {
+		plain
+		ConnectTimeout      float64 `json:"connect_timeout"`
+		ServerAliveInterval float64 `json:"server_alive_interval"`
+	}{plain(n), n.Timeout().Seconds(), n.ServerAliveInterval.Seconds()})
+}
+
+// SSHCommand is how to reach the node with the OpenSSH client, for advice
+// in error messages.
+func (n Node) SSHCommand() string {
+	if n.ConfigFile != "" {
+		return "ssh -F " + n.ConfigFile + " " + n.Name
+	}
+	return "ssh " + n.Name
 }
 
 // DefaultConnectTimeout bounds TCP connect and the SSH handshake when the

@@ -66,6 +66,9 @@ func (r *Resolver) Resolve(ctx context.Context, alias string) (Node, error) {
 		return Node{}, err
 	}
 	n = finish(n)
+	if !r.Config.Default {
+		n.ConfigFile = r.Config.Path
+	}
 	r.mu.Lock()
 	if r.memo == nil {
 		r.memo = map[string]Node{}

@@ -81,6 +81,9 @@ func listOrNone(a []string) string {
 // Settings is $SSHQ_HOME/config.yaml.
 type Settings struct {
 	Nodes []string `yaml:"nodes"`
+	// SSHConfig is the ssh config `sshq init` read the nodes from, when it
+	// was not the default one.
+	SSHConfig string `yaml:"ssh_config,omitempty"`
 }
 
 // SettingsPath is where `sshq init` writes the node list.

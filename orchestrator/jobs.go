@@ -296,6 +296,9 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 		key := wsync.WorkdirKey(opts.Origin, t.Workdir)
 		note("syncing %s to %s:~/.sshq/workdirs/%s", t.Workdir, p.Node, key)
 		if _, err := wsync.Push(sctx, wsync.SSH(client), t.Workdir, "~/.sshq/workdirs/"+key, wsync.Options{Progress: opts.Progress}); err != nil {
+			if ctx.Err() != nil {
+				return fail(fmt.Errorf("interrupted while syncing %s to %s: nothing was submitted (the next launch finishes the partial copy)", t.Workdir, p.Node))
+			}
 			return fail(fmt.Errorf("syncing workdir to %s: %w", p.Node, err))
 		}
 		spec.WorkdirKey = key

@@ -213,10 +213,10 @@ func (c *hostKeyChecker) callback(hostname string, remote net.Addr, key ssh.Publ
 	default:
 		target := c.userFile()
 		return fmt.Errorf("%w: no host key for %s (%s) in %s, and StrictHostKeyChecking is %q. "+
-			"The host offered %s key %s%s. Check that fingerprint, then run `ssh %s` once and accept it, "+
+			"The host offered %s key %s%s. Check that fingerprint, then run `%s` once and accept it, "+
 			"or add it with `ssh-keyscan -p %d -t %s %s >> %s`; or set `StrictHostKeyChecking accept-new` for this host in your ssh config",
 			ErrHostKeyUnknown, c.node.Name, knownHostsDisplay(name), strings.Join(c.candidateFiles(), ", "), c.node.StrictHostKeyChecking,
-			key.Type(), fp, certNote, c.node.Name, c.node.Port, key.Type(), c.node.HostName, target)
+			key.Type(), fp, certNote, c.node.SSHCommand(), c.node.Port, key.Type(), c.node.HostName, target)
 	}
 }
 

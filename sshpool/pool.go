@@ -377,8 +377,8 @@ func classifyHandshake(n inventory.Node, err error, timeout time.Duration, notes
 		if len(notes) > 0 {
 			extra = " (" + strings.Join(notes, "; ") + ")"
 		}
-		return fmt.Errorf("%w: %s@%s refused every key offered%s; check that `ssh %s` works without a password, and that your public key is in the node's ~/.ssh/authorized_keys",
-			ErrAuth, n.User, n.Name, extra, n.Name)
+		return fmt.Errorf("%w: %s@%s refused every key offered%s; check that `%s` works without a password, and that your public key is in the node's ~/.ssh/authorized_keys",
+			ErrAuth, n.User, n.Name, extra, n.SSHCommand())
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {

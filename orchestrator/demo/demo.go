@@ -47,6 +47,7 @@ type Cluster struct {
 	Home       string // SSHQ_HOME for the demo's controller state
 	Nodes      []Node
 	servers    []*sshd.Server
+	lock       *os.File
 }
 
 // Node is one running demo node.
@@ -92,12 +93,23 @@ func Start(dir string, specs []NodeSpec) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	// One demo per directory: a second one would replace the first's
+	// nodes, keys and state under its feet.
+	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("sshq demo: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("another sshq demo is running in %s: use that one (its exports are in its output), stop it with Ctrl-C, or start this one elsewhere with --dir", dir)
+	}
 	killUnder(dir) // jobs of an earlier demo that was killed hard
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, fmt.Errorf("cleaning the old demo in %s: %w", dir, err)
 	}
-	c := &Cluster{Dir: dir, ConfigPath: filepath.Join(dir, "ssh_config"), Home: filepath.Join(dir, "sshq-home")}
+	c := &Cluster{Dir: dir, ConfigPath: filepath.Join(dir, "ssh_config"), Home: filepath.Join(dir, "sshq-home"), lock: lock}
 	if err := os.MkdirAll(c.Home, 0o700); err != nil {
+		c.Close()
 		return nil, err
 	}
 	_, clientKey, _ := ed25519.GenerateKey(rand.Reader)
@@ -203,6 +215,9 @@ func (c *Cluster) Close() {
 		_ = cmd.Run()
 	}
 	killUnder(c.Dir)
+	if c.lock != nil {
+		c.lock.Close() // releases the flock
+	}
 }
 
 // killUnder SIGKILLs every process whose HOME or TMUX_TMPDIR lies in dir:

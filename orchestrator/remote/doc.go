@@ -74,7 +74,14 @@
 // asking for more GPUs than the node has (of those it may use) fails at once
 // (FAILED_SETUP, reason in the log). Setup and run run with bash in the
 // snapshot workdir, or $HOME without one, stdin from /dev/null, output
-// appended to log, PYTHONUNBUFFERED=1. States: PENDING, SETTING_UP, RUNNING,
+// appended to log, PYTHONUNBUFFERED=1. The log is the job's only output: the
+// tmux pane (what `sshq attach` shows) runs `tail --pid=<wrapper> -F log`,
+// started before any lock is taken and holding no lock fd, so attaching shows
+// the output live with scrollback, the display ends with the wrapper, and a
+// killed session never breaks the job's writes. The pane raises no signals
+// on keys (stty -isig): Ctrl-C there must not interrupt the job; Ctrl-b d
+// detaches. A job that has to wait notes "waiting for N GPU(s) in the node's
+// queue" in its log once. States: PENDING, SETTING_UP, RUNNING,
 // then SUCCEEDED (exit 0), FAILED (the run's code), FAILED_SETUP (setup's
 // code, or 3 for a node problem: lease directory, nvidia-smi) or CANCELLED.
 //

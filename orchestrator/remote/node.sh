@@ -565,6 +565,33 @@ run_phase() {
 	) </dev/null >>"$jd/log" 2>&1 {wfd}<&-
 }
 
+# show_log: the pane `sshq attach` shows is the job's log, live and from
+# its first byte (so tmux scrollback holds it too). The job never writes to
+# the pane: its output goes to the log alone, so a killed or wedged tmux
+# session can never SIGPIPE it or block its writes. Called before the
+# wrapper opens any lock, and every fd but the pane is closed besides, so the
+# display holds no lease, ticket or wrapper lock: those still end with the
+# job's own processes. --pid=$$ names the wrapper that runs the job (inside
+# a scope, the re-run one; it never execs), so the display ends with it
+# however it ends, even where no hangup reaches the display, and the session
+# still closes with the job. It carries the job's mark: cancel kills it too.
+# Keys in the pane raise no signals (-isig): Ctrl-C from a user who attached
+# to watch must not interrupt the job, which shares the pane's process group.
+show_log() {
+	[ -t 1 ] || return 0
+	stty -isig -echo 2>/dev/null
+	printf 'sshq: job %s, %s (live; Ctrl-b d detaches, the job goes on)\n' "$uid" "$jd/log"
+	(
+		local f n
+		for f in /proc/$BASHPID/fd/*; do
+			n=${f##*/}
+			case $n in '' | *[!0-9]*) continue ;; esac
+			[ "$n" -gt 2 ] && exec {n}<&-
+		done
+		exec tail --pid=$$ -s 0.5 -n +1 -F -- "$jd/log" </dev/null 2>/dev/null
+	) &
+}
+
 cmd_wrapper() {
 	jd=$1
 	cd "$jd" || exit 1
@@ -587,6 +614,7 @@ cmd_wrapper() {
 		[ -s "$jd/state" ] && exit 0
 		rm -f -- "$jd/scope"
 	fi
+	show_log
 	allowed=${SSHQ_M_ALLOWED:-*}
 	[ -n "$allowed" ] || allowed='*'
 	exec {wfd}<"$jd/wrapper.lock"
@@ -603,7 +631,7 @@ cmd_wrapper() {
 	my_login=$(enc "$my_login")
 	declare -A warned=()
 	declare -a leased=()
-	local i u since line cvd
+	local i u since line cvd noted=
 
 	if ! lease_dir_prepare; then
 		jlog "$lease_err"
@@ -658,6 +686,10 @@ cmd_wrapper() {
 					break
 				fi
 				queue_unlock
+			fi
+			if [ -z "$noted" ]; then
+				jlog "waiting for $ngpus GPU(s) in the node's queue"
+				noted=1
 			fi
 			sleep "$poll"
 		done

@@ -562,6 +562,128 @@ func TestKilledJobLeavesNoLease(t *testing.T) {
 	}
 }
 
+// pane is what a user attaching to the job's tmux session sees, scrollback
+// included; "" once the session is gone.
+func (n *testNode) pane(uid string) (string, bool) {
+	out, _, rc := n.run("tmux -L sshq capture-pane -p -S - -t "+shellQuote(uid), nil)
+	return out, rc == 0
+}
+
+// displayPID is the process showing uid's log in its pane (a marked tail).
+func displayPID(uid string) int {
+	for _, p := range markedPIDs(uid) {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p)); strings.TrimSpace(string(b)) == "tail" {
+			return p
+		}
+	}
+	return 0
+}
+
+// lockFilesOpen lists the files under dir that pid holds open.
+func lockFilesOpen(pid int, dirs ...string) []string {
+	var held []string
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, e := range ents {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		if err != nil {
+			continue
+		}
+		for _, d := range dirs {
+			if strings.HasPrefix(l, d+"/") && !strings.HasSuffix(l, "/log") {
+				held = append(held, l)
+			}
+		}
+	}
+	return held
+}
+
+func TestAttachedPaneShowsTheLogLive(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.T4x1("pane"))
+	leases := filepath.Join(n.dir, "leases")
+	jobs := filepath.Join(n.home(), ".sshq", "jobs")
+	n.submit(spec("pn-a", 1, `for i in 1 2 3 4 5; do echo "tick $i"; sleep 0.2; done
+`+blockUntil("a")))
+	n.submit(spec("pn-b", 1, `echo b-ran`))
+	n.waitState("pn-a", Running)
+	// The waiter's pane says what it waits for; its display holds neither
+	// the ticket nor the wrapper's lock.
+	waitFor(t, "pn-b's pane to say it waits", func() bool {
+		out, _ := n.pane("pn-b")
+		return strings.Contains(out, "sshq: waiting for 1 GPU(s) in the node's queue")
+	})
+	if p := displayPID("pn-b"); p == 0 {
+		t.Error("pn-b has no display process")
+	} else if held := lockFilesOpen(p, leases, jobs); len(held) > 0 {
+		t.Errorf("pn-b's display holds %v open", held)
+	}
+	// The runner's pane shows its output as it comes, from the first line.
+	waitFor(t, "pn-a's pane to show all its ticks", func() bool {
+		out, _ := n.pane("pn-a")
+		return strings.Contains(out, "tick 5")
+	})
+	if st := n.job("pn-a"); st.State != Running {
+		t.Fatalf("pn-a is %s, want its output shown while it runs", st.State)
+	}
+	out, _ := n.pane("pn-a")
+	if !strings.Contains(out, "tick 1\ntick 2\ntick 3\ntick 4\ntick 5\n") {
+		t.Errorf("pn-a's pane lacks its output in order:\n%s", out)
+	}
+	p := displayPID("pn-a")
+	if p == 0 {
+		t.Fatal("pn-a has no display process")
+	}
+	if held := lockFilesOpen(p, leases, jobs); len(held) > 0 {
+		t.Errorf("pn-a's display holds %v open: a lease must end with the job", held)
+	}
+	// The job's output never went through the pane: its log has it all,
+	// and nothing of the job but the display writes to the terminal.
+	if log := n.log("pn-a"); !strings.Contains(log, "tick 5\n") {
+		t.Errorf("pn-a's log lacks its output:\n%s", log)
+	}
+	n.release("a")
+	n.waitState("pn-a", Succeeded)
+	waitFor(t, "pn-a's session and display to end with it", func() bool {
+		_, alive := n.pane("pn-a")
+		return !alive && processGone(p) && !n.job("pn-a").SessionAlive
+	})
+	n.waitState("pn-b", Succeeded)
+	waitFor(t, "pn-b's session to end with it", func() bool {
+		_, alive := n.pane("pn-b")
+		return !alive && len(markedPIDs("pn-b")) == 0
+	})
+
+	// A job killed outright (every process but the display) takes the
+	// display, its session and its lease with it.
+	n.submit(spec("pn-k", 1, `echo started; sleep 300 & sleep 301 & wait`))
+	n.waitState("pn-k", Running)
+	waitFor(t, "pn-k's pane to show it started", func() bool {
+		out, _ := n.pane("pn-k")
+		return strings.Contains(out, "started")
+	})
+	p = displayPID("pn-k")
+	if p == 0 {
+		t.Fatal("pn-k has no display process")
+	}
+	for _, q := range markedPIDs("pn-k") {
+		if q != p {
+			syscallKill(q)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !processGone(p) || len(markedPIDs("pn-k")) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("5s after pn-k was killed, processes remain: %v (display %d)", markedPIDs("pn-k"), p)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitFor(t, "pn-k's session to close", func() bool { _, alive := n.pane("pn-k"); return !alive })
+	n.waitState("pn-k", Lost)
+	if ns := n.node(); len(ns.Leases) != 0 || ns.GPUs[0].State != "free" {
+		t.Errorf("pn-k's lease outlived it: %+v", ns)
+	}
+}
+
 func TestWorkdirSnapshotIgnoresLaterSyncs(t *testing.T) {
 	t.Parallel()
 	n := newNode(t, gpusim.T4x1("wd"))

@@ -180,7 +180,7 @@ func (s *State) Find(ref string) (*Job, error) {
 				return s.oneByName(ref, j)
 			}
 		}
-		return nil, findErr(ErrNotFound, "no job #%d on this controller (sshq queue lists them)", id)
+		return nil, findErr(ErrNotFound, "no job #%d on this controller (`sshq queue -a` lists them all)", id)
 	}
 	for _, j := range s.Jobs {
 		if j.UID == ref {
@@ -203,7 +203,7 @@ func (s *State) byName(name string) []*Job {
 func (s *State) oneByName(ref string, m []*Job) (*Job, error) {
 	switch len(m) {
 	case 0:
-		return nil, findErr(ErrNotFound, "no job has the id, uid or name %q (sshq queue lists them)", ref)
+		return nil, findErr(ErrNotFound, "no job has the id, uid or name %q (`sshq queue -a` lists them all)", ref)
 	case 1:
 		return m[0], nil
 	}

@@ -384,7 +384,7 @@ func (t *Task) Validate() error {
 			kind, flag = "secret", "--secret"
 		}
 		errs = append(errs, &Error{File: t.File, Line: r.at.line, Col: r.at.col,
-			Msg: fmt.Sprintf("%s %q is required by the task (line %d): pass %s %s=...", kind, r.name, r.at.line, flag, r.name)})
+			Msg: fmt.Sprintf("%s %q is required by the task: pass %s %s=...", kind, r.name, flag, r.name)})
 	}
 	if strings.TrimSpace(t.Run) == "" {
 		e := &Error{File: t.File, Field: "run", Msg: "nothing to run: add a run: script to the task, or pass the command on the sshq launch command line"}

@@ -214,8 +214,8 @@ run: python train.py
 		t.Parallel()
 		tk, _ := mustParse(t, src)
 		err := tk.Validate()
-		if err == nil || !strings.Contains(err.Error(), `env "WANDB_KEY" is required by the task (line 6): pass --env WANDB_KEY=...`) ||
-			!strings.Contains(err.Error(), `secret "HF_TOKEN" is required by the task (line 8): pass --secret HF_TOKEN=...`) {
+		if err == nil || !strings.Contains(err.Error(), `env "WANDB_KEY" is required by the task: pass --env WANDB_KEY=...`) ||
+			!strings.Contains(err.Error(), `secret "HF_TOKEN" is required by the task: pass --secret HF_TOKEN=...`) {
 			t.Fatalf("Validate before Apply = %v, want both required vars named", err)
 		}
 		g := Accel{"", 2}
