@@ -1,6 +1,8 @@
 package wsync
 
 import (
+	"github.com/sshq/sshq/sshpool/sshtest"
+
 	"bytes"
 	"context"
 	"errors"
@@ -29,7 +31,7 @@ type localNode struct {
 func newNode(t testing.TB) *localNode {
 	t.Helper()
 	if _, err := os.Stat(sftpServer); err != nil {
-		t.Skipf("OpenSSH sftp-server not installed: %v", err)
+		sshtest.Require(t) // skips with the install command, or fails in CI
 	}
 	return &localNode{home: t.TempDir()}
 }
