@@ -273,6 +273,12 @@ func TestFairTwoGPUsSixJobsNeverShare(t *testing.T) {
 // user. Needs root; the users are removed when the test ends.
 func nodeUsers(t *testing.T, c *sshtest.Cluster, n *sshtest.Node, count int) []string {
 	t.Helper()
+	return nodeUsersWithShell(t, c, n, count, "/bin/bash")
+}
+
+// nodeUsersWithShell is nodeUsers with the users' login shell chosen.
+func nodeUsersWithShell(t *testing.T, c *sshtest.Cluster, n *sshtest.Node, count int, shell string) []string {
+	t.Helper()
 	// The node lives under t.TempDir(), whose directories are 0700: open the
 	// path for the new users, and let them read the one authorized_keys file
 	// sshd consults for everyone.
@@ -314,7 +320,7 @@ func nodeUsers(t *testing.T, c *sshtest.Cluster, n *sshtest.Node, count int) []s
 		dir := filepath.Join(n.Dir, "users", name)
 		home, tmux := filepath.Join(dir, "home"), filepath.Join(dir, "tmux")
 		// -p '*': no password, but not locked ("!"), which sshd without PAM refuses.
-		if out, err := exec.Command("useradd", "-M", "-d", home, "-s", "/bin/bash", "-p", "*", name).CombinedOutput(); err != nil {
+		if out, err := exec.Command("useradd", "-M", "-d", home, "-s", shell, "-p", "*", name).CombinedOutput(); err != nil {
 			t.Fatalf("useradd: %v %s", err, out)
 		}
 		names = append(names, name)

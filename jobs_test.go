@@ -482,3 +482,34 @@ func TestCancelAndReconcileOfASubmittingJob(t *testing.T) {
 		t.Errorf("after cancel: %+v", q)
 	}
 }
+
+// Node users whose login shell is not bash (dash here; zsh and fish users
+// exist too) must get every feature: sshq never hands its scripts to the
+// login shell's own syntax.
+func TestNodeUserWithPOSIXShLogin(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("creating a node user with another login shell needs root (CI runs as root)")
+	}
+	c, home, _ := gpuCluster(t, map[string][]gpusim.GPU{"box": gpusim.A100x2(t.Name())})
+	aliases := nodeUsersWithShell(t, c, c.Node("box"), 1, "/bin/sh")
+	env := []string{"SSHQ_NODES=" + aliases[0]}
+	wd := filepath.Join(home, "proj")
+	os.MkdirAll(filepath.Join(wd, "pkg", "sub"), 0o755)
+	os.WriteFile(filepath.Join(wd, "pkg", "sub", "m.py"), []byte("x = 1\n"), 0o644)
+	task := writeTask(t, home, "t.yaml", "name: shjob\nworkdir: proj\nresources:\n  accelerators: A100:1\nrun: cat pkg/sub/m.py; echo shell-ok\n")
+	if r := sshq(t, c, home, env, "launch", task); r.code != 0 || !strings.Contains(r.stdout, "shell-ok") || !strings.Contains(r.stdout, "x = 1") {
+		t.Fatalf("launch as a /bin/sh user: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	// A second sync with a deletion and a new directory runs the sync's
+	// prepare script, which needs bash.
+	os.RemoveAll(filepath.Join(wd, "pkg", "sub"))
+	os.MkdirAll(filepath.Join(wd, "other"), 0o755)
+	if r := sshq(t, c, home, env, "launch", task); r.code != 0 {
+		t.Fatalf("re-sync as a /bin/sh user: %d\n%s", r.code, r.stderr)
+	}
+	var st statusJSON
+	if r := sshq(t, c, home, env, "status", "--json"); json.Unmarshal([]byte(r.stdout), &st) != nil || len(st.Nodes) != 1 || len(st.Nodes[0].GPUs) != 2 {
+		t.Fatalf("status as a /bin/sh user: %s %s", r.stdout, r.stderr)
+	}
+}

@@ -7,10 +7,12 @@ import (
 	"io"
 	"os"
 	"os/user"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/gofrs/flock"
 	"github.com/sshq/sshq/orchestrator/remote"
 	"github.com/sshq/sshq/orchestrator/store"
 	wsync "github.com/sshq/sshq/orchestrator/sync"
@@ -221,6 +223,22 @@ func LocalUser() string {
 	return os.Getenv("USER")
 }
 
+// lockWorkdir takes an exclusive flock, in the controller's state
+// directory, on one workdir cache of one node.
+func lockWorkdir(ctx context.Context, st *store.Store, node, key string) (func(), error) {
+	dir := filepath.Join(filepath.Dir(st.Path()), "locks")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	name := strings.NewReplacer("/", "_", ":", "_").Replace(node + "-" + key)
+	fl := flock.New(filepath.Join(dir, name+".lock"))
+	ok, err := fl.TryLockContext(ctx, 100*time.Millisecond)
+	if err != nil || !ok {
+		return nil, fmt.Errorf("waiting for another launch of this workdir to %s: %w", node, errors.Join(err, ctx.Err()))
+	}
+	return func() { fl.Unlock() }, nil
+}
+
 // SyncTimeout bounds the workdir and file-mount sync of one launch.
 var SyncTimeout = 2 * time.Hour
 
@@ -294,6 +312,14 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	}
 	if t.Workdir != "" {
 		key := wsync.WorkdirKey(opts.Origin, t.Workdir)
+		// Two launches of one workdir to one node (a sweep) must not sync
+		// into the same cache at once: one's snapshot could capture the
+		// other's half-done sync. Held until the snapshot is taken (submit).
+		unlock, err := lockWorkdir(ctx, st, p.Node, key)
+		if err != nil {
+			return fail(err)
+		}
+		defer unlock()
 		note("syncing %s to %s:~/.sshq/workdirs/%s", t.Workdir, p.Node, key)
 		if _, err := wsync.Push(sctx, wsync.SSH(client), t.Workdir, "~/.sshq/workdirs/"+key, wsync.Options{Progress: opts.Progress}); err != nil {
 			if ctx.Err() != nil {
