@@ -11,7 +11,10 @@
 //
 // Every file and symlink is written to a temp name in its final directory
 // (.sshq-tmp-<random>-<name>), given its mode and mtime there, and renamed
-// into place with posix-rename@openssh.com. Existing files are never written
+// into place with posix-rename@openssh.com. A file that grants nothing to
+// group and others locally has that mode before its first byte is written,
+// and the directories a mirror creates above itself are 0700, so no other
+// user of the node can read it at any point. Existing files are never written
 // in place, because jobs run in hard-link snapshots (`cp -al`) of the cache
 // that must keep the content they were submitted with; for the same reason a
 // metadata-only fix of a file that has other hard links is done on a copy
@@ -23,7 +26,11 @@
 // Limits: mtimes are kept to the second (SFTP v3 carries whole seconds) and
 // the quick check compares them at that resolution, so an edit that keeps a
 // file's size and its mtime second is only seen with Options.Checksum (as
-// with rsync without -c); symlink mtimes, owners, ACLs, xattrs and hard links
+// with rsync without -c). A mirror keeps a stamp of when its last complete
+// sync started (beside the directory) and compares the content of files
+// whose mtime is not older, which catches an edit made in the same second
+// as the sync that read the file; file mounts (NoDelete, PushFile) keep no
+// stamp, so there such an edit is seen only with Options.Checksum. Symlink mtimes, owners, ACLs, xattrs and hard links
 // inside the tree are not kept (linked files arrive as separate copies); a
 // changed file travels whole (no delta encoding); the node needs GNU find,
 // xargs and coreutils (sha256sum -z, mkdir, rm, cp, mv, touch, chmod). Two

@@ -144,3 +144,34 @@ func TestSshqignoreReplacesGitignore(t *testing.T) {
 		t.Errorf("with .sshqignore: synced %q, want %q", got, want)
 	}
 }
+
+// A .sshqignore that is not a regular file would be skipped, and with it
+// every rule (the .gitignore files too): the sync must stop and say so.
+func TestSshqignoreMustBeRegularFile(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"symlink", "directory"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			src := t.TempDir()
+			write(t, filepath.Join(src, ".gitignore"), "data/\n.env\n", 0o644, t0)
+			write(t, filepath.Join(src, "data/huge.bin"), "x", 0o644, t0)
+			write(t, filepath.Join(src, ".env"), "TOKEN=secret", 0o600, t0)
+			sq := filepath.Join(src, ".sshqignore")
+			if kind == "symlink" {
+				rules := filepath.Join(t.TempDir(), "sshqignore")
+				write(t, rules, "data/\n.env\n", 0o644, t0)
+				must(t, os.Symlink(rules, sq))
+			} else {
+				must(t, os.Mkdir(sq, 0o755))
+			}
+			es, err := scanTree(src, os.Open)
+			if err == nil || !strings.Contains(err.Error(), sq) || !strings.Contains(err.Error(), "regular file") {
+				var rels []string
+				for _, e := range es {
+					rels = append(rels, e.rel)
+				}
+				t.Fatalf("want an error naming %s and saying it must be a regular file, got %v (would sync %q)", sq, err, rels)
+			}
+		})
+	}
+}

@@ -42,9 +42,13 @@ func (n *localNode) env() []string {
 	return append(os.Environ(), "HOME="+n.home)
 }
 
+// nodeUmask is the usual one of an SSH session, whatever the test's own:
+// tests of what other users of the node could read depend on it.
+const nodeUmask = "umask 022\n"
+
 func (n *localNode) Run(ctx context.Context, cmd string, stdin io.Reader) ([]byte, []byte, int, error) {
 	n.runs.Add(1)
-	c := exec.CommandContext(ctx, "bash", "-c", cmd)
+	c := exec.CommandContext(ctx, "bash", "-c", nodeUmask+cmd)
 	c.Dir, c.Env, c.Stdin = n.home, n.env(), stdin
 	var out, errb bytes.Buffer
 	c.Stdout, c.Stderr = &out, &errb
@@ -60,7 +64,7 @@ func (n *localNode) Run(ctx context.Context, cmd string, stdin io.Reader) ([]byt
 }
 
 func (n *localNode) SFTP(ctx context.Context) (*sftp.Client, func(), error) {
-	c := exec.Command(sftpServer)
+	c := exec.Command("sh", "-c", nodeUmask+"exec "+sftpServer)
 	c.Dir, c.Env = n.home, n.env()
 	w, err := c.StdinPipe()
 	if err != nil {

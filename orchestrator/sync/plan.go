@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"runtime"
@@ -71,6 +72,18 @@ func (j *job) plan(rents []entry) error {
 	for i := range j.local {
 		localSet[j.local[i].rel] = &j.local[i]
 	}
+	// In a file mount (no mirror), a remote directory with contents in the
+	// way of a local file holds data that is not ours: like rsync without
+	// --delete, refuse rather than remove it.
+	var nonEmpty map[string]bool
+	if !j.mirror {
+		nonEmpty = make(map[string]bool)
+		for i := range rents {
+			if rel := rents[i].rel; rel != "" && !strings.HasPrefix(path.Base(rel), tempPrefix) {
+				nonEmpty[parentOf(rel)] = true
+			}
+		}
+	}
 	deleted := make(map[string]bool)
 	underDeleted := func(rel string) bool {
 		for p := parentOf(rel); p != ""; p = parentOf(p) {
@@ -99,6 +112,10 @@ func (j *job) plan(rents []entry) error {
 		case (le.kind == 'd') != (re.kind == 'd'):
 			if j.single != "" {
 				return fmt.Errorf("remote path %s is a directory; a file mount of a file needs a file path", j.abs(re.rel))
+			}
+			if re.kind == 'd' && nonEmpty[re.rel] {
+				return fmt.Errorf("remote path %s is a directory with contents, but locally %s is %s; a mount never deletes data on the node: move or remove that directory there, or mount elsewhere",
+					j.abs(re.rel), le.abs, localKind(le.kind))
 			}
 			// A rename cannot replace a directory by a file or the reverse:
 			// the old one goes first.
@@ -132,7 +149,7 @@ func (j *job) plan(rents []entry) error {
 			switch {
 			case re == nil || re.kind != 'f' || re.size != le.size:
 				j.addUpload(le)
-			case j.opts.Checksum || re.mtime != le.mtime || le.mtime >= j.stamp:
+			case j.opts.Checksum || re.mtime != le.mtime || j.racy(le):
 				j.hash = append(j.hash, le)
 			case re.mode != le.mode:
 				j.addMetaFix(le, re)
@@ -140,6 +157,21 @@ func (j *job) plan(rents []entry) error {
 		}
 	}
 	return nil
+}
+
+func localKind(k byte) string {
+	if k == 'l' {
+		return "a symlink"
+	}
+	return "a file"
+}
+
+// racy reports whether a file that looks unchanged may have been edited
+// after the previous sync read it, within the same second. Only a mirror
+// keeps a stamp; mounts have none (see doc.go) and are not hashed every
+// time for lack of one.
+func (j *job) racy(le *entry) bool {
+	return j.mirror && le.mtime >= j.stamp
 }
 
 func (j *job) addUpload(le *entry) {
@@ -186,12 +218,16 @@ func (j *job) compareContent(ctx context.Context) error {
 
 	local := make([][32]byte, len(j.hash))
 	errs := make([]error, len(j.hash))
+	gone := make([]bool, len(j.hash))
 	var wg sync.WaitGroup
 	next := make(chan int)
 	for w := 0; w < min(runtime.NumCPU(), len(j.hash)); w++ {
 		wg.Go(func() {
 			for i := range next {
 				local[i], errs[i] = j.hashLocal(j.hash[i].abs)
+				if j.vanishedOK(errs[i]) {
+					gone[i], errs[i] = true, nil
+				}
 			}
 		})
 	}
@@ -213,6 +249,10 @@ func (j *job) compareContent(ctx context.Context) error {
 	}
 	remote := parseHashes(rr.out)
 	for i, le := range j.hash {
+		if gone[i] {
+			j.st.Vanished++
+			continue
+		}
 		if h, ok := remote[shellRel(le.rel)]; ok && h == local[i] {
 			j.addMetaFix(le, j.remote[le.rel])
 		} else {
@@ -220,6 +260,14 @@ func (j *job) compareContent(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// vanishedOK reports whether err says a local file was removed after the
+// scan listed it. A directory sync then leaves the node's copy as it is
+// (the file was being deleted or replaced: the next sync sees which) rather
+// than failing over it; a file mount has nothing else to sync, so it fails.
+func (j *job) vanishedOK(err error) bool {
+	return err != nil && j.single == "" && errors.Is(err, fs.ErrNotExist)
 }
 
 func (j *job) hashLocal(abs string) ([32]byte, error) {
@@ -393,6 +441,13 @@ func (j *job) sendLink(c *sftp.Client, e *entry) error {
 func (j *job) sendFile(c *sftp.Client, e *entry) (err error) {
 	dst := j.abs(e.rel)
 	src, err := j.opts.open(e.abs)
+	if j.vanishedOK(err) {
+		j.report(func(p *Progress) { p.FilesTotal--; p.BytesTotal -= e.size })
+		j.mu.Lock()
+		j.st.Vanished++
+		j.mu.Unlock()
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("cannot read %s: %w", e.abs, err)
 	}
@@ -414,11 +469,36 @@ func (j *job) sendFile(c *sftp.Client, e *entry) (err error) {
 			c.Remove(tmp)
 		}
 	}()
+	// The server creates the temp file with its umask (0644 as a rule): a
+	// file that is private locally gets its final mode before the first
+	// byte is written, so no other user on the node can read it meanwhile.
+	// Writes go through the open handle, so even 0400 does not stop them.
+	// pkg/sftp cannot put the mode in the open request, nor order a request
+	// before the next without awaiting it: this costs one round trip per
+	// private file, overlapped with reading it locally.
+	mode := posixMode(fi.Mode())
+	var chmodDone chan error
+	if mode&0o077 == 0 {
+		chmodDone = make(chan error, 1) // buffered: an early return leaves no goroutine behind
+		go func() { chmodDone <- f.Chmod(goMode(mode & 0o777)) }()
+	}
+	private := func() error {
+		if chmodDone == nil {
+			return nil
+		}
+		if err := <-chmodDone; err != nil {
+			return fmt.Errorf("setting the mode of %s on the node: %w", tmp, err)
+		}
+		return nil
+	}
 	var n int64
 	if fi.Size() <= smallFile {
 		data, rerr := io.ReadAll(src)
 		if rerr != nil {
 			return fmt.Errorf("cannot read %s: %w", e.abs, rerr)
+		}
+		if err = private(); err != nil {
+			return err
 		}
 		if len(data) > 0 {
 			if _, err = f.Write(data); err != nil {
@@ -428,6 +508,9 @@ func (j *job) sendFile(c *sftp.Client, e *entry) (err error) {
 		n = int64(len(data))
 		j.report(func(p *Progress) { p.BytesDone += n })
 	} else {
+		if err = private(); err != nil {
+			return err
+		}
 		n, err = f.ReadFromWithConcurrency(&countingReader{r: src, j: j}, 0)
 		if err != nil {
 			return fmt.Errorf("writing %s on the node: %w", dst, err)
@@ -435,7 +518,15 @@ func (j *job) sendFile(c *sftp.Client, e *entry) (err error) {
 	}
 	closeErr := make(chan error, 1)
 	go func() { closeErr <- f.Close() }()
-	err = j.setAttrs(c, tmp, posixMode(fi.Mode()), fi.ModTime())
+	// A private file has its mode already, unless setuid/setgid bits were
+	// stripped by the write.
+	if chmodDone != nil && mode&0o7000 == 0 {
+		if err = c.Chtimes(tmp, fi.ModTime(), fi.ModTime()); err != nil {
+			err = fmt.Errorf("setting the mtime of %s on the node: %w", tmp, err)
+		}
+	} else {
+		err = j.setAttrs(c, tmp, mode, fi.ModTime())
+	}
 	if cerr := <-closeErr; err == nil && cerr != nil {
 		err = fmt.Errorf("writing %s on the node: %w", dst, cerr)
 	}

@@ -2,6 +2,8 @@ package wsync
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path"
@@ -24,7 +26,10 @@ type Options struct {
 	Checksum bool
 	// NoDelete keeps remote paths that do not exist locally (and does not
 	// touch the mode or mtime of the target directory itself): for file
-	// mounts into directories that also hold other data.
+	// mounts into directories that also hold other data. A remote directory
+	// with contents where the local tree has a file or symlink is an error,
+	// never removed. Without a mirror's stamp, an edit that keeps a file's
+	// size and its mtime second is seen only with Checksum (see doc.go).
 	NoDelete bool
 	// Progress, if set, is called (never concurrently) as files and bytes
 	// are sent; Total fields are fixed once the plan is known.
@@ -49,6 +54,7 @@ type Stats struct {
 	MetadataOnly  int // files with equal content whose mode or mtime was fixed without sending them
 	Deleted       int // remote paths removed (a removed directory counts once)
 	StaleTemps    int // temp files of an interrupted sync, removed
+	Vanished      int // local files removed while the sync ran: the node's copy was left as it was
 	DirsCreated   int
 	Duration      time.Duration
 }
@@ -58,7 +64,8 @@ type Stats struct {
 // links) and empty directories are sent with their modes and mtimes, and
 // remote paths that are gone or ignored locally are removed (unless
 // opts.NoDelete). Every problem the local tree has is reported before the
-// node is changed.
+// node is changed; a file removed locally while the sync runs is skipped
+// (Stats.Vanished), its remote copy left as it was.
 func Push(ctx context.Context, r Remote, localDir, remoteDir string, opts Options) (Stats, error) {
 	start := time.Now()
 	opts = opts.withDefaults()
@@ -79,6 +86,7 @@ func Push(ctx context.Context, r Remote, localDir, remoteDir string, opts Option
 // PushFile syncs one file mount: a local directory goes through Push, a
 // local file (a symlink to one is followed) becomes the remote file
 // remotePath, written through a temp file and a rename like every other.
+// Like NoDelete, it keeps no stamp (see doc.go).
 func PushFile(ctx context.Context, r Remote, localPath, remotePath string, opts Options) (Stats, error) {
 	start := time.Now()
 	fi, err := os.Stat(localPath)
@@ -136,11 +144,12 @@ type job struct {
 	mirror bool   // delete extraneous remote paths and fix the root's attributes
 	single string // PushFile: the only name in play
 	root   string // absolute remote directory
-	// stamp is when the previous sync of this directory started (Unix
-	// seconds, 0 if unknown) and start when this one did. A file whose
-	// mtime second is not older than the stamp may have changed after the
-	// previous sync read it, within the same second: size and mtime
-	// cannot clear it, so its content is compared (git's "racy" rule).
+	// stamp is when the previous sync of this directory started, less a
+	// second (Unix seconds, 0 if unknown or not a mirror), and start when
+	// this one did. A file whose mtime second is not older than the stamp
+	// may have changed after the previous sync read it, within the same
+	// second: size and mtime cannot clear it, so its content is compared
+	// (git's "racy" rule).
 	stamp, start int64
 
 	remote   map[string]*entry
@@ -250,7 +259,9 @@ func (j *job) run(ctx context.Context, listCmd string) (Stats, error) {
 	if err := ctx.Err(); err != nil {
 		return j.st, err
 	}
-	if needStamp {
+	// A file that vanished mid-sync was not compared: the old stamp stays,
+	// so the next sync does not trust what this one did not look at.
+	if needStamp && j.st.Vanished == 0 {
 		if err := j.writeStamp(c); err != nil {
 			return j.st, err
 		}
@@ -261,18 +272,35 @@ func (j *job) run(ctx context.Context, listCmd string) (Stats, error) {
 // stampPath is the stamp file of a mirrored directory.
 func stampPath(root string) string { return strings.TrimRight(root, "/") + ".sshq-stamp" }
 
-// writeStamp records that a complete sync started at j.start; written
-// last, so an interrupted sync leaves the older, more cautious stamp.
+// writeStamp records that a complete sync started at j.start, less one
+// second: the kernel stamps files with a clock that lags the one time.Now
+// reads by up to a tick, so a file edited just after the start may carry an
+// mtime in the second before it. Written last, so an interrupted sync
+// leaves the older, more cautious stamp, and through a temp name, so that
+// an interruption between creating it and setting its mtime never leaves a
+// stamp with the node's current time (which would vouch for files this
+// sync never read); listDirScript removes leftover temps.
 func (j *job) writeStamp(c *sftp.Client) error {
 	p := stampPath(j.root)
-	f, err := c.OpenFile(p, os.O_WRONLY|os.O_CREATE)
-	if err != nil {
-		return fmt.Errorf("writing sync stamp %s on the node: %w", p, err)
+	var b [6]byte
+	rand.Read(b[:])
+	tmp := p + stampTempInfix + hex.EncodeToString(b[:])
+	f, err := c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err == nil {
+		f.Close()
+		t := time.Unix(j.start-1, 0)
+		if err = c.Chtimes(tmp, t, t); err == nil {
+			err = c.PosixRename(tmp, p)
+		}
+		if err != nil {
+			c.Remove(tmp)
+		}
 	}
-	f.Close()
-	t := time.Unix(j.start, 0)
-	if err := c.Chtimes(p, t, t); err != nil {
+	if err != nil {
 		return fmt.Errorf("writing sync stamp %s on the node: %w", p, err)
 	}
 	return nil
 }
+
+// stampTempInfix follows the stamp's name in its temp names.
+const stampTempInfix = ".tmp-"

@@ -44,19 +44,32 @@ func remotePathExpr(p string) (string, error) {
 const findFormat = `'%y\0%m\0%n\0%s\0%T@\0%P\0%l\0'`
 
 // listDirScript creates the target directory if needed and lists it.
+//
+// A mirror (the workdir cache) creates the directories above it private
+// (~/.sshq, ~/.sshq/workdirs), as the tree below may hold secrets; the
+// tree's own directories get their local modes afterwards (dirFixes).
+// It refuses $HOME, / and any directory above $HOME, whose deletions would
+// reach the user's files; it reads the stamp of the previous sync and
+// removes temp files of interrupted stamp writes.
 func listDirScript(rootExpr string, mirror bool) string {
 	var b strings.Builder
 	b.WriteString("export LC_ALL=C\nd=" + rootExpr + "\n")
 	b.WriteString(`if [ -e "$d" ] && [ ! -d "$d" ]; then printf 'sshq: remote path %s exists and is not a directory; remove it or sync elsewhere\n' "$d" >&2; exit 3; fi` + "\n")
-	b.WriteString(`mkdir -p -- "$d" && cd -- "$d" || exit 1` + "\n")
 	if mirror {
-		b.WriteString(`if [ "$PWD" -ef "$HOME" ] || [ "$PWD" -ef / ]; then printf 'sshq: refusing to mirror into %s: it would delete everything else there; sync into a subdirectory\n' "$PWD" >&2; exit 3; fi` + "\n")
+		b.WriteString(`(umask 077 && mkdir -p -- "$d") && cd -- "$d" || exit 1` + "\n")
+		b.WriteString(`p=$(pwd -P) h=$(cd -- "${HOME:?}" 2>/dev/null && pwd -P) || h=$HOME` + "\n")
+		b.WriteString(`refuse=; [ "$PWD" -ef "$HOME" ] || [ "$PWD" -ef / ] && refuse=1; case "$h/" in "$p"/*) refuse=1;; esac` + "\n")
+		b.WriteString(`if [ "$refuse" ]; then printf 'sshq: refusing to mirror into %s: it would delete everything else there, your home directory included; sync into a subdirectory of your home\n' "$PWD" >&2; exit 3; fi` + "\n")
+		b.WriteString(`rm -f -- "$PWD.sshq-stamp` + stampTempInfix + `"* 2>/dev/null` + "\n")
 		b.WriteString(`s=$(stat -c %Y -- "$PWD.sshq-stamp" 2>/dev/null) || s=0` + "\n")
 	} else {
+		b.WriteString(`mkdir -p -- "$d" && cd -- "$d" || exit 1` + "\n")
 		b.WriteString("s=0\n")
 	}
 	b.WriteString(`printf '%s\0%s\0' "$PWD" "$s"` + "\n")
-	b.WriteString("exec find . -printf " + findFormat + "\n")
+	// Temp files renamed or removed while find reads a directory (by a job,
+	// or another sync) are no error: they are simply not listed.
+	b.WriteString("exec find . -ignore_readdir_race -printf " + findFormat + "\n")
 	return b.String()
 }
 
@@ -67,7 +80,7 @@ func listFileScript(parentExpr, name string) string {
 	b.WriteString("export LC_ALL=C\nd=" + parentExpr + "\n")
 	b.WriteString(`mkdir -p -- "$d" && cd -- "$d" || exit 1` + "\n")
 	b.WriteString(`printf '%s\0%s\0' "$PWD" 0` + "\n")
-	b.WriteString("exec find . -mindepth 1 -maxdepth 1 '(' -name " + sshpool.Quote(globEscape(name)) +
+	b.WriteString("exec find . -ignore_readdir_race -mindepth 1 -maxdepth 1 '(' -name " + sshpool.Quote(globEscape(name)) +
 		" -o -name " + sshpool.Quote(tempPrefix+"*-"+globEscape(truncName(name))) + " ')' -printf " + findFormat + "\n")
 	return b.String()
 }

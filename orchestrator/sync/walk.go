@@ -97,11 +97,20 @@ func scanTree(root string, open func(string) (*os.File, error)) ([]entry, error)
 	// it is how a user syncs something git ignores (data, build outputs).
 	var rules ignoreRules
 	useGit := true
-	if sq := filepath.Join(root, ".sshqignore"); exists(sq) {
+	sq := filepath.Join(root, ".sshqignore")
+	if sfi, err := os.Lstat(sq); err == nil {
+		// readIgnoreFile skips what is not a regular file, as git does for
+		// a .gitignore; a .sshqignore skipped that way would sync everything
+		// it was written to keep off the node, .gitignore rules included.
+		if !sfi.Mode().IsRegular() {
+			return nil, fmt.Errorf("cannot sync %s: %s is %s; .sshqignore must be a regular file: replace it with a file holding the rules", root, sq, ignoreKind(sfi.Mode()))
+		}
 		if rules, err = readIgnoreFile(sq, ""); err != nil {
 			return nil, err
 		}
 		useGit = false
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("cannot read ignore file %s: %w", sq, err)
 	}
 	if err := s.walk("", root, rules, useGit); err != nil {
 		return nil, err
@@ -173,7 +182,12 @@ func (s *scanner) walk(rel, abs string, rules ignoreRules, useGit bool) error {
 	return nil
 }
 
-func exists(p string) bool {
-	_, err := os.Lstat(p)
-	return err == nil
+func ignoreKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeSymlink != 0:
+		return "a symlink"
+	}
+	return kindName(m)
 }
