@@ -317,7 +317,10 @@ func (s *Store) write(st *State, exists bool) error {
 		return fmt.Errorf("writing the job store: %w", err)
 	}
 	committed = true
-	return syncDir(s.dir)
+	// The update is in place now; some filesystems (FUSE, SMB) cannot fsync
+	// a directory, which must not turn a done update into a reported failure.
+	_ = syncDir(s.dir)
+	return nil
 }
 
 // syncDir makes the rename durable: without it a power cut can bring back the
