@@ -428,7 +428,11 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   n=$(nvidia-smi --query-gpu=uuid --format=csv,noheader 2>/dev/null | grep -c '^GPU-')
   echo "gpus $n"
 fi
-echo "kernel $(uname -sr)"`
+echo "kernel $(uname -sr)"
+if grep -qsE '^[[:space:]]*KillUserProcesses[[:space:]]*=[[:space:]]*(yes|true|1)' /etc/systemd/logind.conf /etc/systemd/logind.conf.d/*.conf 2>/dev/null; then
+  l=$(loginctl show-user "$(id -un)" --property=Linger --value 2>/dev/null)
+  echo "kill_user_processes ${l:-unknown}"
+fi`
 
 type nodeCheck struct {
 	Name      string   `json:"name"`
@@ -496,6 +500,9 @@ func checkNodes(c *cli.Context, e env, cl *cluster) error {
 			r.Problems = append(r.Problems, fmt.Sprintf("lease dir %s is a symlink: sshq refuses it; remove it or set SSHQ_LEASE_DIR", kv["lease_dir"]))
 		case "not-writable":
 			r.Problems = append(r.Problems, fmt.Sprintf("lease dir %s is not writable: `chmod 1777 %s`", kv["lease_dir"], kv["lease_dir"]))
+		}
+		if linger, ok := kv["kill_user_processes"]; ok && linger != "yes" {
+			r.Problems = append(r.Problems, "logind kills a user's processes at logout (KillUserProcesses=yes) and you have no linger: jobs would die with your ssh sessions; run `loginctl enable-linger` on the node")
 		}
 		r.Ready = r.Tmux && r.Flock && kv["have_bash"] != "-" && kv["lease_dir_state"] != "symlink" && kv["lease_dir_state"] != "not-writable"
 	})
