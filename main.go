@@ -501,10 +501,12 @@ func checkNodes(c *cli.Context, e env, cl *cluster) error {
 		case "not-writable":
 			r.Problems = append(r.Problems, fmt.Sprintf("lease dir %s is not writable: `chmod 1777 %s`", kv["lease_dir"], kv["lease_dir"]))
 		}
+		killsJobs := false
 		if linger, ok := kv["kill_user_processes"]; ok && linger != "yes" {
+			killsJobs = true
 			r.Problems = append(r.Problems, "logind kills a user's processes at logout (KillUserProcesses=yes) and you have no linger: jobs would die with your ssh sessions; run `loginctl enable-linger` on the node")
 		}
-		r.Ready = r.Tmux && r.Flock && kv["have_bash"] != "-" && kv["lease_dir_state"] != "symlink" && kv["lease_dir_state"] != "not-writable"
+		r.Ready = !killsJobs && r.Tmux && r.Flock && kv["have_bash"] != "-" && kv["lease_dir_state"] != "symlink" && kv["lease_dir_state"] != "not-writable"
 	})
 
 	down := 0
