@@ -37,6 +37,9 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// version is set at release time with -ldflags "-X main.version=…".
+var version = "0.1.0-dev"
+
 // Exit codes. Scripts rely on them, so they are part of the interface.
 const (
 	exitOK          = 0
@@ -129,6 +132,7 @@ func run(parent context.Context, args []string, e env) int {
 func newApp(e env) *cli.App {
 	app := &cli.App{
 		Name:                 "sshq",
+		Version:              version,
 		Usage:                "a GPU job queue for the machines in your ~/.ssh/config",
 		Description:          "sshq turns hosts you can already ssh into into one GPU job queue, with nothing installed on them.\nNodes are chosen with --nodes, SSHQ_NODES or `sshq init`.",
 		Writer:               e.stdout,
