@@ -19,7 +19,10 @@
 //	  workdir/             hard-link snapshot (cp -al) of the cache at submit time
 //	  wrapper.sh           this script, run as `wrapper.sh wrapper <jobdir>` in tmux
 //	  nodeenv              the submitting session's umask, PATH, SSHQ_* settings
-//	  wrapper.lock         flock held by the wrapper alone while it lives
+//	  wrapper.lock         flock held by the wrapper alone while it lives (opened
+//	                       read-write: flock on NFS needs that)
+//	  wrapper.pid          the wrapper's own pids (itself, its display, a scope's
+//	                       outer wrapper), which Cancel kills last
 //	  state                "STATE unix_ts.mmm" lines, appended at each change
 //	  log                  setup and run output (stdout+stderr), plus "sshq: ..." notes
 //	  ticket               the job's queue ticket name while it waits
@@ -38,6 +41,8 @@
 //	queue.lock             flock serializing every GPU decision on the node
 //	queue/<ns>-<uid>       a waiting job's ticket, "uid user name num_gpus since allowed login",
 //	                       flocked by its wrapper while it waits
+//	.cache-gpus-<euid>     one node account's last nvidia-smi answers, "<ms> ok|hung"
+//	.cache-apps-<euid>     then the output; read only by that account (mode 0600)
 //
 // user is the submitting controller's local user, login the node account
 // the job runs as (`id -un`), which is who holds the GPU; login is the last
@@ -54,17 +59,30 @@
 // of the job: the mark Cancel kills by). The wrapper takes a ticket, writes
 // PENDING (Submit returns then, so submission order is queue order), and
 // waits on the node: every SSHQ_POLL_INTERVAL seconds (default 2) it takes
-// queue.lock and decides. Order is FIFO by ticket with safe backfill: each
+// queue.lock and decides. Submit waits for PENDING as long as the wrapper
+// lives (it may wait 60s for queue.lock and SSHQ_PROBE_TIMEOUT for
+// nvidia-smi), up to SSHQ_SUBMIT_WAIT seconds (default 100, under the
+// controller's 2 minutes); when it gives up, or the wrapper dies without a
+// state, it kills the job and removes it before it fails, so a job Submit
+// reported failed never runs. Order is FIFO by ticket with safe backfill: each
 // older waiter that fits in the GPUs free now reserves them first, and a
 // head of queue that does not fit reserves every free GPU it could use; a
 // job starts only if it fits in what remains. So a younger job passes an
 // older one only on GPUs left over, and never delays the head. A GPU is free
 // when no lease holds it and no process in nvidia-smi --query-compute-apps
-// computes on it. A process is foreign on a GPU unless it belongs to that
-// GPU's own lease holder (shares the holder's session, descends from its
-// wrapper, or is marked with its job uid): a job's process on a GPU it did
-// not lease (NVML, a container given every GPU) occupies that GPU as anyone
-// else's would, so no other job is put there. Tickets whose wrapper died are
+// computes on it; when that query fails, no GPU counts as free (the waiters
+// wait, Node reports the error). nvidia-smi and ps run with none of the
+// lock fds (bash's `exec {fd}<` is not close-on-exec) and are abandoned
+// after SSHQ_PROBE_TIMEOUT seconds (default 20): a hung driver fails the
+// probe instead of holding queue.lock, and the hang is remembered for that
+// long so other waiters do not each wait it out. Waiters reuse their
+// account's answers for one poll interval (.cache-*), so N waiters cost the
+// driver one probe a poll instead of N; Node asks the driver itself unless
+// it hung within SSHQ_PROBE_TIMEOUT. A process is foreign on a GPU unless it
+// belongs to that GPU's own lease holder (shares the holder's session,
+// descends from its wrapper, or is marked with its job uid): a job's process
+// on a GPU it did not lease (NVML, a container given every GPU) occupies
+// that GPU as anyone else's would, so no other job is put there. Tickets whose wrapper died are
 // skipped (their flock is gone) and removed where the sticky bit allows.
 //
 // To start, the wrapper try-locks each chosen GPU (all or none), writes the
@@ -81,9 +99,14 @@
 // killed session never breaks the job's writes. The pane raises no signals
 // on keys (stty -isig): Ctrl-C there must not interrupt the job; Ctrl-b d
 // detaches. A job that has to wait notes "waiting for N GPU(s) in the node's
-// queue" in its log once. States: PENDING, SETTING_UP, RUNNING,
+// queue" in its log once. When the job's main process ends, whatever still
+// carries its mark (a nohup'd server, `ray start`, tensorboard: holders of
+// its lease fds) gets SIGTERM, then SIGKILL after SSHQ_END_GRACE seconds
+// (default 3), before the end is recorded, so an ended job holds no GPU; the
+// log names them. States: PENDING, SETTING_UP, RUNNING,
 // then SUCCEEDED (exit 0), FAILED (the run's code), FAILED_SETUP (setup's
-// code, or 3 for a node problem: lease directory, nvidia-smi) or CANCELLED.
+// code, or 3 for a node problem: lease directory, nvidia-smi, a ticket that
+// cannot be written, wrapper.lock that cannot be locked) or CANCELLED.
 //
 // A lease directory that is a symlink, not a directory or not writable makes
 // Submit fail (exit 3, reason on stderr) and Node report an error. A GPU
@@ -94,9 +117,12 @@
 //
 // Cancel marks the job, sends SIGTERM to every process of the user whose
 // /proc/<pid>/environ holds SSHQ_JOB_UID=<uid> (so setsid and SIGHUP-ignoring
-// children die too), waits up to the grace period, then SIGKILLs what is
-// left, records CANCELLED with exit 137 itself if the wrapper could not, and
-// kills the tmux session last. A pending job's wrapper removes its ticket
+// children die too), and during the grace period to every such process that
+// appears later; then it SIGKILLs what is left but the wrapper (wrapper.pid),
+// which records the end itself; only if it has not within 5s does Cancel
+// record CANCELLED with exit 137, and then kill the wrapper, so the job never
+// reads as LOST meanwhile. The tmux session is killed last. Cancelling an
+// ended job answers "done" and still ends what carries its mark. A pending job's wrapper removes its ticket
 // and records CANCELLED with 143. Where the user's systemd works and the
 // user lingers (without linger the user manager takes every scope down at
 // logout), the wrapper also runs in a `systemd-run --user --scope`, which
@@ -119,6 +145,8 @@
 //	        lease <uuid> <index> <uid> <id> <user> <name> <since> <login>
 //	        foreign <uuid> <pid,pid...>
 //	        ticket <position> <uid> <user> <name> <num_gpus> <since> <allowed|*> <login>
+//	        (a ticket or owner record whose uid sshq would never make is
+//	        skipped, resp. shown as "~": they are other users' files)
 //	        error <text>
 //	Cancel: cancel <uid> cancelled <final state> | done | missing | invalid
 //
@@ -128,8 +156,11 @@
 // # Limits
 //
 //   - A process that execs with a cleared environment (env -i) loses the
-//     cancel mark; without a systemd scope Cancel cannot find it, though it
-//     still holds its inherited lease fds until it exits.
+//     cancel mark; without a systemd scope Cancel cannot find it, and the
+//     end-of-job cleanup never can, though it still holds its inherited
+//     lease fds until it exits.
+//   - The node needs bash 4.4 or newer; an older one fails every action
+//     with exit 3 and its version on stderr.
 //   - The same holds for telling a holder's GPU processes from foreign ones,
 //     which also uses sessions and ancestry; other users' environments are
 //     unreadable, so another user's daemonized, env-cleared process counts as

@@ -16,6 +16,13 @@
 # written by other users and are only ever parsed, never sourced.
 
 set -u
+# Refuse an old bash before anything below is parsed: it needs {fd}
+# redirections, associative arrays and `wait`/`read -t` as 4.4 has them, and
+# an old one would fail half-way through with a confusing error.
+if [ "${BASH_VERSINFO[0]:-0}" -lt 4 ] || { [ "${BASH_VERSINFO[0]}" -eq 4 ] && [ "${BASH_VERSINFO[1]:-0}" -lt 4 ]; }; then
+	printf 'sshq: this node runs bash %s; sshq needs bash 4.4 or newer. Install a newer bash on the node (first on PATH for non-interactive ssh sessions)\n' "${BASH_VERSION:-unknown}" >&2
+	exit 3
+fi
 # Byte-wise globs and tr here (ticket order must not depend on the locale),
 # but the job gets the user's locale back: see restore_locale.
 orig_lc_all=${LC_ALL-}
@@ -34,6 +41,9 @@ sshq_home=$HOME/.sshq
 jobs_dir=$sshq_home/jobs
 lease_dir=${SSHQ_LEASE_DIR:-/tmp/sshq-leases}
 poll=${SSHQ_POLL_INTERVAL:-2}
+# probe_timeout bounds one GPU probe (nvidia-smi twice, ps once), in whole
+# seconds: a driver that hangs must not hold queue.lock, and so the node.
+probe_timeout=${SSHQ_PROBE_TIMEOUT:-20}
 tab=$'\t'
 
 die() { # die CODE MESSAGE
@@ -160,6 +170,146 @@ queue_unlock() {
 
 # ---------------------------------------------------------------- GPUs
 
+# bounded SECONDS CMD...: run CMD (stdout and stderr) into bounded_out, its
+# exit status into bounded_rc; returns 1 when CMD fails, 124 when it has
+# not ended within SECONDS. CMD runs with every fd above 2 closed: bash
+# never sets close-on-exec on `exec {fd}<`, and a hung nvidia-smi (or ps)
+# that inherited queue.lock, a ticket or wrapper.lock would hold them after
+# its caller gave up or died, stalling every job on the node. A command
+# still running at the deadline is abandoned, not waited for (one stuck in
+# the kernel cannot be killed and timeout(1) would wait for it): its
+# subshell is told to SIGKILL it, and it holds nothing of ours any more.
+bounded_out= bounded_rc=
+bounded() {
+	local limit=$1 pfd sub= st out
+	shift
+	bounded_out= bounded_rc=
+	[ "$limit" -ge 1 ] 2>/dev/null || limit=1
+	# The subshell names itself first: whether $! is set for a process
+	# substitution depends on the bash version.
+	exec {pfd}< <(
+		c=
+		trap 'kill -KILL "$c" 2>/dev/null; exit 1' TERM
+		printf '%s\n' "$BASHPID"
+		for f in /proc/$BASHPID/fd/*; do
+			n=${f##*/}
+			case $n in '' | *[!0-9]*) continue ;; esac
+			[ "$n" -gt 2 ] && exec {n}<&-
+		done
+		"$@" 2>&1 </dev/null &
+		c=$!
+		wait "$c"
+		printf '\n%s\n' "$?"
+	)
+	IFS= read -r -t "$limit" sub <&"$pfd"
+	IFS= read -r -d '' -t "$limit" out <&"$pfd"
+	st=$?
+	exec {pfd}<&-
+	if [ $st -gt 128 ]; then
+		case $sub in '' | *[!0-9]*) ;; *) kill -TERM "$sub" 2>/dev/null ;; esac
+		return 124
+	fi
+	out=${out%$'\n'}
+	bounded_rc=${out##*$'\n'}
+	bounded_out=${out%$'\n'*}
+	[ "$bounded_out" != "$out" ] || bounded_out=
+	case $bounded_rc in '' | *[!0-9]*) bounded_rc=1 ;; esac
+	[ "$bounded_rc" = 0 ]
+}
+
+# ms_now sets now_ms (milliseconds since the epoch), without a fork where
+# bash has EPOCHREALTIME (5.0+).
+now_ms=0
+ms_now() {
+	local t=${EPOCHREALTIME:-}
+	if [ -n "$t" ]; then
+		t=${t//[!0-9]/}
+		now_ms=${t:0:${#t}-3}
+	else
+		now_ms=$(date +%s%3N)
+	fi
+}
+
+# to_ms SECONDS: "2", "0.1" as milliseconds, in ms_val.
+ms_val=0
+to_ms() {
+	local i=${1%%.*} f=
+	[ "$1" != "$i" ] && f=${1#*.}
+	f=${f}000
+	f=${f:0:3}
+	case $i in '' | *[!0-9]*) i=0 ;; esac
+	case $f in *[!0-9]*) f=000 ;; esac
+	ms_val=$((10#$i * 1000 + 10#$f))
+}
+
+# smi NAME ARGS...: nvidia-smi ARGS into smi_out, reusing what this user's
+# last probe on the node got when it is under a poll interval old. Every
+# waiter probes once a poll, all under queue.lock: without the cache, 40
+# waiters run nvidia-smi 80 times a poll, each call taking up to a second
+# on a busy driver. The cache is the user's own file in the lease directory,
+# trusted only when this user owns it (another user could write anything in
+# a file of theirs), replaced by rename. A probe that hung is remembered as
+# such for probe_timeout, so the next waiters report it at once instead of
+# each holding queue.lock for the whole timeout and leaving a stuck process.
+# A report (smi_fresh=1) asks the driver itself, so what a user sees is
+# the present, and refreshes the cache for the waiters; only a remembered
+# hang spares it the wait. Returns 1 with
+# smi_err set on failure.
+smi_out= smi_err= smi_fresh=
+smi() {
+	local name=$1 f ts kind rest left tmp ttl
+	shift
+	f=$lease_dir/.cache-$name-$EUID
+	ms_now
+	if [ -f "$f" ] && [ ! -L "$f" ] && [ -O "$f" ] && IFS=' ' read -r ts kind rest <"$f" 2>/dev/null; then
+		case $ts in '' | *[!0-9]*) ts=0 ;; esac
+		to_ms "$poll"
+		ttl=$ms_val
+		[ "$kind" = hung ] && ttl=$((probe_timeout * 1000))
+		if [ $((now_ms - ts)) -ge 0 ] && [ $((now_ms - ts)) -lt "$ttl" ]; then
+			if [ "$kind" = ok ] && [ -z "$smi_fresh" ]; then
+				IFS= read -r -d '' smi_out <"$f"
+				smi_out=${smi_out#*$'\n'}
+				return 0
+			fi
+			if [ "$kind" = hung ]; then
+				smi_err="nvidia-smi $1 hung for over ${probe_timeout}s (at $ts ms); the driver may be stuck"
+				return 1
+			fi
+		fi
+	fi
+	left=$((probe_deadline - SECONDS))
+	bounded "$left" nvidia-smi "$@"
+	case $? in
+	0)
+		smi_out=$bounded_out
+		kind=ok
+		;;
+	124)
+		smi_err="nvidia-smi $1 did not answer within ${probe_timeout}s; the driver may be stuck"
+		kind=hung
+		;;
+	*)
+		smi_err="nvidia-smi $1 failed (exit $bounded_rc): ${bounded_out//$'\n'/ }"
+		kind=
+		;;
+	esac
+	if [ -n "$kind" ]; then
+		tmp=$lease_dir/.cache-$name-$EUID.$$
+		rm -f -- "$tmp" 2>/dev/null
+		if (
+			set -C
+			umask 077
+			rest=
+			[ "$kind" = ok ] && rest=$smi_out
+			printf '%s %s\n%s\n' "$now_ms" "$kind" "$rest" >"$tmp"
+		) 2>/dev/null; then
+			mv -f -- "$tmp" "$f" 2>/dev/null || rm -f -- "$tmp"
+		fi
+	fi
+	[ "$kind" = ok ]
+}
+
 # probe_gpus fills, for every GPU nvidia-smi lists:
 #   gpu_uuids (index order), gpu_idx[uuid], gpu_state[uuid] = free | leased |
 #   foreign | unusable, owner[uuid] (the raw owner record of a held lease),
@@ -169,8 +319,11 @@ queue_unlock() {
 # holder: one of a job that strays off its lease (NVML, a container given
 # every GPU, a reset CUDA_VISIBLE_DEVICES) occupies the GPU it uses like any
 # other, or two jobs would share it. Returns 1 with gpu_err set when
-# nvidia-smi fails. Must run under queue.lock.
+# nvidia-smi cannot list the GPUs, 2 when the GPUs are known (gpu_state
+# filled from the leases alone) but which processes use them is not: no GPU
+# may then be taken as free. Must run under queue.lock.
 gpu_err=
+probe_deadline=0
 declare -a gpu_uuids
 declare -A gpu_idx gpu_state owner foreign_pids bad_lock
 probe_gpus() {
@@ -181,14 +334,17 @@ probe_gpus() {
 	owner=()
 	foreign_pids=()
 	bad_lock=()
+	case $probe_timeout in '' | *[!0-9]* | 0) probe_timeout=20 ;; esac
+	probe_deadline=$((SECONDS + probe_timeout))
 	if ! command -v nvidia-smi >/dev/null 2>&1; then
 		gpu_err="nvidia-smi not found on PATH ($PATH)"
 		return 1
 	fi
-	if ! out=$(nvidia-smi --query-gpu=index,uuid --format=csv,noheader,nounits 2>&1); then
-		gpu_err="nvidia-smi failed: ${out//$'\n'/ }"
+	if ! smi gpus --query-gpu=index,uuid --format=csv,noheader,nounits; then
+		gpu_err=$smi_err
 		return 1
 	fi
+	out=$smi_out
 	while IFS=', ' read -r idx uuid rest; do
 		case $idx in '' | *[!0-9]*) continue ;; esac
 		# MIG or odd ids are skipped: a uuid names a lock file.
@@ -213,15 +369,26 @@ probe_gpus() {
 		gpu_state[$uuid]=free
 	done <<<"$out"
 
-	apps=$(nvidia-smi --query-compute-apps=gpu_uuid,pid --format=csv,noheader,nounits 2>/dev/null) || apps=
-	[ -n "$apps" ] || return 0
+	# Not knowing which processes compute where is not "none": a GPU a
+	# foreign process uses would be handed out.
+	if ! smi apps --query-compute-apps=gpu_uuid,pid --format=csv,noheader,nounits; then
+		gpu_err="$smi_err; sshq cannot tell which GPUs other processes use"
+		return 2
+	fi
+	apps=$smi_out
+	[ -n "${apps//[[:space:]]/}" ] || return 0
 	# One ps for the whole table: ancestry and session of every process.
+	if ! bounded $((probe_deadline - SECONDS)) ps -e -o pid= -o ppid= -o sid=; then
+		gpu_err="ps -e failed or did not answer in time: ${bounded_out//$'\n'/ }"
+		return 2
+	fi
 	local -A ppid_of sid_of
 	local p pp s
 	while read -r p pp s; do
+		case $p in '' | *[!0-9]*) continue ;; esac
 		ppid_of[$p]=$pp
 		sid_of[$p]=$s
-	done < <(ps -e -o pid= -o ppid= -o sid= 2>/dev/null)
+	done <<<"$bounded_out"
 	while IFS=', ' read -r uuid pid rest; do
 		case $pid in '' | *[!0-9]*) continue ;; esac
 		[ -n "${gpu_idx[$uuid]+x}" ] || continue
@@ -259,21 +426,27 @@ in_holder_tree() {
 # t_jname/t_n/t_since/t_allowed/t_login. A ticket is live while its wrapper
 # holds a flock on it: a wrapper that died (even by SIGKILL, even another
 # user's) leaves a ticket nobody holds, which is skipped, and removed when the
-# sticky bit lets us. Must run under queue.lock.
+# sticky bit lets us. A ticket whose uid is not a valid job uid was not
+# written by sshq (tickets are other users' files) and is skipped: its text
+# must not reach anyone's terminal. Run under queue.lock to decide; with
+# "ro" (a report) it only reads, and needs no lock: a live ticket is locked
+# from before it is named until after it is removed, so the probe never
+# sees one unlocked.
 declare -a t_name t_uid t_user t_jname t_n t_since t_allowed t_login
 read_tickets() {
-	local f u us jn n si al lg rest
+	local ro=${1:-} f u us jn n si al lg rest
 	t_name=() t_uid=() t_user=() t_jname=() t_n=() t_since=() t_allowed=() t_login=()
 	for f in "$lease_dir"/queue/*; do
 		[ -f "$f" ] && [ ! -L "$f" ] || continue
 		if lock_free "$f"; then
-			rm -f -- "$f" 2>/dev/null
+			[ -z "$ro" ] && rm -f -- "$f" 2>/dev/null
 			continue
 		fi
 		u= us= jn= n= si= al= lg=
 		# lg (the login) is absent from tickets of older node scripts.
 		IFS=$tab read -r u us jn n si al lg rest <"$f" 2>/dev/null
 		case $n in '' | *[!0-9]*) continue ;; esac
+		valid_uid "$u" || continue
 		t_name+=("${f##*/}")
 		t_uid+=("$u")
 		t_user+=("${us:-~}")
@@ -385,7 +558,7 @@ cmd_submit() {
 	{
 		printf 'umask %s\n' "$user_umask"
 		printf 'export SSHQ_LEASE_DIR=%q\n' "$lease_dir"
-		for f in PATH LD_LIBRARY_PATH LANG LC_CTYPE SSHQ_SIM_DIR SSHQ_POLL_INTERVAL XDG_RUNTIME_DIR DBUS_SESSION_BUS_ADDRESS; do
+		for f in PATH LD_LIBRARY_PATH LANG LC_CTYPE SSHQ_SIM_DIR SSHQ_POLL_INTERVAL SSHQ_PROBE_TIMEOUT SSHQ_END_GRACE XDG_RUNTIME_DIR DBUS_SESSION_BUS_ADDRESS; do
 			[ -n "${!f+x}" ] && printf 'export %s=%q\n' "$f" "${!f}"
 		done
 		if [ -n "$orig_lc_set" ]; then
@@ -410,18 +583,68 @@ cmd_submit() {
 		die 6 "tmux could not start the job's session"
 	fi
 	# Wait until the wrapper has its ticket (so the order of submissions is
-	# the queue order) or has failed: its first state line says which.
-	waited=0
+	# the queue order) or has failed: its first state line says which. Once
+	# it holds wrapper.lock it is on its way, and may wait up to 60s for
+	# queue.lock and probe_timeout for nvidia-smi: it is given that, within
+	# the controller's 2 minutes. Past that, or if it dies without a word,
+	# the job is ended here before Submit says it failed, so it never runs
+	# behind the back of a controller that has forgotten it.
+	local t0=$SECONDS seen= limit
+	limit=${SSHQ_SUBMIT_WAIT:-100}
+	case $limit in '' | *[!0-9]*) limit=100 ;; esac
 	while [ ! -s "$jd/state" ]; do
-		if [ $waited -ge 200 ]; then
-			die 6 "job $uid: the wrapper did not start within 10s (tmux -L sshq attach -t $uid may show why)"
+		if wrapper_alive "$jd"; then
+			seen=1
+		elif [ -s "$jd/state" ]; then
+			break
+		elif [ -n "$seen" ]; then
+			abort_submit "the wrapper ended without recording a state"
+		elif [ $((SECONDS - t0)) -ge 20 ]; then
+			abort_submit "the wrapper did not start within 20s"
+		fi
+		if [ $((SECONDS - t0)) -ge "$limit" ]; then
+			abort_submit "the wrapper did not get a place in the node's queue within ${limit}s (queue.lock held that long, or nvidia-smi hanging?)"
 		fi
 		sleep 0.05
-		waited=$((waited + 1))
 	done
 	IFS=' ' read -r first _ <"$jd/state"
 	printf 'SSHQ-BEGIN %s\nsubmitted\t%s\t%s\nSSHQ-END\n' "$SSHQ_PROTO" "$uid" "$first"
 }
+
+# abort_submit REASON: make a failed submit true: the job is marked
+# cancelled, every process of it killed, its ticket and (once its wrapper is
+# gone) its directory removed, then Submit fails.
+abort_submit() {
+	local round tn
+	: >"$jd/cancel"
+	for round in 1 2 3 4 5 6 7 8 9 10; do
+		signal_job KILL "$uid" || break
+		sleep 0.05
+	done
+	tmx kill-session -t "=$uid" 2>/dev/null
+	for round in 1 2 3 4 5 6 7 8 9 10; do
+		wrapper_alive "$jd" || break
+		sleep 0.1
+	done
+	if [ -f "$jd/ticket" ]; then
+		read -r tn <"$jd/ticket"
+		[ -n "$tn" ] && valid_ticket "$tn" && rm -f -- "$lease_dir/queue/$tn"
+	fi
+	rm -f -- "$lease_dir/queue/.new-$uid" 2>/dev/null
+	if wrapper_alive "$jd"; then
+		rm -f -- "$jd/secrets.sh"
+		printf 'CANCELLED %s\n' "$(now)" >>"$jd/state"
+		printf '137\n' >"$jd/exit.tmp" && mv -f -- "$jd/exit.tmp" "$jd/exit"
+		die 6 "job $uid: $1; its wrapper could not be killed, so it was marked cancelled (see $jd/log)"
+	fi
+	local why=
+	[ -s "$jd/log" ] && why=$(tail -n 5 -- "$jd/log" | tr '\n' ' ')
+	rm -rf -- "$jd"
+	die 6 "job $uid: $1; the job was removed from the node${why:+. Its log ended: $why}"
+}
+
+# valid_ticket NAME: a ticket name as the wrapper makes it, never a path.
+valid_ticket() { valid_uid "$1"; }
 
 # systemd_ok: use a user scope only where the user's systemd works AND the
 # user lingers: without linger the user manager stops at the last logout and
@@ -442,15 +665,17 @@ systemd_ok() {
 # The wrapper runs in the job's tmux session with no controller anywhere.
 # Files in its job directory: meta.sh (identity, from the controller),
 # state (lines "STATE unix_ts"), log, exit, gpus, ticket, cancel.
-jd= uid= got_signal= ticket= tfd= wfd= my_login=
+jd= uid= got_signal= ticket= tfd= wfd= my_login= disp_pid=
 declare -a lease_fds
 
 jlog() { printf 'sshq: %s\n' "$*" >>"$jd/log"; }
 set_state() { printf '%s %s\n' "$1" "$(now)" >>"$jd/state"; }
 
 # finish STATE CODE: the job's last word. The exit file is written last and
-# atomically: whoever sees it sees the terminal state too.
+# atomically: whoever sees it sees the terminal state too. Processes the job
+# left behind end first (see sweep_leftovers), so an ended job holds no GPU.
 finish() {
+	sweep_leftovers
 	rm -f -- "$jd/secrets.sh"
 	if [ -n "$ticket" ]; then
 		rm -f -- "$lease_dir/queue/$ticket"
@@ -459,6 +684,50 @@ finish() {
 	set_state "$1"
 	printf '%s\n' "$2" >"$jd/exit.tmp" && mv -f -- "$jd/exit.tmp" "$jd/exit"
 	exit 0
+}
+
+# own_pids: the wrapper's own processes, which carry the job's mark but are
+# not the job's: itself, the scope's outer wrapper waiting on it, the display.
+own_pids() {
+	printf '%s\n' $$ ${disp_pid:+"$disp_pid"}
+	[ -n "${SSHQ_IN_SCOPE:-}" ] && printf '%s\n' "$PPID"
+}
+
+# leftover_pids: marked processes of the job that are not the wrapper's
+# own. Called as $(leftover_pids): job_pids, called directly, skips the
+# subshell that runs it.
+leftover_pids() { job_pids "$uid" $(own_pids); }
+
+# sweep_leftovers: like Slurm's end-of-job cleanup, what the job leaves
+# running when its main process ends (a nohup'd server, `ray start`,
+# tensorboard) would keep its inherited lease fds, and so its GPUs, for as
+# long as it lives, with nobody's job running. Everything still carrying
+# the job's mark gets SIGTERM, SIGTERM again if it appeared since, and
+# SIGKILL after SSHQ_END_GRACE seconds (default 3).
+sweep_leftovers() {
+	local pids p n=0 grace
+	declare -A termed=()
+	pids=$(leftover_pids)
+	[ -n "$pids" ] || return 0
+	jlog "the job left $(printf '%s\n' $pids | wc -l) process(es) running ($(printf '%s ' $pids)); ending them so its GPUs are free"
+	to_ms "${SSHQ_END_GRACE:-3}"
+	grace=$((ms_val / 100))
+	while [ -n "$pids" ] && [ $n -lt $grace ]; do
+		for p in $pids; do
+			[ -n "${termed[$p]:-}" ] && continue
+			kill -TERM "$p" 2>/dev/null
+			termed[$p]=1
+		done
+		sleep 0.1
+		n=$((n + 1))
+		pids=$(leftover_pids)
+	done
+	for n in 1 2 3 4 5 6 7 8 9 10; do
+		[ -n "$pids" ] || break
+		kill -KILL $pids 2>/dev/null
+		sleep 0.05
+		pids=$(leftover_pids)
+	done
 }
 
 # cancelled: `sshq cancel` leaves a mark before it signals. While the job
@@ -590,6 +859,7 @@ show_log() {
 		done
 		exec tail --pid=$$ -s 0.5 -n +1 -F -- "$jd/log" </dev/null 2>/dev/null
 	) &
+	disp_pid=$!
 }
 
 cmd_wrapper() {
@@ -603,6 +873,7 @@ cmd_wrapper() {
 	LC_ALL=C
 	lease_dir=${SSHQ_LEASE_DIR:-$lease_dir}
 	poll=${SSHQ_POLL_INTERVAL:-$poll}
+	probe_timeout=${SSHQ_PROBE_TIMEOUT:-$probe_timeout}
 	uid=$SSHQ_M_UID
 	ngpus=$SSHQ_M_NGPUS
 	if [ -f "$jd/scope" ] && [ -z "${SSHQ_IN_SCOPE:-}" ]; then
@@ -617,8 +888,21 @@ cmd_wrapper() {
 	show_log
 	allowed=${SSHQ_M_ALLOWED:-*}
 	[ -n "$allowed" ] || allowed='*'
-	exec {wfd}<"$jd/wrapper.lock"
-	flock -w 10 "$wfd" || exit 1
+	# Read-write: flock(2) on NFS needs the file open for writing. Without
+	# the lock nothing could tell this job alive, so it fails, saying why.
+	local lock_err
+	if ! exec {wfd}<>"$jd/wrapper.lock"; then
+		jlog "cannot open $jd/wrapper.lock for writing"
+		finish FAILED_SETUP 3
+	fi
+	if ! lock_err=$(flock -w 10 "$wfd" 2>&1); then
+		jlog "cannot lock $jd/wrapper.lock (${lock_err:-timed out}); sshq needs flock to work in \$HOME (on NFS: the mount must not use nolock, and lockd must run)"
+		exec {wfd}<&-
+		finish FAILED_SETUP 3
+	fi
+	# Cancel spares these until the wrapper has had its chance to record
+	# how the job ended.
+	own_pids >"$jd/wrapper.pid"
 	# A signal must not kill the wrapper before it has recorded how the job
 	# ended; the flag also ends a wait in the queue.
 	trap 'got_signal=1' TERM INT HUP
@@ -642,7 +926,8 @@ cmd_wrapper() {
 			jlog "cannot lock $lease_dir/queue.lock"
 			finish FAILED_SETUP 3
 		}
-		if ! probe_gpus; then
+		probe_gpus
+		if [ $? = 1 ]; then
 			queue_unlock
 			jlog "$gpu_err"
 			finish FAILED_SETUP 3
@@ -657,17 +942,29 @@ cmd_wrapper() {
 		# The ticket is created under a temporary name, locked, then renamed:
 		# no reader ever sees it unlocked and takes it for a dead one.
 		since=$(now)
-		ticket="$(date +%s%N)-$uid"
-		local tmp="$lease_dir/queue/.new-$uid"
+		local tmp="$lease_dir/queue/.new-$uid" name
+		name="$(date +%s%N)-$uid"
 		# Readable by all: other users' waiters probe its lock and read it.
-		(
+		# Every step is checked: a ticket that is empty (full /tmp) or
+		# unlocked would put the job out of the queue's order.
+		rm -f -- "$tmp" 2>/dev/null
+		if ! (
 			umask 022
+			set -C
 			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$uid" "$SSHQ_M_USER" "$SSHQ_M_NAME" "$ngpus" "$since" "$allowed" "$my_login" >"$tmp"
-		)
-		exec {tfd}<"$tmp"
-		flock -n "$tfd"
-		mv -f -- "$tmp" "$lease_dir/queue/$ticket"
-		printf '%s\n' "$ticket" >"$jd/ticket"
+		) 2>/dev/null || ! exec {tfd}<"$tmp" || ! flock -n "$tfd" || ! mv -f -- "$tmp" "$lease_dir/queue/$name"; then
+			[ -n "$tfd" ] && exec {tfd}<&-
+			rm -f -- "$tmp" 2>/dev/null
+			queue_unlock
+			jlog "cannot create this job's ticket in $lease_dir/queue (is the file system full?)"
+			finish FAILED_SETUP 3
+		fi
+		ticket=$name
+		if ! printf '%s\n' "$ticket" >"$jd/ticket"; then
+			queue_unlock
+			jlog "cannot write $jd/ticket (is the file system full?)"
+			finish FAILED_SETUP 3
+		fi
 		set_state PENDING
 		queue_unlock
 
@@ -733,17 +1030,22 @@ cmd_wrapper() {
 
 # ---------------------------------------------------------------- reports
 
-wrapper_alive() { # true while the job's wrapper holds its lock
-	[ -f "$1/wrapper.lock" ] && ! lock_free "$1/wrapper.lock"
+# wrapper_alive JOBDIR: true while the job's wrapper holds its lock. Opened
+# read-write: on NFS (a home directory) flock(2) is emulated with a POSIX
+# lock, and an exclusive one needs the file open for writing; read-only,
+# the probe would fail and every job would look alive forever.
+wrapper_alive() {
+	[ -f "$1/wrapper.lock" ] && ! flock -n 9 9<>"$1/wrapper.lock" 2>/dev/null
 }
 
 cmd_jobs() {
 	local uid jd alive tm st ts rc idx u tn i
 	local -A pos_of=()
 	printf 'SSHQ-BEGIN %s\n' "$SSHQ_PROTO"
-	if lease_dir_prepare && queue_lock 30; then
-		read_tickets
-		queue_unlock
+	# No queue.lock: a report must answer while the queue is busy (or a
+	# probe is stuck), and reading tickets needs none.
+	if lease_dir_prepare; then
+		read_tickets ro
 		for i in "${!t_name[@]}"; do pos_of[${t_name[$i]}]=$((i + 1)); done
 	fi
 	for uid in "$@"; do
@@ -797,12 +1099,18 @@ cmd_node() {
 		printf 'SSHQ-END\n'
 		return 0
 	fi
-	if probe_gpus; then
-		for u in "${gpu_uuids[@]}"; do
+	smi_fresh=1
+	probe_gpus
+	r=$?
+	if [ $r -ne 1 ]; then
+		for u in ${gpu_uuids[@]+"${gpu_uuids[@]}"}; do
 			printf 'gpu\t%s\t%s\t%s\n' "${gpu_idx[$u]}" "$u" "${gpu_state[$u]}"
 			if [ "${gpu_state[$u]}" = leased ]; then
 				o_uid= o_id= o_user= o_name= o_since= o_login=
 				IFS=$tab read -r o_uid o_id o_user o_name o_since o_pid o_sid o_idx o_login o_rest <<<"${owner[$u]}"
+				# Owner records are anyone's to write: a uid sshq never
+				# makes is shown as unknown, not passed on.
+				valid_uid "$o_uid" || o_uid=
 				# The login comes last, so controllers that read only
 				# the first fields are not confused by it.
 				printf 'lease\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$u" "${gpu_idx[$u]}" "${o_uid:-~}" \
@@ -815,7 +1123,8 @@ cmd_node() {
 				printf 'error\t%s\n' "${bad_lock[$u]}"
 			fi
 		done
-	else
+	fi
+	if [ $r -ne 0 ]; then
 		printf 'error\t%s\n' "$(printf %s "$gpu_err" | tr '\t\n' '  ')"
 	fi
 	read_tickets
@@ -829,16 +1138,19 @@ cmd_node() {
 
 # ---------------------------------------------------------------- cancel
 
-# job_pids UID: every process of ours whose environment carries the job's
-# mark. The mark survives setsid, ignored SIGHUP and double forks; only a
-# process that execs with a cleared environment escapes (the systemd scope,
-# where available, catches that one too).
+# job_pids UID [PID...]: every process of ours whose environment carries
+# the job's mark, but the PIDs and the caller. The mark survives setsid,
+# ignored SIGHUP and double forks; only a process that execs with a cleared
+# environment escapes (the systemd scope, where available, catches that one
+# too).
 job_pids() {
-	local f p
+	local f p skip=" $$ $BASHPID ${*:2} "
 	for f in $(grep -lzxF -- "SSHQ_JOB_UID=$1" /proc/[0-9]*/environ 2>/dev/null); do
 		p=${f#/proc/}
 		p=${p%/environ}
-		[ "$p" != $$ ] && [ "$p" != "$BASHPID" ] && printf '%s\n' "$p"
+		case $skip in *" $p "*) continue ;; esac
+		# The grep itself carried the mark, and is gone now.
+		[ -e "/proc/$p" ] && printf '%s\n' "$p"
 	done
 }
 
@@ -853,8 +1165,9 @@ signal_job() { # signal_job SIG UID
 }
 
 cmd_cancel() {
-	local grace=$1 uid jd rc st tn deadline any round
-	local -a targets=()
+	local grace=$1 uid jd st tn deadline any round p spare
+	local -a targets=() sweep=()
+	local -A termed=()
 	shift
 	case $grace in '' | *[!0-9]*) grace=10000 ;; esac
 	printf 'SSHQ-BEGIN %s\n' "$SSHQ_PROTO"
@@ -869,25 +1182,85 @@ cmd_cancel() {
 			continue
 		fi
 		if [ -f "$jd/exit" ]; then
+			# Ended, but what it left running (a wrapper killed before
+			# its cleanup, a process started late) may still hold its
+			# GPUs: that goes too.
 			printf 'cancel\t%s\tdone\n' "$uid"
+			sweep+=("$uid")
 			continue
 		fi
 		: >"$jd/cancel"
 		targets+=("$uid")
+		sweep+=("$uid")
 	done
-	for uid in ${targets[@]+"${targets[@]}"}; do signal_job TERM "$uid"; done
+	# term_new: SIGTERM to every marked process not yet sent one, so a
+	# process started after the first round (by a trap, a supervisor)
+	# still gets its chance to clean up before the SIGKILL.
+	term_new() {
+		local u p
+		for u in ${sweep[@]+"${sweep[@]}"}; do
+			for p in $(job_pids "$u"); do
+				[ -n "${termed[$p]:-}" ] && continue
+				kill -TERM "$p" 2>/dev/null
+				termed[$p]=1
+			done
+		done
+	}
+	for uid in ${targets[@]+"${targets[@]}"}; do
+		jd=$jobs_dir/$uid
+		[ -f "$jd/scope" ] && systemctl --user kill --signal=TERM "$(cat "$jd/scope")" >/dev/null 2>&1
+	done
+	term_new
 	# Grace: the job may save a checkpoint; poll until the trees are gone.
 	deadline=$(($(date +%s%N) + grace * 1000000))
-	while [ ${#targets[@]} -gt 0 ]; do
+	while [ ${#sweep[@]} -gt 0 ]; do
 		any=
-		for uid in "${targets[@]}"; do
+		for uid in "${sweep[@]}"; do
 			[ -n "$(job_pids "$uid")" ] && any=1 && break
 		done
 		[ -z "$any" ] && break
 		[ "$(date +%s%N)" -ge $deadline ] && break
+		term_new
 		sleep 0.1
 	done
+	# SIGKILL the job's processes but not yet its wrapper: it records how
+	# the job ended once they are gone. Killed before, it would leave a
+	# moment with no wrapper and no exit record, which reads as LOST.
+	for uid in ${sweep[@]+"${sweep[@]}"}; do
+		jd=$jobs_dir/$uid
+		spare=
+		[ -f "$jd/wrapper.pid" ] && [ ! -f "$jd/exit" ] && spare=" $(tr '\n' ' ' <"$jd/wrapper.pid") "
+		for round in 1 2 3 4 5 6 7 8 9 10; do
+			any=
+			for p in $(job_pids "$uid"); do
+				case $spare in *" $p "*) continue ;; esac
+				kill -KILL "$p" 2>/dev/null
+				any=1
+			done
+			[ -n "$any" ] || break
+			sleep 0.05
+		done
+	done
 	for uid in ${targets[@]+"${targets[@]}"}; do
+		jd=$jobs_dir/$uid
+		for round in $(seq 50); do
+			[ -f "$jd/exit" ] || ! wrapper_alive "$jd" && break
+			sleep 0.1
+		done
+		# A wrapper that could not record the end leaves it to us, before
+		# it is killed.
+		if [ ! -f "$jd/exit" ]; then
+			rm -f -- "$jd/secrets.sh"
+			if [ -f "$jd/ticket" ]; then
+				read -r tn <"$jd/ticket"
+				[ -n "$tn" ] && valid_ticket "$tn" && rm -f -- "$lease_dir/queue/$tn"
+				rm -f -- "$jd/ticket"
+			fi
+			printf 'CANCELLED %s\n' "$(now)" >>"$jd/state"
+			printf '137\n' >"$jd/exit.tmp" && mv -f -- "$jd/exit.tmp" "$jd/exit"
+		fi
+	done
+	for uid in ${sweep[@]+"${sweep[@]}"}; do
 		for round in 1 2 3 4 5 6 7 8 9 10; do
 			signal_job KILL "$uid" || break
 			sleep 0.05
@@ -895,21 +1268,6 @@ cmd_cancel() {
 	done
 	for uid in ${targets[@]+"${targets[@]}"}; do
 		jd=$jobs_dir/$uid
-		# A wrapper that was killed before recording the end leaves it to us.
-		for round in 1 2 3 4 5 6 7 8 9 10; do
-			wrapper_alive "$jd" || break
-			sleep 0.1
-		done
-		if [ ! -f "$jd/exit" ]; then
-			rm -f -- "$jd/secrets.sh"
-			if [ -f "$jd/ticket" ]; then
-				read -r tn <"$jd/ticket"
-				[ -n "$tn" ] && rm -f -- "$lease_dir/queue/$tn"
-				rm -f -- "$jd/ticket"
-			fi
-			printf 'CANCELLED %s\n' "$(now)" >>"$jd/state"
-			printf '137\n' >"$jd/exit.tmp" && mv -f -- "$jd/exit.tmp" "$jd/exit"
-		fi
 		tmx kill-session -t "=$uid" 2>/dev/null
 		st=
 		[ -f "$jd/state" ] && st=$(tail -n 1 "$jd/state")

@@ -316,6 +316,12 @@ func ParseNode(out []byte) (*NodeStatus, error) {
 			if l.JobUID, err = DecodeField(r[3]); err != nil {
 				return nil, bad(err.Error())
 			}
+			// Owner records are any user's to write: a uid sshq never
+			// makes (escape sequences for the terminal of whoever runs
+			// `sshq status`) says only that the GPU is held.
+			if l.JobUID != "" && checkUID(l.JobUID) != nil {
+				l.JobUID, l.Recorded = "", false
+			}
 			if r[4] != "~" {
 				if l.JobID, err = strconv.Atoi(r[4]); err != nil {
 					return nil, bad("bad job id")
@@ -344,6 +350,11 @@ func ParseNode(out []byte) (*NodeStatus, error) {
 			var t Ticket
 			if t.Position, err = strconv.Atoi(r[1]); err != nil {
 				return nil, bad("bad position")
+			}
+			// Tickets are other users' files too; one sshq did not write
+			// is not passed on.
+			if checkUID(r[2]) != nil {
+				continue
 			}
 			t.JobUID = r[2]
 			if t.User, err = DecodeField(r[3]); err != nil {

@@ -65,7 +65,10 @@ type JobSpec struct {
 // The command returns once the job holds its place in the node's queue
 // (state PENDING) or has failed; it exits non-zero with the reason on stderr
 // when the job could not be created (uid already used, missing workdir
-// cache, no tmux, a lease directory that is a symlink...).
+// cache, no tmux, a lease directory that is a symlink...). It may take
+// up to about 100s on a node whose queue is busy; when it fails after the
+// job's wrapper started, it has ended and removed the job first, so a
+// failed Submit never leaves a job running.
 //
 // The job's environment is, in order (later wins): spec.Env, spec.Secrets,
 // then the values sshq computes itself: SSHQ_JOB_ID, SSHQ_JOB_NAME,
@@ -185,8 +188,10 @@ func exportLines(vars []EnvVar, header string) (string, error) {
 // job leaves the queue, a running job's whole process tree (setsid children
 // and SIGHUP-ignoring ones included) gets SIGTERM, then SIGKILL after grace
 // (DefaultCancelGrace when 0), its GPU leases fall free with it, its state
-// becomes CANCELLED and its tmux session is closed last. The command returns
-// when every tree is gone; parse its output with ParseCancel.
+// becomes CANCELLED and its tmux session is closed last. For a job that
+// already ended it answers "done" and still kills what the job left
+// running. The command returns when every tree is gone; parse its output
+// with ParseCancel.
 func Cancel(uids []string, grace time.Duration) string {
 	if grace <= 0 {
 		grace = DefaultCancelGrace

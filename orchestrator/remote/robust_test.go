@@ -1,0 +1,461 @@
+package remote
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
+)
+
+// These tests put a node in the states a shared GPU box reaches in real
+// life: a driver that hangs or half-fails, a busy queue lock, an NFS home,
+// jobs that leave daemons behind.
+
+// smiWrap wraps the simulated nvidia-smi: it counts calls, fails the
+// process query while <node>/fail-apps exists and hangs (ignoring TERM, as
+// a process stuck in the driver does) while <node>/hang exists.
+const smiWrap = `#!/bin/bash
+d=$(dirname "$0")
+echo "$*" >> "$d/../smi-calls"
+case "$*" in *--query-compute-apps*) [ -e "$d/../fail-apps" ] && { echo "Unable to determine the device handle for GPU 0000:3B:00.0: Unknown Error"; exit 15; } ;; esac
+if [ -e "$d/../hang" ]; then
+	echo $$ >> "$d/../hung-pids"
+	trap "" HUP TERM INT
+	exec sleep 100
+fi
+exec "$d/nvidia-smi.real" "$@"
+`
+
+func wrapSmi(t *testing.T, n *testNode) {
+	t.Helper()
+	b := filepath.Join(n.dir, "bin")
+	if err := os.Rename(filepath.Join(b, "nvidia-smi"), filepath.Join(b, "nvidia-smi.real")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(b, "nvidia-smi"), []byte(smiWrap), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Hung probes are abandoned by design; the test ends them. Registered
+	// after newNode, so it runs before the node's directory goes.
+	t.Cleanup(func() {
+		b, _ := os.ReadFile(filepath.Join(n.dir, "hung-pids"))
+		for _, f := range strings.Fields(string(b)) {
+			if p, err := strconv.Atoi(f); err == nil {
+				syscall.Kill(p, syscall.SIGKILL)
+			}
+		}
+	})
+}
+
+func (n *testNode) setEnv(name, value string) {
+	for i, e := range n.env {
+		if strings.HasPrefix(e, name+"=") {
+			n.env[i] = name + "=" + value
+			return
+		}
+	}
+	n.env = append(n.env, name+"="+value)
+}
+
+func (n *testNode) touch(name string) {
+	n.t.Helper()
+	if err := os.WriteFile(filepath.Join(n.dir, name), nil, 0o644); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// holdLock holds path's flock from another process for d (or until the
+// test ends) and returns once it is held.
+func holdLock(t *testing.T, path string, d time.Duration) *exec.Cmd {
+	t.Helper()
+	// -o: the lock is flock's own, so killing it frees the lock.
+	c := exec.Command("flock", "-o", path, "sleep", strconv.FormatFloat(d.Seconds(), 'f', 1, 64))
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(-c.Process.Pid, syscall.SIGKILL); c.Wait() })
+	waitFor(t, "the lock to be held", func() bool { return exec.Command("flock", "-n", path, "true").Run() != nil })
+	return c
+}
+
+func (n *testNode) queueLock() string {
+	n.t.Helper()
+	n.node() // creates the lease directory
+	return filepath.Join(n.dir, "leases", "queue.lock")
+}
+
+func (n *testNode) rawSubmit(s JobSpec) (stdout, stderr string, rc int) {
+	n.t.Helper()
+	cmd, stdin, err := Submit(s)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.mu.Lock()
+	n.uids = append(n.uids, s.UID)
+	n.mu.Unlock()
+	return n.run(cmd, stdin)
+}
+
+func TestSubmitWaitsOutABusyQueueLock(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.A100x2("busyq"))
+	// Longer than the 10s Submit once gave the wrapper: the job did run,
+	// while the controller, told it had failed, had forgotten it.
+	holdLock(t, n.queueLock(), 11*time.Second)
+	out, errOut, rc := n.rawSubmit(spec("bq-1", 1, `echo ran > "$HOME/ran"`))
+	if rc != 0 || !strings.Contains(out, "submitted\tbq-1\tPENDING") {
+		t.Fatalf("submit under a busy queue lock: rc=%d out=%q err=%q", rc, out, errOut)
+	}
+	n.waitState("bq-1", Succeeded)
+}
+
+func TestSubmitThatGivesUpLeavesNoJob(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.A100x2("giveup"))
+	n.setEnv("SSHQ_SUBMIT_WAIT", "2")
+	holder := holdLock(t, n.queueLock(), 6*time.Second)
+	begin := time.Now()
+	_, errOut, rc := n.rawSubmit(spec("gu-1", 1, `echo ran > "$HOME/ran"`))
+	if rc == 0 {
+		t.Fatalf("submit succeeded although the queue lock was held past its wait (%v)", time.Since(begin))
+	}
+	if !strings.Contains(errOut, "queue") {
+		t.Errorf("submit's error does not say why: %q", errOut)
+	}
+	// What Submit reported must be true: nothing of the job is left to
+	// take the queue lock when it frees and run the job.
+	if left := markedPIDs("gu-1"); len(left) > 0 {
+		t.Errorf("processes of the failed submit live on: %v", left)
+	}
+	holder.Process.Kill()
+	holder.Wait()
+	if st := n.job("gu-1"); st.Found {
+		t.Errorf("the failed job is still on the node: %+v", st)
+	}
+	if e, _ := os.ReadDir(filepath.Join(n.dir, "leases", "queue")); len(e) > 0 {
+		t.Errorf("tickets left: %v", e)
+	}
+	n.submit(spec("gu-2", 2, "true"))
+	n.waitState("gu-2", Succeeded)
+	if _, err := os.Stat(filepath.Join(n.home(), "ran")); err == nil {
+		t.Error("the job whose submit failed ran")
+	}
+}
+
+func TestHungNvidiaSmiHoldsNoLock(t *testing.T) {
+	t.Parallel()
+	g := gpusim.A100x2("hung")
+	n := newNode(t, g)
+	wrapSmi(t, n)
+	n.setEnv("SSHQ_PROBE_TIMEOUT", "1")
+	n.submit(spec("hs-a", 2, blockUntil("a")))
+	n.waitState("hs-a", Running)
+	n.submit(spec("hs-b", 1, "true"))
+	n.touch("hang")
+	waitFor(t, "a probe to hang", func() bool {
+		_, err := os.Stat(filepath.Join(n.dir, "hung-pids"))
+		return err == nil
+	})
+	// Reports answer, and say what is wrong.
+	begin := time.Now()
+	if js := n.jobs("hs-b"); js["hs-b"].State != Pending || js["hs-b"].QueuePosition != 1 {
+		t.Errorf("hs-b while nvidia-smi hangs: %+v", js["hs-b"])
+	}
+	ns := n.node()
+	if d := time.Since(begin); d > 8*time.Second {
+		t.Errorf("jobs and node took %v with a hung nvidia-smi", d)
+	}
+	if len(ns.Errors) == 0 || !strings.Contains(strings.Join(ns.Errors, " "), "nvidia-smi") {
+		t.Errorf("node reports no nvidia-smi problem: %+v", ns)
+	}
+	// The waiter dies; its hung nvidia-smi lives on, but holds none of
+	// the node's locks.
+	b, err := os.ReadFile(filepath.Join(n.home(), ".sshq", "jobs", "hs-b", "wrapper.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range strings.Fields(string(b)) {
+		p, _ := strconv.Atoi(f)
+		syscall.Kill(p, syscall.SIGKILL)
+	}
+	lk := filepath.Join(n.dir, "leases", "queue.lock")
+	waitFor(t, "queue.lock to be free after the waiter died", func() bool {
+		return exec.Command("flock", "-n", lk, "true").Run() == nil
+	})
+	os.Remove(filepath.Join(n.dir, "hang"))
+	n.submit(spec("hs-c", 0, "true"))
+	n.waitState("hs-c", Succeeded)
+	n.release("a")
+}
+
+func TestFailedProcessQueryIsNotNoProcesses(t *testing.T) {
+	t.Parallel()
+	g := gpusim.A100x2("appsfail")
+	n := newNode(t, g)
+	wrapSmi(t, n)
+	foreign := startSleeper(t)
+	gpusim.AddProcess(gpusim.SimDir(n.dir), g[0].UUID, foreign.Process.Pid, 1000, "python")
+	n.touch("fail-apps")
+	af1 := spec("af-1", 1, "true")
+	af1.AllowedGPUs = []string{g[0].UUID}
+	n.submit(af1)
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+		if st := n.job("af-1"); st.State != Pending {
+			t.Fatalf("af-1 is %s (GPUs %+v) while nvidia-smi cannot say who uses GPU 0", st.State, st.GPUs)
+		}
+	}
+	ns := n.node()
+	if len(ns.GPUs) != 2 || !strings.Contains(strings.Join(ns.Errors, " "), "query-compute-apps") {
+		t.Errorf("node with a failing process query: %+v", ns)
+	}
+	if err := os.Remove(filepath.Join(n.dir, "fail-apps")); err != nil {
+		t.Fatal(err)
+	}
+	n.submit(spec("af-2", 1, "true"))
+	st := n.waitState("af-2", Succeeded)
+	if len(st.GPUs) != 1 || st.GPUs[0].UUID != g[1].UUID {
+		t.Errorf("af-2 got %+v, want GPU 1 (GPU 0 has a foreign process)", st.GPUs)
+	}
+	if st := n.job("af-1"); st.State != Pending {
+		t.Errorf("af-1 is %s while GPU 0 is in use", st.State)
+	}
+}
+
+// nfsFlock behaves as flock(1) does on an NFS home: an exclusive lock on
+// a file open read-only fails with EBADF, and with <node>/nolock present
+// (a mount without locking) every lock in $HOME fails.
+const nfsFlock = `#!/bin/bash
+fd=${!#}
+case $fd in *[!0-9]*) exec /usr/bin/flock "$@" ;; esac
+f=$(readlink "/proc/$$/fd/$fd")
+case $f in "$HOME"/*)
+	[ -e "$HOME/../nolock" ] && { echo "flock: failed to get lock: No locks available" >&2; exit 1; }
+	flags=$(sed -n 's/^flags:[[:space:]]*//p' "/proc/$$/fdinfo/$fd")
+	if [ $((8#$flags & 3)) = 0 ]; then echo "flock: failed to get lock: Bad file descriptor" >&2; exit 1; fi
+esac
+exec /usr/bin/flock "$@"
+`
+
+func TestNFSHomeLocksWork(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.T4x1("nfs"))
+	if err := os.WriteFile(filepath.Join(n.dir, "bin", "flock"), []byte(nfsFlock), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n.submit(spec("nfs-1", 1, blockUntil("1")))
+	n.waitState("nfs-1", Running)
+	// Liveness works too: a killed wrapper is seen dead.
+	for _, p := range markedPIDs("nfs-1") {
+		syscallKill(p)
+	}
+	n.waitState("nfs-1", Lost)
+
+	n.touch("nolock")
+	n.submit(spec("nfs-2", 0, `touch "$HOME/ran"`))
+	n.waitState("nfs-2", FailedSetup)
+	if st := n.job("nfs-2"); st.ExitCode != 3 {
+		t.Errorf("nfs-2 exit %d, want 3", st.ExitCode)
+	}
+	if l := n.log("nfs-2"); !strings.Contains(l, "wrapper.lock") || !strings.Contains(l, "No locks available") {
+		t.Errorf("log does not say why the job failed: %q", l)
+	}
+}
+
+func TestLeftoverProcessesEndWithTheJob(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.A100x2("leftover"))
+	n.submit(spec("lo-1", 2, `setsid sleep 300 >/dev/null 2>&1 </dev/null &
+nohup bash -c 'trap "" TERM HUP; sleep 301' >/dev/null 2>&1 &
+echo started`))
+	n.waitState("lo-1", Succeeded)
+	if left := markedPIDs("lo-1"); len(left) > 0 {
+		t.Errorf("processes the job left live on after it ended: %v", left)
+	}
+	if ns := n.node(); len(ns.Leases) != 0 {
+		t.Errorf("the ended job still holds GPUs: %+v", ns.Leases)
+	}
+	if l := n.log("lo-1"); !strings.Contains(l, "left 2 process(es) running") {
+		t.Errorf("the log does not say what was ended: %q", l)
+	}
+	n.submit(spec("lo-2", 2, "true"))
+	n.waitState("lo-2", Succeeded)
+
+	// A process of an ended job that escaped the cleanup goes on cancel,
+	// which still answers "done".
+	c := exec.Command("sleep", "300")
+	c.Env = append(os.Environ(), "SSHQ_JOB_UID=lo-1")
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Process.Kill()
+	out, _, _ := n.run(Cancel([]string{"lo-1"}, 200*time.Millisecond), nil)
+	if res, _ := ParseCancel([]byte(out)); res["lo-1"] != "done" {
+		t.Errorf("cancel of the ended job: %q", out)
+	}
+	c.Wait()
+	if !processGone(c.Process.Pid) {
+		t.Error("cancel of an ended job left its process running")
+	}
+}
+
+func TestCancelIsNeverSeenLost(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.T4x1("nolost"))
+	for i := 0; i < 3; i++ {
+		uid := "nl-" + strconv.Itoa(i)
+		// Ignores SIGTERM: cancel has to SIGKILL it.
+		n.submit(spec(uid, 1, `trap "" TERM; while :; do sleep 0.02; done`))
+		n.waitState(uid, Running)
+		done := make(chan string)
+		go func() {
+			out, _, _ := n.run(Cancel([]string{uid}, 100*time.Millisecond), nil)
+			done <- out
+		}()
+		var seen []State
+	poll:
+		for {
+			select {
+			case <-done:
+				break poll
+			default:
+			}
+			st := n.job(uid)
+			seen = append(seen, st.State)
+			if st.State == Lost {
+				t.Errorf("%s reads LOST while it is being cancelled (%v)", uid, seen)
+			}
+		}
+		if st := n.job(uid); st.State != Cancelled || !st.Exited {
+			t.Errorf("%s after cancel: %+v", uid, st)
+		}
+	}
+}
+
+func TestCancelTermsProcessesStartedDuringGrace(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.T4x1("late"))
+	// On SIGTERM the job starts a helper that cleans up on its own
+	// SIGTERM; the job itself then ignores TERM and has to be killed.
+	n.submit(spec("lt-1", 1, `trap 'bash -c "trap \"echo cleaned >> \$HOME/late; exit 0\" TERM; while :; do sleep 0.02; done" & trap "" TERM' TERM
+touch "$HOME/ready"
+while :; do sleep 0.02; done`))
+	n.waitState("lt-1", Running)
+	waitFor(t, "the job's trap", func() bool {
+		_, err := os.Stat(filepath.Join(n.home(), "ready"))
+		return err == nil
+	})
+	out, _, _ := n.run(Cancel([]string{"lt-1"}, 2*time.Second), nil)
+	if res, _ := ParseCancel([]byte(out)); res["lt-1"] != "cancelled" {
+		t.Fatalf("cancel: %q", out)
+	}
+	if b, _ := os.ReadFile(filepath.Join(n.home(), "late")); !strings.Contains(string(b), "cleaned") {
+		t.Error("a process started after the first SIGTERM got no SIGTERM of its own, only the SIGKILL")
+	}
+	if left := markedPIDs("lt-1"); len(left) > 0 {
+		t.Errorf("survivors: %v", left)
+	}
+}
+
+func TestJobsAnswersWhileTheQueueLockIsHeld(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.T4x1("jobsnolock"))
+	n.submit(spec("jn-a", 1, blockUntil("a")))
+	n.waitState("jn-a", Running)
+	n.submit(spec("jn-b", 1, "true"))
+	holdLock(t, n.queueLock(), 60*time.Second)
+	begin := time.Now()
+	js := n.jobs("jn-a", "jn-b")
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("jobs took %v while queue.lock was held", d)
+	}
+	if js["jn-b"].State != Pending || js["jn-b"].QueuePosition != 1 || js["jn-a"].State != Running {
+		t.Errorf("jobs while queue.lock is held: %+v", js)
+	}
+	n.release("a")
+}
+
+func TestWaitersShareOneProbe(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.T4x1("share"))
+	wrapSmi(t, n)
+	n.setEnv("SSHQ_POLL_INTERVAL", "0.5")
+	n.submit(spec("sh-a", 1, blockUntil("a")))
+	n.waitState("sh-a", Running)
+	const waiters = 10
+	for i := 0; i < waiters; i++ {
+		n.submit(spec("sh-w"+strconv.Itoa(i), 1, "true"))
+	}
+	calls := func() int {
+		b, _ := os.ReadFile(filepath.Join(n.dir, "smi-calls"))
+		return strings.Count(string(b), "\n")
+	}
+	time.Sleep(time.Second) // let every waiter settle into its polling
+	c0, t0 := calls(), time.Now()
+	time.Sleep(3 * time.Second)
+	c1, d := calls(), time.Since(t0)
+	// Unshared: two calls per waiter per poll (~40/s here). Shared: two
+	// per poll interval, and some slack for polls that straddle one.
+	perPoll := float64(c1-c0) / (d.Seconds() / 0.5)
+	t.Logf("%d nvidia-smi calls in %v with %d waiters (%.1f per poll interval)", c1-c0, d, waiters, perPoll)
+	if perPoll > 6 {
+		t.Errorf("%d waiters ran nvidia-smi %.1f times per poll interval; they should share one probe", waiters, perPoll)
+	}
+	n.release("a")
+	for i := 0; i < waiters; i++ {
+		n.waitState("sh-w"+strconv.Itoa(i), Succeeded)
+	}
+}
+
+func TestTicketThatCannotBeWrittenFailsTheJob(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.T4x1("ticketfail"))
+	n.queueLock()
+	// What a full /tmp does to the ticket, in a form a test can make.
+	if err := os.Mkdir(filepath.Join(n.dir, "leases", "queue", ".new-tf-1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n.submit(spec("tf-1", 1, `touch "$HOME/ran"`))
+	n.waitState("tf-1", FailedSetup)
+	if l := n.log("tf-1"); !strings.Contains(l, "ticket") {
+		t.Errorf("log does not say why: %q", l)
+	}
+	if _, err := os.Stat(filepath.Join(n.home(), "ran")); err == nil {
+		t.Error("the job ran without a ticket")
+	}
+}
+
+func TestForgedTicketIsNotReported(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.T4x1("forged"))
+	n.queueLock()
+	f := filepath.Join(n.dir, "leases", "queue", "1-x")
+	rec := "evil\x1b]0;pwned\x07\tmallory\tjob\t1\t1700000000.000\t*\tmallory\n"
+	if err := os.WriteFile(f, []byte(rec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	holdLock(t, f, 60*time.Second) // a live ticket, as far as anyone can tell
+	ns := n.node()
+	if len(ns.Queue) != 0 {
+		t.Errorf("a ticket with a forged uid is reported: %+v", ns.Queue)
+	}
+	// And a controller never passes one on, whatever a node prints.
+	out := "SSHQ-BEGIN 1\nticket\t1\tevil\x1b[2J\tu\tn\t1\t~\t*\nticket\t2\tok-1\tu\tn\t1\t~\t*\n" +
+		"lease\tGPU-x\t0\tbad\x1b[2J\t1\tu\tn\t~\nSSHQ-END\n"
+	ns2, err := ParseNode([]byte(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ns2.Queue) != 1 || ns2.Queue[0].JobUID != "ok-1" {
+		t.Errorf("queue %+v, want only ok-1", ns2.Queue)
+	}
+	if len(ns2.Leases) != 1 || ns2.Leases[0].JobUID != "" || ns2.Leases[0].Recorded {
+		t.Errorf("lease with a forged uid: %+v, want an unrecorded holder", ns2.Leases)
+	}
+}
