@@ -167,7 +167,6 @@ func commands(e env) []*cli.Command {
 		demoCommand(e),
 		completionCommand(e),
 	}
-	cmds = append(cmds, extraCommands(e)...)
 	for _, c := range cmds {
 		switch c.Name {
 		case "logs", "cancel", "wait", "attach":
@@ -234,17 +233,6 @@ func gflag(c *cli.Context, name string) string {
 		}
 	}
 	return ""
-}
-
-// extraCommands is extended by the files of the other commands' issues.
-var extraCommandsList []func(env) *cli.Command
-
-func extraCommands(e env) []*cli.Command {
-	var out []*cli.Command
-	for _, f := range extraCommandsList {
-		out = append(out, f(e))
-	}
-	return out
 }
 
 // ---- shared plumbing ----

@@ -178,11 +178,6 @@ func (p *Pool) Close() error {
 	return nil
 }
 
-// drop forgets a broken client so the next Get dials again.
-func (p *Pool) drop(alias string, c *Client) {
-	c.Close()
-}
-
 // dial connects to n, through its ProxyJump chain if it has one, within
 // n's ConnectTimeout for TCP and handshake together.
 func (p *Pool) dial(ctx context.Context, n inventory.Node, chain []string) (*Client, error) {
@@ -759,7 +754,7 @@ func (p *Pool) Run(ctx context.Context, alias, cmd string, stdin io.Reader) (Res
 		res, err := c.Run(ctx, cmd, stdin)
 		var ns notStarted
 		if err != nil && errors.As(err, &ns) && errors.Is(err, ErrConnectionLost) && attempt == 0 && ctx.Err() == nil {
-			p.drop(alias, c)
+			c.Close() // marks it dead: the next Get dials again
 			continue
 		}
 		return res, err
