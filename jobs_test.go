@@ -513,3 +513,29 @@ func TestNodeUserWithPOSIXShLogin(t *testing.T) {
 		t.Fatalf("status as a /bin/sh user: %s %s", r.stdout, r.stderr)
 	}
 }
+
+// Ctrl-C while sshq is still probing the nodes (one of them hangs) stops
+// the launch cleanly: exit 130, no job, and no node blamed.
+func TestCtrlCBeforeSubmitLeavesNothing(t *testing.T) {
+	t.Parallel()
+	c, home, _ := gpuCluster(t, map[string][]gpusim.GPU{"box": gpusim.T4x1(t.Name())})
+	hung, _ := c.AddHungNode("hung")
+	env := []string{"SSHQ_NODES=box," + hung}
+	cmd := exec.Command(sshqBin, "launch", "-d", "--", "true")
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + home, "SSHQ_HOME=" + filepath.Join(home, ".sshq"), "SSHQ_SSH_CONFIG=" + c.ConfigPath}, env...)
+	var errb syncBuffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // inside the 3 s the hung node takes to time out
+	cmd.Process.Signal(os.Interrupt)
+	err := cmd.Wait()
+	ee, _ := err.(*exec.ExitError)
+	if ee == nil || ee.ExitCode() != 130 || !strings.Contains(errb.String(), "nothing was submitted") || strings.Contains(errb.String(), "unreachable") {
+		t.Fatalf("exit %v\n%s", err, errb.String())
+	}
+	if q := queue(t, c, home, []string{"SSHQ_NODES=box"}); len(q) != 0 {
+		t.Errorf("a job was recorded: %+v", q)
+	}
+}

@@ -1034,6 +1034,9 @@ func doLaunch(c *cli.Context, e env) error {
 	})
 	bar.clear()
 	if err != nil {
+		if c.Context.Err() != nil {
+			return withCode(exitInterrupted, err)
+		}
 		return placeErr(err)
 	}
 	if c.Bool("json") {
@@ -1680,7 +1683,7 @@ Examples:
 				fmt.Fprintln(e.stdout, "\nTour done: every job ended as expected. Run `sshq demo` to keep the cluster up and try your own commands.")
 				return nil
 			}
-			fmt.Fprintf(e.stdout, "\nPoint sshq at it from another terminal:\n  export %s\nthen try:\n  sshq status\n  sshq launch --gpus A100:1 -- nvidia-smi -L\n\nCtrl-C stops the nodes and their jobs.\n",
+			fmt.Fprintf(e.stdout, "\nPoint sshq at it from another terminal:\n  export %s\nthen try:\n  sshq status\n  sshq launch --gpus A100:1 -- 'nvidia-smi -L -i $CUDA_VISIBLE_DEVICES'\n\nCtrl-C stops the nodes and their jobs.\n",
 				strings.Join(cl.Env(), " "))
 			<-c.Context.Done()
 			fmt.Fprintln(e.stderr, "\nsshq demo: stopping nodes and jobs")

@@ -56,6 +56,10 @@ func (c *Cluster) Place(ctx context.Context, t *task.Task, pin string) (Placemen
 	}
 	sub := &Cluster{Pool: c.Pool, Resolver: c.Resolver, Names: names}
 	statuses := sub.Status(ctx)
+	if err := ctx.Err(); err != nil {
+		// Not the nodes' fault: do not report them unreachable.
+		return Placement{}, fmt.Errorf("nothing was submitted (%w)", err)
+	}
 	return place(t, statuses, pin)
 }
 
@@ -364,9 +368,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	defer cancel()
 	res, err := client.Run(subCtx, cmd, strings.NewReader(string(stdin)))
 	if err != nil {
-		// The submit may or may not have reached the node: keep the job
-		// so reconcile settles it.
-		return nil, p, fmt.Errorf("submitting to %s: %w (the job may exist there: `sshq queue` will tell)", p.Node, err)
+		return c.settleSubmit(st, job, p, ctx.Err() != nil)
 	}
 	if res.ExitCode != 0 {
 		return fail(fmt.Errorf("%s refused the job: %s", p.Node, strings.TrimSpace(string(res.Stderr))))
@@ -397,6 +399,44 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 		return &job, p, ErrCancelledDuringLaunch
 	}
 	return &job, p, err
+}
+
+// ErrSubmittedBeforeInterrupt: the launch was interrupted (Ctrl-C) after
+// the node had taken the job; the job is queued and recorded.
+var ErrSubmittedBeforeInterrupt = errors.New("interrupted after the job was submitted")
+
+// settleSubmit finds out, with a fresh deadline, whether a submit whose
+// answer was lost (Ctrl-C, a dropped connection) reached the node, and
+// records the truth: the job is queued there, or nothing was submitted.
+func (c *Cluster) settleSubmit(st *store.Store, job store.Job, p Placement, interrupted bool) (*store.Job, Placement, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	res, err := c.Pool.Run(ctx, p.Node, remote.Jobs([]string{job.UID}), nil)
+	var js remote.JobStatus
+	known := err == nil && res.ExitCode == 0
+	if known {
+		m, perr := remote.ParseJobs(res.Stdout)
+		js, known = m[job.UID], perr == nil
+	}
+	switch {
+	case !known:
+		return nil, p, fmt.Errorf("lost the answer of %s while submitting job #%d; it may be queued there: `sshq queue` will tell", p.Node, job.ID)
+	case !js.Found:
+		_ = st.Update(func(s *store.State) error { s.Delete(job.ID); return nil })
+		return nil, p, errors.New("nothing was submitted")
+	}
+	_ = st.Update(func(s *store.State) error {
+		if j := s.Job(job.ID); j != nil {
+			applyStatus(j, js, time.Now().UTC())
+			job = *j
+		}
+		return nil
+	})
+	if interrupted {
+		return &job, p, fmt.Errorf("%w: job #%d is %s on %s; follow it with `sshq logs -f %d`, stop it with `sshq cancel %d`",
+			ErrSubmittedBeforeInterrupt, job.ID, job.State, p.Node, job.ID, job.ID)
+	}
+	return &job, p, nil
 }
 
 // ErrCancelledDuringLaunch: `sshq cancel` ran while the job was being

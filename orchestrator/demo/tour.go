@@ -42,7 +42,7 @@ func Tour(ctx context.Context, c *Cluster, exe string, w io.Writer, bold func(st
 	if err := os.WriteFile(hello, []byte(helloTask), 0o644); err != nil {
 		return err
 	}
-	train := `for i in $(seq 1 40); do echo "step $i loss 0.$((1000 / i))"; sleep 0.5; done`
+	train := `for i in $(seq 1 40); do echo "step $i loss 0.$((99 - 2 * i))"; sleep 0.5; done`
 	steps := []step{
 		{"Every node, checked for what sshq needs (bash, tmux, flock, nvidia-smi):", []string{"nodes"}, 0},
 		{"The cluster at a glance: each GPU and who holds it.", []string{"status"}, 0},

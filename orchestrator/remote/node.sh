@@ -709,7 +709,7 @@ sweep_leftovers() {
 	declare -A termed=()
 	pids=$(leftover_pids)
 	[ -n "$pids" ] || return 0
-	jlog "the job left $(printf '%s\n' $pids | wc -l) process(es) running ($(printf '%s ' $pids)); ending them so its GPUs are free"
+	jlog "the job left $(printf '%s\n' $pids | wc -l) process(es) running ($(echo $pids)); ending them so its GPUs are free"
 	to_ms "${SSHQ_END_GRACE:-3}"
 	grace=$((ms_val / 100))
 	while [ -n "$pids" ] && [ $n -lt $grace ]; do
