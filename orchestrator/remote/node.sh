@@ -578,9 +578,24 @@ cmd_submit() {
 	umask "$user_umask" # a tmux server started now passes it to every job
 	restore_locale
 	tcmd="exec env SSHQ_JOB_UID=$uid $(sq "$BASH") $(sq "$jd/wrapper.sh") wrapper $(sq "$jd")"
-	if ! tmx new-session -d -s "$uid" -c "$jd" "$tcmd"; then
+	# Two submits that both start the node's tmux server at once race, and
+	# the loser's client says "server exited unexpectedly" (a sweep does
+	# this): by the next try the winner's server is up.
+	started= terr=
+	for try in 1 2 3 4 5; do
+		if terr=$(tmx new-session -d -s "$uid" -c "$jd" "$tcmd" 2>&1); then
+			started=1
+			break
+		fi
+		if tmx has-session -t "=$uid" 2>/dev/null; then
+			started=1
+			break
+		fi
+		sleep "0.$try"
+	done
+	if [ -z "$started" ]; then
 		rm -rf -- "$jd"
-		die 6 "tmux could not start the job's session"
+		die 6 "tmux could not start the job's session: $terr"
 	fi
 	# Wait until the wrapper has its ticket (so the order of submissions is
 	# the queue order) or has failed: its first state line says which. Once

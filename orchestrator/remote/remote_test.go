@@ -987,3 +987,32 @@ func TestParseNodeLoginFieldIsOptional(t *testing.T) {
 		t.Error("a lease with a badly encoded login parsed")
 	}
 }
+
+// Submits that arrive together on a node with no tmux server yet race to
+// start it (a sweep does this); every one of them must get its job.
+func TestConcurrentSubmitsOnAFreshNode(t *testing.T) {
+	t.Parallel()
+	for round := 0; round < 3; round++ {
+		n := newNode(t, gpusim.A100x2(fmt.Sprintf("fresh%d", round)))
+		var wg sync.WaitGroup
+		for i := 0; i < 6; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				uid := fmt.Sprintf("r%d-j%d", round, i)
+				cmd, stdin, err := Submit(spec(uid, 0, "true"))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				n.mu.Lock()
+				n.uids = append(n.uids, uid)
+				n.mu.Unlock()
+				if _, stderr, rc := n.run(cmd, stdin); rc != 0 {
+					t.Errorf("submit %d: rc=%d %s", i, rc, stderr)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+}
