@@ -989,30 +989,31 @@ func TestParseNodeLoginFieldIsOptional(t *testing.T) {
 }
 
 // Submits that arrive together on a node with no tmux server yet race to
-// start it (a sweep does this); every one of them must get its job.
-func TestConcurrentSubmitsOnAFreshNode(t *testing.T) {
+// start it (a sweep does this), and the loser's tmux client fails with
+// "server exited unexpectedly". A tmux shim on the node's PATH makes the
+// first new-session lose that race every time: submit must try again.
+func TestSubmitSurvivesTmuxServerStartRace(t *testing.T) {
 	t.Parallel()
-	for round := 0; round < 3; round++ {
-		n := newNode(t, gpusim.A100x2(fmt.Sprintf("fresh%d", round)))
-		var wg sync.WaitGroup
-		for i := 0; i < 6; i++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				uid := fmt.Sprintf("r%d-j%d", round, i)
-				cmd, stdin, err := Submit(spec(uid, 0, "true"))
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				n.mu.Lock()
-				n.uids = append(n.uids, uid)
-				n.mu.Unlock()
-				if _, stderr, rc := n.run(cmd, stdin); rc != 0 {
-					t.Errorf("submit %d: rc=%d %s", i, rc, stderr)
-				}
-			}()
-		}
-		wg.Wait()
+	n := newNode(t, gpusim.A100x2("tmuxrace"))
+	realTmux, err := exec.LookPath("tmux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shim := fmt.Sprintf(`#!/bin/bash
+for a in "$@"; do
+	if [ "$a" = new-session ] && mkdir %q 2>/dev/null; then
+		echo "server exited unexpectedly" >&2
+		exit 1
+	fi
+done
+exec %q "$@"
+`, filepath.Join(n.dir, "lost-once"), realTmux)
+	if err := os.WriteFile(filepath.Join(n.dir, "bin", "tmux"), []byte(shim), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n.submit(spec("race-1", 0, "echo ran"))
+	n.waitState("race-1", Succeeded)
+	if _, err := os.Stat(filepath.Join(n.dir, "lost-once")); err != nil {
+		t.Fatal("the shim never made new-session fail: the test proves nothing")
 	}
 }
