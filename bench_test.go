@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
+	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/sshpool"
 	"github.com/sshq/sshq/sshpool/sshtest"
@@ -415,7 +416,7 @@ func seedEnded10k(b *testing.B, home string) *store.Store {
 		b.Fatal(err)
 	}
 	t0 := time.Date(2025, 1, 2, 3, 4, 5, 123456789, time.UTC)
-	ended := []store.JobState{store.Succeeded, store.Failed, store.FailedSetup, store.Cancelled, store.Lost}
+	ended := []job.State{job.Succeeded, job.Failed, job.FailedSetup, job.Cancelled, job.Lost}
 	err = s.Update(func(st *store.State) error {
 		for i := range 10_000 {
 			j := st.NewJob(fmt.Sprintf("train-%d", i%50))
@@ -488,7 +489,7 @@ func BenchmarkQueue10k(b *testing.B) {
 		t0, c0 = time.Now(), cpuSelf()
 		err = s.Update(func(st *store.State) error {
 			j := st.NewJob("bench")
-			j.State = store.Cancelled // ended, so later `sshq queue` rounds contact no node
+			j.State = job.Cancelled // ended, so later `sshq queue` rounds contact no node
 			j.Node = "gpu-node-00"
 			return nil
 		})

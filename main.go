@@ -25,16 +25,18 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/sshq/sshq/inventory"
 	"github.com/sshq/sshq/orchestrator"
 	"github.com/sshq/sshq/orchestrator/demo"
+	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/orchestrator/remote"
 	"github.com/sshq/sshq/orchestrator/store"
-	wsync "github.com/sshq/sshq/orchestrator/sync"
+	"github.com/sshq/sshq/orchestrator/wsync"
 	"github.com/sshq/sshq/orchestrator/task"
 	"github.com/sshq/sshq/orchestrator/ui"
 	"github.com/sshq/sshq/sshpool"
-	"github.com/urfave/cli/v2"
 )
 
 // version is set at release time with -ldflags "-X main.version=…".
@@ -1244,7 +1246,7 @@ func renderQueue(e env, views []orchestrator.JobView) {
 	var rows [][]string
 	for _, v := range views {
 		state := string(v.State)
-		if v.State == store.Pending && v.QueuePosition != nil {
+		if v.State == job.Pending && v.QueuePosition != nil {
 			state = fmt.Sprintf("PENDING (#%d in queue)", *v.QueuePosition)
 		}
 		state = st.Paint(stateColor(v.State), state)
@@ -1276,15 +1278,15 @@ func renderQueue(e env, views []orchestrator.JobView) {
 	fmt.Fprint(e.stdout, st.Table([]string{"ID", "NAME", "USER", "NODE", "GPUS", "STATE", "SUBMITTED", "STARTED", "DURATION", "EXIT"}, rows))
 }
 
-func stateColor(s store.JobState) string {
+func stateColor(s job.State) string {
 	switch s {
-	case store.Succeeded:
+	case job.Succeeded:
 		return ui.Green
-	case store.Failed, store.FailedSetup, store.Lost:
+	case job.Failed, job.FailedSetup, job.Lost:
 		return ui.Red
-	case store.Running, store.SettingUp:
+	case job.Running, job.SettingUp:
 		return ui.Blue
-	case store.Cancelled:
+	case job.Cancelled:
 		return ui.Gray
 	}
 	return ui.Yellow
@@ -1341,7 +1343,7 @@ Examples:
 				return err
 			}
 			defer closeFn()
-			if views, _, _ := oc.Reconcile(c.Context, st, func(j *store.Job) bool { return j.ID == jobs[0].ID }); len(views) == 1 && views[0].State == store.Pending {
+			if views, _, _ := oc.Reconcile(c.Context, st, func(j *store.Job) bool { return j.ID == jobs[0].ID }); len(views) == 1 && views[0].State == job.Pending {
 				pos := ""
 				if views[0].QueuePosition != nil {
 					pos = fmt.Sprintf(", #%d in %s's queue", *views[0].QueuePosition, views[0].Node)
@@ -1493,7 +1495,7 @@ Examples:
 						done = false
 						continue
 					}
-					if v.State != store.Succeeded {
+					if v.State != job.Succeeded {
 						code = 1
 						if v.ExitCode != nil && *v.ExitCode != 0 {
 							code = *v.ExitCode

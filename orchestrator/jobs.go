@@ -13,9 +13,11 @@ import (
 	"time"
 
 	"github.com/gofrs/flock"
+
+	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/orchestrator/remote"
 	"github.com/sshq/sshq/orchestrator/store"
-	wsync "github.com/sshq/sshq/orchestrator/sync"
+	"github.com/sshq/sshq/orchestrator/wsync"
 	"github.com/sshq/sshq/orchestrator/task"
 )
 
@@ -44,7 +46,8 @@ type candidate struct {
 	demand int
 }
 
-// Place probes the nodes (or only pin) and chooses one, as DESIGN.md says:
+// Place probes the nodes (or only pin) and chooses one, by the queue rules
+// of orchestrator/remote:
 // where the job fits now, the node with the fewest free GPUs that suffice
 // (best fit, keeping big holes for big jobs); else the node with the least
 // queued demand among those big enough. A request that no node could ever
@@ -267,7 +270,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	if err != nil {
 		return nil, p, err
 	}
-	var job store.Job
+	var rec store.Job
 	err = st.Update(func(s *store.State) error {
 		j := s.NewJob(t.Name)
 		j.User = LocalUser()
@@ -278,7 +281,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 		j.Command = t.Run
 		j.TaskFile = t.File
 		j.EnvNames = sortedKeys(t.Envs)
-		job = *j
+		rec = *j
 		return nil
 	})
 	if err != nil {
@@ -287,7 +290,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	fail := func(err error) (*store.Job, Placement, error) {
 		// Nothing runs on the node: forget the job rather than leave a
 		// phantom in the queue. Its id stays used.
-		_ = st.Update(func(s *store.State) error { s.Delete(job.ID); return nil })
+		_ = st.Update(func(s *store.State) error { s.Delete(rec.ID); return nil })
 		return nil, p, err
 	}
 
@@ -301,7 +304,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	sctx, cancelSync := context.WithTimeout(ctx, SyncTimeout)
 	defer cancelSync()
 	spec := remote.JobSpec{
-		UID: job.UID, ID: job.ID, Name: t.Name, User: job.User, NumGPUs: p.NumGPUs,
+		UID: rec.UID, ID: rec.ID, Name: t.Name, User: rec.User, NumGPUs: p.NumGPUs,
 		AllowedGPUs: p.AllowedGPUs, Setup: t.Setup, Run: t.Run, NumNodes: 1,
 		NodeIPs: []string{nodeIP(c, ctx, p.Node)},
 	}
@@ -357,7 +360,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	// `sshq cancel` may have run while we synced: it can only mark the job
 	// in the store, since the node does not know it yet.
 	if err := st.Update(func(s *store.State) error {
-		if j := s.Job(job.ID); j != nil && j.State == store.Cancelled {
+		if j := s.Job(rec.ID); j != nil && j.State == job.Cancelled {
 			return ErrCancelledDuringLaunch
 		}
 		return nil
@@ -368,37 +371,37 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	defer cancel()
 	res, err := client.Run(subCtx, cmd, strings.NewReader(string(stdin)))
 	if err != nil {
-		return c.settleSubmit(st, job, p, ctx.Err() != nil)
+		return c.settleSubmit(st, rec, p, ctx.Err() != nil)
 	}
 	if res.ExitCode != 0 {
 		return fail(fmt.Errorf("%s refused the job: %s", p.Node, strings.TrimSpace(string(res.Stderr))))
 	}
 	cancelled := false
 	err = st.Update(func(s *store.State) error {
-		j := s.Job(job.ID)
+		j := s.Job(rec.ID)
 		if j == nil {
-			return fmt.Errorf("job #%d vanished from the store", job.ID)
+			return fmt.Errorf("job #%d vanished from the store", rec.ID)
 		}
 		switch {
-		case j.State == store.Submitting:
-			j.State = store.Pending
-		case j.State == store.Lost && j.ExitCode == nil && j.Started == nil:
+		case j.State == job.Submitting:
+			j.State = job.Pending
+		case j.State == job.Lost && j.ExitCode == nil && j.Started == nil:
 			// A reconcile ran before the node knew the job.
-			j.State, j.Ended = store.Pending, nil
-		case j.State == store.Cancelled:
+			j.State, j.Ended = job.Pending, nil
+		case j.State == job.Cancelled:
 			cancelled = true
 		}
 		now := time.Now().UTC()
 		j.LastSeen = &now
-		job = *j
+		rec = *j
 		return nil
 	})
 	if cancelled {
 		// The cancel came between our check and the submit: honour it.
-		_, _ = client.Run(subCtx, remote.Cancel([]string{job.UID}, remote.DefaultCancelGrace), nil)
-		return &job, p, ErrCancelledDuringLaunch
+		_, _ = client.Run(subCtx, remote.Cancel([]string{rec.UID}, remote.DefaultCancelGrace), nil)
+		return &rec, p, ErrCancelledDuringLaunch
 	}
-	return &job, p, err
+	return &rec, p, err
 }
 
 // ErrSubmittedBeforeInterrupt: the launch was interrupted (Ctrl-C) after
@@ -408,35 +411,35 @@ var ErrSubmittedBeforeInterrupt = errors.New("interrupted after the job was subm
 // settleSubmit finds out, with a fresh deadline, whether a submit whose
 // answer was lost (Ctrl-C, a dropped connection) reached the node, and
 // records the truth: the job is queued there, or nothing was submitted.
-func (c *Cluster) settleSubmit(st *store.Store, job store.Job, p Placement, interrupted bool) (*store.Job, Placement, error) {
+func (c *Cluster) settleSubmit(st *store.Store, rec store.Job, p Placement, interrupted bool) (*store.Job, Placement, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	res, err := c.Pool.Run(ctx, p.Node, remote.Jobs([]string{job.UID}), nil)
+	res, err := c.Pool.Run(ctx, p.Node, remote.Jobs([]string{rec.UID}), nil)
 	var js remote.JobStatus
 	known := err == nil && res.ExitCode == 0
 	if known {
 		m, perr := remote.ParseJobs(res.Stdout)
-		js, known = m[job.UID], perr == nil
+		js, known = m[rec.UID], perr == nil
 	}
 	switch {
 	case !known:
-		return nil, p, fmt.Errorf("lost the answer of %s while submitting job #%d; it may be queued there: `sshq queue` will tell", p.Node, job.ID)
+		return nil, p, fmt.Errorf("lost the answer of %s while submitting job #%d; it may be queued there: `sshq queue` will tell", p.Node, rec.ID)
 	case !js.Found:
-		_ = st.Update(func(s *store.State) error { s.Delete(job.ID); return nil })
+		_ = st.Update(func(s *store.State) error { s.Delete(rec.ID); return nil })
 		return nil, p, errors.New("nothing was submitted")
 	}
 	_ = st.Update(func(s *store.State) error {
-		if j := s.Job(job.ID); j != nil {
+		if j := s.Job(rec.ID); j != nil {
 			applyStatus(j, js, time.Now().UTC())
-			job = *j
+			rec = *j
 		}
 		return nil
 	})
 	if interrupted {
-		return &job, p, fmt.Errorf("%w: job #%d is %s on %s; follow it with `sshq logs -f %d`, stop it with `sshq cancel %d`",
-			ErrSubmittedBeforeInterrupt, job.ID, job.State, p.Node, job.ID, job.ID)
+		return &rec, p, fmt.Errorf("%w: job #%d is %s on %s; follow it with `sshq logs -f %d`, stop it with `sshq cancel %d`",
+			ErrSubmittedBeforeInterrupt, rec.ID, rec.State, p.Node, rec.ID, rec.ID)
 	}
-	return &job, p, nil
+	return &rec, p, nil
 }
 
 // ErrCancelledDuringLaunch: `sshq cancel` ran while the job was being
@@ -562,22 +565,22 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 func applyStatus(j *store.Job, js remote.JobStatus, now time.Time) {
 	if !js.Found {
 		// A job still being submitted may not have reached the node yet.
-		if j.State == store.Submitting && now.Sub(j.Submitted) < submitGrace() {
+		if j.State == job.Submitting && now.Sub(j.Submitted) < submitGrace() {
 			return
 		}
-		j.State = store.Lost
+		j.State = job.Lost
 		if j.Ended == nil {
 			j.Ended = &now
 		}
 		j.LastSeen = &now
 		return
 	}
-	j.State = store.JobState(js.State)
+	j.State = js.State
 	j.LastSeen = &now
 	for _, tr := range js.History {
 		at := tr.At
 		switch {
-		case tr.State == remote.Running && j.Started == nil:
+		case tr.State == job.Running && j.Started == nil:
 			j.Started = &at
 		case tr.State.Terminal():
 			j.Ended = &at
@@ -659,8 +662,8 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 	if err := st.Update(func(s *store.State) error {
 		now := time.Now().UTC()
 		for id, o := range out {
-			if j := s.Job(id); j != nil && j.State == store.Submitting && o == "missing" {
-				j.State, j.Ended = store.Cancelled, &now
+			if j := s.Job(id); j != nil && j.State == job.Submitting && o == "missing" {
+				j.State, j.Ended = job.Cancelled, &now
 				out[id] = "cancelled"
 			}
 		}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
+	"github.com/sshq/sshq/orchestrator/job"
 )
 
 // testNode is a fake node: its own HOME, tmux socket directory, lease
@@ -148,7 +149,7 @@ func (n *testNode) log(uid string) string {
 
 // waitState waits until the job reaches state (or any terminal state when
 // want is terminal and it passed it), failing with the job's log otherwise.
-func (n *testNode) waitState(uid string, want State) JobStatus {
+func (n *testNode) waitState(uid string, want job.State) JobStatus {
 	n.t.Helper()
 	var last JobStatus
 	deadline := time.Now().Add(20 * time.Second)

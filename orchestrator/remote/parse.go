@@ -7,36 +7,13 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sshq/sshq/orchestrator/job"
 )
-
-// State is a job's state on its node.
-type State string
-
-// The job states of DESIGN.md. Lost is never written on a node: ParseJobs
-// derives it for a job whose wrapper is gone without an exit record.
-const (
-	Pending     State = "PENDING"
-	SettingUp   State = "SETTING_UP"
-	Running     State = "RUNNING"
-	Succeeded   State = "SUCCEEDED"
-	Failed      State = "FAILED"
-	FailedSetup State = "FAILED_SETUP"
-	Cancelled   State = "CANCELLED"
-	Lost        State = "LOST"
-)
-
-// Terminal reports whether a job in state s will never change again.
-func (s State) Terminal() bool {
-	switch s {
-	case Succeeded, Failed, FailedSetup, Cancelled, Lost:
-		return true
-	}
-	return false
-}
 
 // Transition is one line of a job's state file.
 type Transition struct {
-	State State
+	State job.State
 	At    time.Time
 }
 
@@ -52,8 +29,8 @@ type JobStatus struct {
 	// Found is false when the node has no directory for the job (State is
 	// then Lost).
 	Found bool
-	// State is the last recorded state, or Lost.
-	State   State
+	// job.State is the last recorded state, or Lost.
+	State   job.State
 	History []Transition
 	// Exited is true once the exit record exists; ExitCode is then the
 	// job's exit status (143/137 for a cancelled job).
@@ -197,7 +174,7 @@ func ParseJobs(out []byte) (map[string]JobStatus, error) {
 				j.WrapperAlive = r[3] == "1"
 				j.SessionAlive = r[4] == "1"
 			case "missing", "invalid":
-				j.State = Lost
+				j.State = job.Lost
 			default:
 				return nil, fmt.Errorf("unknown job record %q", strings.Join(r, "\t"))
 			}
@@ -213,7 +190,7 @@ func ParseJobs(out []byte) (map[string]JobStatus, error) {
 			if err != nil {
 				return nil, fmt.Errorf("job %s: %w", r[1], err)
 			}
-			j.History = append(j.History, Transition{State(r[2]), at})
+			j.History = append(j.History, Transition{job.State(r[2]), at})
 		case "exit":
 			j, err := get(r)
 			if err != nil {
@@ -258,7 +235,7 @@ func ParseJobs(out []byte) (map[string]JobStatus, error) {
 			// The wrapper writes the exit record before it lets go of its
 			// lock, so a dead wrapper without one was killed or lost.
 			if !j.Exited && !j.WrapperAlive {
-				j.State = Lost
+				j.State = job.Lost
 			}
 		}
 		res[uid] = *j

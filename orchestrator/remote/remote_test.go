@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
+	"github.com/sshq/sshq/orchestrator/job"
 )
 
 // hostile values must reach the job byte-exact and run nothing.
@@ -57,7 +58,7 @@ func TestEnvAndNameArriveByteExact(t *testing.T) {
 	if out, errOut, rc := n.run("umask 027; "+cmd, stdin); rc != 0 {
 		t.Fatalf("submit: rc=%d %q %q", rc, out, errOut)
 	}
-	st := n.waitState("env-1", Succeeded)
+	st := n.waitState("env-1", job.Succeeded)
 	if um, _ := os.ReadFile(filepath.Join(n.home(), "umask.out")); strings.TrimSpace(string(um)) != "0027" {
 		t.Errorf("job umask %q, want 0027", um)
 	}
@@ -158,15 +159,15 @@ func TestExitCodesAndStates(t *testing.T) {
 	fs.Setup = "echo setting up; exit 7"
 	n.submit(fs)
 
-	st := n.waitState("ok-1", Succeeded)
+	st := n.waitState("ok-1", job.Succeeded)
 	if !st.Exited || st.ExitCode != 0 {
 		t.Errorf("ok-1: exit %v %d, want 0", st.Exited, st.ExitCode)
 	}
-	var seq []State
+	var seq []job.State
 	for _, h := range st.History {
 		seq = append(seq, h.State)
 	}
-	if fmt.Sprint(seq) != fmt.Sprint([]State{Pending, SettingUp, Running, Succeeded}) {
+	if fmt.Sprint(seq) != fmt.Sprint([]job.State{job.Pending, job.SettingUp, job.Running, job.Succeeded}) {
 		t.Errorf("ok-1 history %v", seq)
 	}
 	for i := 1; i < len(st.History); i++ {
@@ -179,11 +180,11 @@ func TestExitCodesAndStates(t *testing.T) {
 		strings.Index(log, "setup-out") > strings.Index(log, "run-out") {
 		t.Errorf("ok-1 log lacks setup/run output in order:\n%s", log)
 	}
-	st = n.waitState("fail-1", Failed)
+	st = n.waitState("fail-1", job.Failed)
 	if st.ExitCode != 3 {
 		t.Errorf("fail-1 exit code %d, want 3", st.ExitCode)
 	}
-	st = n.waitState("fs-1", FailedSetup)
+	st = n.waitState("fs-1", job.FailedSetup)
 	if st.ExitCode != 7 {
 		t.Errorf("fs-1 exit code %d, want 7", st.ExitCode)
 	}
@@ -195,7 +196,7 @@ func TestExitCodesAndStates(t *testing.T) {
 	}
 	// A job the node can never hold fails at once with the reason.
 	n.submit(spec("big-1", 3, "true"))
-	n.waitState("big-1", FailedSetup)
+	n.waitState("big-1", job.FailedSetup)
 	if log := n.log("big-1"); !strings.Contains(log, "needs 3 GPU") {
 		t.Errorf("big-1 log does not say why:\n%s", log)
 	}
@@ -227,7 +228,7 @@ func TestManyJobsNeverShareAGPU(t *testing.T) {
 	}
 	wg.Wait()
 	for _, u := range uids {
-		n.waitState(u, Succeeded)
+		n.waitState(u, job.Succeeded)
 	}
 	var ivs []interval
 	used := map[string]bool{}
@@ -263,14 +264,14 @@ func TestFIFOHeadIsNeverPassed(t *testing.T) {
 	n := newNode(t, gpusim.RTX4090x4("fifo"))
 	for _, b := range []string{"a", "b", "c"} {
 		n.submit(spec("fifo-"+b, 1, blockUntil(b)))
-		n.waitState("fifo-"+b, Running)
+		n.waitState("fifo-"+b, job.Running)
 	}
 	n.submit(spec("fifo-d", 4, blockUntil("d")))
 	n.submit(spec("fifo-e", 1, blockUntil("e")))
 	n.submit(spec("fifo-f", 1, blockUntil("f")))
 	js := n.jobs("fifo-d", "fifo-e", "fifo-f")
 	for uid, want := range map[string]int{"fifo-d": 1, "fifo-e": 2, "fifo-f": 3} {
-		if js[uid].State != Pending || js[uid].QueuePosition != want {
+		if js[uid].State != job.Pending || js[uid].QueuePosition != want {
 			t.Errorf("%s: %s at queue position %d, want PENDING at %d", uid, js[uid].State, js[uid].QueuePosition, want)
 		}
 	}
@@ -285,23 +286,23 @@ func TestFIFOHeadIsNeverPassed(t *testing.T) {
 	// Release the blockers one at a time; d starts only when all are done.
 	for _, b := range []string{"a", "b", "c"} {
 		n.release(b)
-		n.waitState("fifo-"+b, Succeeded)
+		n.waitState("fifo-"+b, job.Succeeded)
 	}
-	n.waitState("fifo-d", Running)
+	n.waitState("fifo-d", job.Running)
 	dStart, _, _ := n.startedAt("d")
 	for _, b := range []string{"e", "f"} {
 		if at, _, ok := n.startedAt(b); ok && at < dStart {
 			t.Errorf("fifo-%s started before the 4-GPU head fifo-d", b)
 		}
 	}
-	if st := n.job("fifo-e"); st.State != Pending || st.QueuePosition != 1 {
+	if st := n.job("fifo-e"); st.State != job.Pending || st.QueuePosition != 1 {
 		t.Errorf("fifo-e while d runs: %s at %d, want PENDING at 1", st.State, st.QueuePosition)
 	}
 	n.release("d")
 	n.release("e")
 	n.release("f")
-	n.waitState("fifo-e", Succeeded)
-	n.waitState("fifo-f", Succeeded)
+	n.waitState("fifo-e", job.Succeeded)
+	n.waitState("fifo-f", job.Succeeded)
 }
 
 func TestBackfillOnlyOnGPUsTheHeadCannotUse(t *testing.T) {
@@ -312,7 +313,7 @@ func TestBackfillOnlyOnGPUsTheHeadCannotUse(t *testing.T) {
 	a := spec("bf-a", 1, blockUntil("a"))
 	a.AllowedGPUs = []string{u(0)}
 	n.submit(a)
-	n.waitState("bf-a", Running)
+	n.waitState("bf-a", job.Running)
 	// The head wants two of GPUs 0-1; GPU 0 is busy, so it waits.
 	x := spec("bf-x", 2, blockUntil("x"))
 	x.AllowedGPUs = []string{u(0), u(1)}
@@ -323,22 +324,22 @@ func TestBackfillOnlyOnGPUsTheHeadCannotUse(t *testing.T) {
 	z := spec("bf-z", 1, blockUntil("z"))
 	z.AllowedGPUs = []string{u(1)}
 	n.submit(z)
-	st := n.waitState("bf-y", Running)
+	st := n.waitState("bf-y", job.Running)
 	if len(st.GPUs) != 1 || st.GPUs[0].UUID != u(2) {
 		t.Errorf("bf-y backfilled onto %+v, want GPU 2", st.GPUs)
 	}
-	if st := n.job("bf-z"); st.State != Pending {
+	if st := n.job("bf-z"); st.State != job.Pending {
 		t.Errorf("bf-z is %s; it would delay the head bf-x", st.State)
 	}
 	n.release("a")
-	n.waitState("bf-x", Running)
-	if st := n.job("bf-z"); st.State != Pending {
+	n.waitState("bf-x", job.Running)
+	if st := n.job("bf-z"); st.State != job.Pending {
 		t.Errorf("bf-z is %s while bf-x holds its GPU", st.State)
 	}
 	n.release("x")
 	n.release("z")
 	n.release("y")
-	n.waitState("bf-z", Succeeded)
+	n.waitState("bf-z", job.Succeeded)
 	xs, _, _ := n.startedAt("x")
 	zs, _, _ := n.startedAt("z")
 	if zs < xs {
@@ -366,23 +367,23 @@ func TestForeignProcessesAreRespected(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.submit(spec("fp-1", 1, blockUntil("1")))
-	st := n.waitState("fp-1", Running)
+	st := n.waitState("fp-1", job.Running)
 	if len(st.GPUs) != 1 || st.GPUs[0].UUID != g[1].UUID {
 		t.Fatalf("fp-1 got %+v, want GPU 1 (GPU 0 has a foreign process)", st.GPUs)
 	}
 	n.release("1")
-	n.waitState("fp-1", Succeeded)
+	n.waitState("fp-1", job.Succeeded)
 	n.submit(spec("fp-all", 2, blockUntil("all")))
 	ns := n.node()
 	if ns.GPUs[0].State != "foreign" || len(ns.GPUs[0].ForeignPIDs) != 1 || ns.GPUs[0].ForeignPIDs[0] != foreign.Process.Pid {
 		t.Errorf("node GPU 0: %+v, want foreign with pid %d", ns.GPUs[0], foreign.Process.Pid)
 	}
-	if st := n.job("fp-all"); st.State != Pending {
+	if st := n.job("fp-all"); st.State != job.Pending {
 		t.Fatalf("fp-all is %s while a foreign process uses GPU 0", st.State)
 	}
 	foreign.Process.Kill()
 	foreign.Wait()
-	st = n.waitState("fp-all", Running)
+	st = n.waitState("fp-all", job.Running)
 	if len(st.GPUs) != 2 {
 		t.Errorf("fp-all holds %+v", st.GPUs)
 	}
@@ -394,7 +395,7 @@ func TestForeignProcessesAreRespected(t *testing.T) {
 		t.Errorf("leases %+v", ns.Leases)
 	}
 	n.release("all")
-	n.waitState("fp-all", Succeeded)
+	n.waitState("fp-all", job.Succeeded)
 
 	own := spec("fp-own", 1, `echo "$SSHQ_GPU0,$$,100,python" >> "$SSHQ_SIM_DIR/procs.csv"
 setsid sleep 30 & echo "$SSHQ_GPU0,$!,100,python" >> "$SSHQ_SIM_DIR/procs.csv"
@@ -403,7 +404,7 @@ setsid sleep 31 & echo $! > "$HOME/stray"; echo "$SSHQ_GPU1,$!,100,python" >> "$
 	own.AllowedGPUs = []string{g[0].UUID}
 	own.Env = []EnvVar{{"SSHQ_GPU0", g[0].UUID}, {"SSHQ_GPU1", g[1].UUID}}
 	n.submit(own)
-	n.waitState("fp-own", Running)
+	n.waitState("fp-own", job.Running)
 	waitFor(t, "fp-own's processes on both GPUs", func() bool {
 		b, _ := os.ReadFile(filepath.Join(sim, "procs.csv"))
 		return strings.Count(string(b), "\n") >= 4
@@ -419,14 +420,14 @@ setsid sleep 31 & echo $! > "$HOME/stray"; echo "$SSHQ_GPU1,$!,100,python" >> "$
 	}
 	n.submit(spec("fp-next", 1, "true"))
 	for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline); { // five polls
-		if st := n.job("fp-next"); st.State != Pending {
+		if st := n.job("fp-next"); st.State != job.Pending {
 			t.Fatalf("fp-next is %s while fp-own's stray process computes on the only other GPU", st.State)
 		}
 	}
 	n.release("own")
-	n.waitState("fp-own", Succeeded)
+	n.waitState("fp-own", job.Succeeded)
 	syscall.Kill(stray, syscall.SIGKILL)
-	n.waitState("fp-next", Succeeded)
+	n.waitState("fp-next", job.Succeeded)
 }
 
 func TestCancelKillsTheWholeTree(t *testing.T) {
@@ -438,7 +439,7 @@ bash -c 'trap "" HUP TERM; setsid bash -c "trap \"\" HUP TERM; sleep 302 & echo 
 echo $$ >> "$HOME/pids"
 wait`
 	n.submit(spec("cx-1", 1, run))
-	n.waitState("cx-1", Running)
+	n.waitState("cx-1", job.Running)
 	var pids []int
 	waitFor(t, "the job's 4 processes", func() bool {
 		b, _ := os.ReadFile(filepath.Join(n.home(), "pids"))
@@ -470,14 +471,14 @@ wait`
 		t.Errorf("processes of the job survived: %v", left)
 	}
 	st := n.job("cx-1")
-	if st.State != Cancelled || !st.Exited || st.SessionAlive || st.WrapperAlive {
+	if st.State != job.Cancelled || !st.Exited || st.SessionAlive || st.WrapperAlive {
 		t.Errorf("after cancel: %+v", st)
 	}
 	if ns := n.node(); len(ns.Leases) != 0 || ns.GPUs[0].State != "free" {
 		t.Errorf("GPU not freed: %+v", ns)
 	}
 	n.submit(spec("cx-2", 1, "true"))
-	n.waitState("cx-2", Succeeded)
+	n.waitState("cx-2", job.Succeeded)
 	// Cancelling an ended or unknown job says so.
 	out, _, _ = n.run(Cancel([]string{"cx-2", "nope-1", "../x"}, time.Second), nil)
 	res, _ = ParseCancel([]byte(out))
@@ -490,7 +491,7 @@ func TestCancelPendingLeavesTheQueue(t *testing.T) {
 	t.Parallel()
 	n := newNode(t, gpusim.T4x1("cpend"))
 	n.submit(spec("cp-a", 1, blockUntil("a")))
-	n.waitState("cp-a", Running)
+	n.waitState("cp-a", job.Running)
 	n.submit(spec("cp-b", 1, `touch "$HOME/b-ran"`))
 	n.submit(spec("cp-c", 1, blockUntil("c")))
 	if js := n.jobs("cp-b", "cp-c"); js["cp-b"].QueuePosition != 1 || js["cp-c"].QueuePosition != 2 {
@@ -501,10 +502,10 @@ func TestCancelPendingLeavesTheQueue(t *testing.T) {
 		t.Fatalf("cancel: %s", out)
 	}
 	st := n.job("cp-b")
-	if st.State != Cancelled || st.QueuePosition != 0 || len(st.GPUs) != 0 {
+	if st.State != job.Cancelled || st.QueuePosition != 0 || len(st.GPUs) != 0 {
 		t.Errorf("cp-b after cancel: %+v", st)
 	}
-	if st := n.job("cp-c"); st.State != Pending || st.QueuePosition != 1 {
+	if st := n.job("cp-c"); st.State != job.Pending || st.QueuePosition != 1 {
 		t.Errorf("cp-c after cancel: %s at %d, want PENDING at 1", st.State, st.QueuePosition)
 	}
 	ns := n.node()
@@ -517,7 +518,7 @@ func TestCancelPendingLeavesTheQueue(t *testing.T) {
 	}
 	n.release("a")
 	n.release("c")
-	n.waitState("cp-c", Succeeded)
+	n.waitState("cp-c", job.Succeeded)
 	if _, err := os.Stat(filepath.Join(n.home(), "b-ran")); err == nil {
 		t.Error("the cancelled job ran")
 	}
@@ -529,8 +530,8 @@ func TestKilledJobLeavesNoLease(t *testing.T) {
 	n.submit(spec("k-1", 1, `sleep 300 & sleep 301 & wait`))
 	n.submit(spec("k-2", 1, `true`))
 	n.submit(spec("k-3", 1, `true`))
-	n.waitState("k-1", Running)
-	if st := n.job("k-3"); st.State != Pending || st.QueuePosition != 2 {
+	n.waitState("k-1", job.Running)
+	if st := n.job("k-3"); st.State != job.Pending || st.QueuePosition != 2 {
 		t.Fatalf("k-3 is %s at %d", st.State, st.QueuePosition)
 	}
 	// A waiter killed outright leaves a ticket nobody holds: the others
@@ -538,8 +539,8 @@ func TestKilledJobLeavesNoLease(t *testing.T) {
 	for _, p := range markedPIDs("k-2") {
 		syscallKill(p)
 	}
-	n.waitState("k-2", Lost)
-	if st := n.job("k-3"); st.State != Pending || st.QueuePosition != 1 {
+	n.waitState("k-2", job.Lost)
+	if st := n.job("k-3"); st.State != job.Pending || st.QueuePosition != 1 {
 		t.Errorf("k-3 after k-2 died: %s at %d, want PENDING at 1", st.State, st.QueuePosition)
 	}
 	waitFor(t, "the dead ticket to be removed", func() bool {
@@ -550,13 +551,13 @@ func TestKilledJobLeavesNoLease(t *testing.T) {
 		syscallKill(p)
 	}
 	waitFor(t, "k-1's processes to die", func() bool { return len(markedPIDs("k-1")) == 0 })
-	st := n.waitState("k-1", Lost)
+	st := n.waitState("k-1", job.Lost)
 	if st.Exited {
 		t.Errorf("k-1 has an exit record: %+v", st)
 	}
 	// The kernel dropped the lease: the next job runs and k-1's stale
 	// owner record is not reported.
-	n.waitState("k-3", Succeeded)
+	n.waitState("k-3", job.Succeeded)
 	if ns := n.node(); len(ns.Leases) != 0 {
 		t.Errorf("leases after every holder ended: %+v", ns.Leases)
 	}
@@ -605,7 +606,7 @@ func TestAttachedPaneShowsTheLogLive(t *testing.T) {
 	n.submit(spec("pn-a", 1, `for i in 1 2 3 4 5; do echo "tick $i"; sleep 0.2; done
 `+blockUntil("a")))
 	n.submit(spec("pn-b", 1, `echo b-ran`))
-	n.waitState("pn-a", Running)
+	n.waitState("pn-a", job.Running)
 	// The waiter's pane says what it waits for; its display holds neither
 	// the ticket nor the wrapper's lock.
 	waitFor(t, "pn-b's pane to say it waits", func() bool {
@@ -622,7 +623,7 @@ func TestAttachedPaneShowsTheLogLive(t *testing.T) {
 		out, _ := n.pane("pn-a")
 		return strings.Contains(out, "tick 5")
 	})
-	if st := n.job("pn-a"); st.State != Running {
+	if st := n.job("pn-a"); st.State != job.Running {
 		t.Fatalf("pn-a is %s, want its output shown while it runs", st.State)
 	}
 	out, _ := n.pane("pn-a")
@@ -642,12 +643,12 @@ func TestAttachedPaneShowsTheLogLive(t *testing.T) {
 		t.Errorf("pn-a's log lacks its output:\n%s", log)
 	}
 	n.release("a")
-	n.waitState("pn-a", Succeeded)
+	n.waitState("pn-a", job.Succeeded)
 	waitFor(t, "pn-a's session and display to end with it", func() bool {
 		_, alive := n.pane("pn-a")
 		return !alive && processGone(p) && !n.job("pn-a").SessionAlive
 	})
-	n.waitState("pn-b", Succeeded)
+	n.waitState("pn-b", job.Succeeded)
 	waitFor(t, "pn-b's session to end with it", func() bool {
 		_, alive := n.pane("pn-b")
 		return !alive && len(markedPIDs("pn-b")) == 0
@@ -656,7 +657,7 @@ func TestAttachedPaneShowsTheLogLive(t *testing.T) {
 	// A job killed outright (every process but the display) takes the
 	// display, its session and its lease with it.
 	n.submit(spec("pn-k", 1, `echo started; sleep 300 & sleep 301 & wait`))
-	n.waitState("pn-k", Running)
+	n.waitState("pn-k", job.Running)
 	waitFor(t, "pn-k's pane to show it started", func() bool {
 		out, _ := n.pane("pn-k")
 		return strings.Contains(out, "started")
@@ -678,7 +679,7 @@ func TestAttachedPaneShowsTheLogLive(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	waitFor(t, "pn-k's session to close", func() bool { _, alive := n.pane("pn-k"); return !alive })
-	n.waitState("pn-k", Lost)
+	n.waitState("pn-k", job.Lost)
 	if ns := n.node(); len(ns.Leases) != 0 || ns.GPUs[0].State != "free" {
 		t.Errorf("pn-k's lease outlived it: %+v", ns)
 	}
@@ -694,7 +695,7 @@ func TestWorkdirSnapshotIgnoresLaterSyncs(t *testing.T) {
 	os.WriteFile(filepath.Join(cache, "train.py"), []byte("v1\n"), 0o644)
 	os.WriteFile(filepath.Join(cache, "sub", "cfg"), []byte("c1\n"), 0o644)
 	n.submit(spec("wd-a", 1, blockUntil("a")))
-	n.waitState("wd-a", Running)
+	n.waitState("wd-a", job.Running)
 	s := spec("wd-b", 1, `pwd > "$HOME/wd-pwd"; cat train.py sub/cfg > "$HOME/wd-seen"; ls > "$HOME/wd-ls"`)
 	s.WorkdirKey = "proj"
 	n.submit(s)
@@ -707,7 +708,7 @@ func TestWorkdirSnapshotIgnoresLaterSyncs(t *testing.T) {
 		}
 	}
 	n.release("a")
-	n.waitState("wd-b", Succeeded)
+	n.waitState("wd-b", job.Succeeded)
 	seen, _ := os.ReadFile(filepath.Join(n.home(), "wd-seen"))
 	if string(seen) != "v1\nc1\n" {
 		t.Errorf("job saw %q, want the tree as submitted", seen)
@@ -780,7 +781,7 @@ func TestBadLockFileMakesOnlyItsGPUUnusable(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.submit(spec("bl-1", 1, "true"))
-	st := n.waitState("bl-1", Succeeded)
+	st := n.waitState("bl-1", job.Succeeded)
 	if st.GPUs[0].UUID != g[1].UUID {
 		t.Errorf("bl-1 got %+v, want GPU 1", st.GPUs)
 	}
@@ -797,7 +798,7 @@ func TestRecordsFraming(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if j := m["x-1"]; j.State != Lost || j.History[0].At.UnixMilli() != 1700000000500 {
+	if j := m["x-1"]; j.State != job.Lost || j.History[0].At.UnixMilli() != 1700000000500 {
 		t.Errorf("a RUNNING job with a dead wrapper and no exit: %+v", j)
 	}
 	if _, err := ParseJobs([]byte("SSHQ-BEGIN 1\njob\tx\tfound\t1\t1\n")); err == nil {
@@ -868,9 +869,9 @@ func TestNodeReportsTheLoginOfHolderAndWaiter(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.submit(spec("login-a", 1, blockUntil("a")))
-	n.waitState("login-a", Running)
+	n.waitState("login-a", job.Running)
 	n.submit(spec("login-b", 1, "true"))
-	n.waitState("login-b", Pending)
+	n.waitState("login-b", job.Pending)
 
 	out, _, rc := n.run(Node(), nil)
 	if rc != 0 {
@@ -893,7 +894,7 @@ func TestNodeReportsTheLoginOfHolderAndWaiter(t *testing.T) {
 		t.Errorf("queue %+v, want login-b waiting as node user %q for controller user tester", ns.Queue, login)
 	}
 	n.release("a")
-	n.waitState("login-b", Succeeded)
+	n.waitState("login-b", job.Succeeded)
 }
 
 // shellQuote is one single-quoted shell word.
@@ -953,12 +954,12 @@ func TestRecordsOfOlderNodeScriptsStillRead(t *testing.T) {
 	}
 	// A new job waits behind the old ticket rather than passing it.
 	n.submit(spec("after-old", 1, "true"))
-	if st := n.waitState("after-old", Pending); st.QueuePosition != 2 {
+	if st := n.waitState("after-old", job.Pending); st.QueuePosition != 2 {
 		t.Errorf("after-old at queue position %d, want 2 behind the old ticket", st.QueuePosition)
 	}
 	holder.Process.Kill()
 	holder.Wait()
-	n.waitState("after-old", Succeeded)
+	n.waitState("after-old", job.Succeeded)
 }
 
 // Controllers read reports of either version: the login is a trailing field
@@ -1012,7 +1013,7 @@ exec %q "$@"
 		t.Fatal(err)
 	}
 	n.submit(spec("race-1", 0, "echo ran"))
-	n.waitState("race-1", Succeeded)
+	n.waitState("race-1", job.Succeeded)
 	if _, err := os.Stat(filepath.Join(n.dir, "lost-once")); err != nil {
 		t.Fatal("the shim never made new-session fail: the test proves nothing")
 	}

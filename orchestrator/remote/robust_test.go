@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
+	"github.com/sshq/sshq/orchestrator/job"
 )
 
 // These tests put a node in the states a shared GPU box reaches in real
@@ -113,7 +114,7 @@ func TestSubmitWaitsOutABusyQueueLock(t *testing.T) {
 	if rc != 0 || !strings.Contains(out, "submitted\tbq-1\tPENDING") {
 		t.Fatalf("submit under a busy queue lock: rc=%d out=%q err=%q", rc, out, errOut)
 	}
-	n.waitState("bq-1", Succeeded)
+	n.waitState("bq-1", job.Succeeded)
 }
 
 func TestSubmitThatGivesUpLeavesNoJob(t *testing.T) {
@@ -143,7 +144,7 @@ func TestSubmitThatGivesUpLeavesNoJob(t *testing.T) {
 		t.Errorf("tickets left: %v", e)
 	}
 	n.submit(spec("gu-2", 2, "true"))
-	n.waitState("gu-2", Succeeded)
+	n.waitState("gu-2", job.Succeeded)
 	if _, err := os.Stat(filepath.Join(n.home(), "ran")); err == nil {
 		t.Error("the job whose submit failed ran")
 	}
@@ -156,7 +157,7 @@ func TestHungNvidiaSmiHoldsNoLock(t *testing.T) {
 	wrapSmi(t, n)
 	n.setEnv("SSHQ_PROBE_TIMEOUT", "1")
 	n.submit(spec("hs-a", 2, blockUntil("a")))
-	n.waitState("hs-a", Running)
+	n.waitState("hs-a", job.Running)
 	n.submit(spec("hs-b", 1, "true"))
 	n.touch("hang")
 	waitFor(t, "a probe to hang", func() bool {
@@ -165,7 +166,7 @@ func TestHungNvidiaSmiHoldsNoLock(t *testing.T) {
 	})
 	// Reports answer, and say what is wrong.
 	begin := time.Now()
-	if js := n.jobs("hs-b"); js["hs-b"].State != Pending || js["hs-b"].QueuePosition != 1 {
+	if js := n.jobs("hs-b"); js["hs-b"].State != job.Pending || js["hs-b"].QueuePosition != 1 {
 		t.Errorf("hs-b while nvidia-smi hangs: %+v", js["hs-b"])
 	}
 	ns := n.node()
@@ -191,7 +192,7 @@ func TestHungNvidiaSmiHoldsNoLock(t *testing.T) {
 	})
 	os.Remove(filepath.Join(n.dir, "hang"))
 	n.submit(spec("hs-c", 0, "true"))
-	n.waitState("hs-c", Succeeded)
+	n.waitState("hs-c", job.Succeeded)
 	n.release("a")
 }
 
@@ -207,7 +208,7 @@ func TestFailedProcessQueryIsNotNoProcesses(t *testing.T) {
 	af1.AllowedGPUs = []string{g[0].UUID}
 	n.submit(af1)
 	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
-		if st := n.job("af-1"); st.State != Pending {
+		if st := n.job("af-1"); st.State != job.Pending {
 			t.Fatalf("af-1 is %s (GPUs %+v) while nvidia-smi cannot say who uses GPU 0", st.State, st.GPUs)
 		}
 	}
@@ -219,11 +220,11 @@ func TestFailedProcessQueryIsNotNoProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.submit(spec("af-2", 1, "true"))
-	st := n.waitState("af-2", Succeeded)
+	st := n.waitState("af-2", job.Succeeded)
 	if len(st.GPUs) != 1 || st.GPUs[0].UUID != g[1].UUID {
 		t.Errorf("af-2 got %+v, want GPU 1 (GPU 0 has a foreign process)", st.GPUs)
 	}
-	if st := n.job("af-1"); st.State != Pending {
+	if st := n.job("af-1"); st.State != job.Pending {
 		t.Errorf("af-1 is %s while GPU 0 is in use", st.State)
 	}
 }
@@ -250,16 +251,16 @@ func TestNFSHomeLocksWork(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.submit(spec("nfs-1", 1, blockUntil("1")))
-	n.waitState("nfs-1", Running)
+	n.waitState("nfs-1", job.Running)
 	// Liveness works too: a killed wrapper is seen dead.
 	for _, p := range markedPIDs("nfs-1") {
 		syscallKill(p)
 	}
-	n.waitState("nfs-1", Lost)
+	n.waitState("nfs-1", job.Lost)
 
 	n.touch("nolock")
 	n.submit(spec("nfs-2", 0, `touch "$HOME/ran"`))
-	n.waitState("nfs-2", FailedSetup)
+	n.waitState("nfs-2", job.FailedSetup)
 	if st := n.job("nfs-2"); st.ExitCode != 3 {
 		t.Errorf("nfs-2 exit %d, want 3", st.ExitCode)
 	}
@@ -274,7 +275,7 @@ func TestLeftoverProcessesEndWithTheJob(t *testing.T) {
 	n.submit(spec("lo-1", 2, `setsid sleep 300 >/dev/null 2>&1 </dev/null &
 nohup bash -c 'trap "" TERM HUP; sleep 301' >/dev/null 2>&1 &
 echo started`))
-	n.waitState("lo-1", Succeeded)
+	n.waitState("lo-1", job.Succeeded)
 	if left := markedPIDs("lo-1"); len(left) > 0 {
 		t.Errorf("processes the job left live on after it ended: %v", left)
 	}
@@ -285,7 +286,7 @@ echo started`))
 		t.Errorf("the log does not say what was ended: %q", l)
 	}
 	n.submit(spec("lo-2", 2, "true"))
-	n.waitState("lo-2", Succeeded)
+	n.waitState("lo-2", job.Succeeded)
 
 	// A process of an ended job that escaped the cleanup goes on cancel,
 	// which still answers "done".
@@ -312,13 +313,13 @@ func TestCancelIsNeverSeenLost(t *testing.T) {
 		uid := "nl-" + strconv.Itoa(i)
 		// Ignores SIGTERM: cancel has to SIGKILL it.
 		n.submit(spec(uid, 1, `trap "" TERM; while :; do sleep 0.02; done`))
-		n.waitState(uid, Running)
+		n.waitState(uid, job.Running)
 		done := make(chan string)
 		go func() {
 			out, _, _ := n.run(Cancel([]string{uid}, 100*time.Millisecond), nil)
 			done <- out
 		}()
-		var seen []State
+		var seen []job.State
 	poll:
 		for {
 			select {
@@ -328,11 +329,11 @@ func TestCancelIsNeverSeenLost(t *testing.T) {
 			}
 			st := n.job(uid)
 			seen = append(seen, st.State)
-			if st.State == Lost {
+			if st.State == job.Lost {
 				t.Errorf("%s reads LOST while it is being cancelled (%v)", uid, seen)
 			}
 		}
-		if st := n.job(uid); st.State != Cancelled || !st.Exited {
+		if st := n.job(uid); st.State != job.Cancelled || !st.Exited {
 			t.Errorf("%s after cancel: %+v", uid, st)
 		}
 	}
@@ -346,7 +347,7 @@ func TestCancelTermsProcessesStartedDuringGrace(t *testing.T) {
 	n.submit(spec("lt-1", 1, `trap 'bash -c "trap \"echo cleaned >> \$HOME/late; exit 0\" TERM; while :; do sleep 0.02; done" & trap "" TERM' TERM
 touch "$HOME/ready"
 while :; do sleep 0.02; done`))
-	n.waitState("lt-1", Running)
+	n.waitState("lt-1", job.Running)
 	waitFor(t, "the job's trap", func() bool {
 		_, err := os.Stat(filepath.Join(n.home(), "ready"))
 		return err == nil
@@ -367,7 +368,7 @@ func TestJobsAnswersWhileTheQueueLockIsHeld(t *testing.T) {
 	t.Parallel()
 	n := newNode(t, gpusim.T4x1("jobsnolock"))
 	n.submit(spec("jn-a", 1, blockUntil("a")))
-	n.waitState("jn-a", Running)
+	n.waitState("jn-a", job.Running)
 	n.submit(spec("jn-b", 1, "true"))
 	holdLock(t, n.queueLock(), 60*time.Second)
 	begin := time.Now()
@@ -375,7 +376,7 @@ func TestJobsAnswersWhileTheQueueLockIsHeld(t *testing.T) {
 	if d := time.Since(begin); d > 5*time.Second {
 		t.Errorf("jobs took %v while queue.lock was held", d)
 	}
-	if js["jn-b"].State != Pending || js["jn-b"].QueuePosition != 1 || js["jn-a"].State != Running {
+	if js["jn-b"].State != job.Pending || js["jn-b"].QueuePosition != 1 || js["jn-a"].State != job.Running {
 		t.Errorf("jobs while queue.lock is held: %+v", js)
 	}
 	n.release("a")
@@ -387,7 +388,7 @@ func TestWaitersShareOneProbe(t *testing.T) {
 	wrapSmi(t, n)
 	n.setEnv("SSHQ_POLL_INTERVAL", "0.5")
 	n.submit(spec("sh-a", 1, blockUntil("a")))
-	n.waitState("sh-a", Running)
+	n.waitState("sh-a", job.Running)
 	const waiters = 10
 	for i := 0; i < waiters; i++ {
 		n.submit(spec("sh-w"+strconv.Itoa(i), 1, "true"))
@@ -409,7 +410,7 @@ func TestWaitersShareOneProbe(t *testing.T) {
 	}
 	n.release("a")
 	for i := 0; i < waiters; i++ {
-		n.waitState("sh-w"+strconv.Itoa(i), Succeeded)
+		n.waitState("sh-w"+strconv.Itoa(i), job.Succeeded)
 	}
 }
 
@@ -422,7 +423,7 @@ func TestTicketThatCannotBeWrittenFailsTheJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.submit(spec("tf-1", 1, `touch "$HOME/ran"`))
-	n.waitState("tf-1", FailedSetup)
+	n.waitState("tf-1", job.FailedSetup)
 	if l := n.log("tf-1"); !strings.Contains(l, "ticket") {
 		t.Errorf("log does not say why: %q", l)
 	}

@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sshq/sshq/orchestrator/job"
 )
 
 // cpuTime is this process's user+system CPU time. The box the benchmarks run
@@ -41,7 +43,7 @@ func seed10k(b *testing.B) *Store {
 			start, end := t0.Add(time.Duration(i)*time.Minute), t0.Add(time.Duration(i)*time.Minute+time.Hour)
 			code := i % 3
 			j.Submitted, j.Started, j.Ended, j.LastSeen, j.ExitCode = t0, &start, &end, &end, &code
-			j.State = Succeeded
+			j.State = job.Succeeded
 		}
 		return nil
 	})

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sshq/sshq/orchestrator/job"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -64,7 +66,7 @@ func randomJob(r *rand.Rand, id int) *Job {
 	}
 	return &Job{
 		ID: id, UID: fmt.Sprintf("abcd0123-%d", id), Name: str(), User: str(), Node: str(), GPUs: ints(),
-		GPUUUIDs: strl(), Accelerator: str(), NumGPUs: r.IntN(9), State: JobState(str()), Submitted: tm(),
+		GPUUUIDs: strl(), Accelerator: str(), NumGPUs: r.IntN(9), State: job.State(str()), Submitted: tm(),
 		Started: maybeTime(), Ended: maybeTime(), ExitCode: maybeInt(), Workdir: str(), Command: str(),
 		TaskFile: str(), QueuePosition: maybeInt(), EnvNames: strl(), LastSeen: maybeTime(),
 	}
@@ -149,7 +151,7 @@ func TestUnchangedCoversEveryField(t *testing.T) {
 	t.Parallel()
 	fresh := func() *Job {
 		return &Job{ID: 1, UID: "u", Name: "n", User: "us", Node: "no", GPUs: []int{1, 2}, GPUUUIDs: []string{"a"},
-			Accelerator: "H100", NumGPUs: 2, State: Succeeded, Submitted: time.Unix(1, 0).UTC(),
+			Accelerator: "H100", NumGPUs: 2, State: job.Succeeded, Submitted: time.Unix(1, 0).UTC(),
 			Started: ptr(time.Unix(2, 0).UTC()), Ended: ptr(time.Unix(3, 0).UTC()), ExitCode: ptr(0),
 			Workdir: "w", Command: "c", TaskFile: "t", QueuePosition: ptr(4), EnvNames: []string{"E"},
 			LastSeen: ptr(time.Unix(5, 0).UTC())}
@@ -160,7 +162,7 @@ func TestUnchangedCoversEveryField(t *testing.T) {
 	}
 	changesFor := func(f reflect.Value) []change {
 		switch v := f.Interface().(type) {
-		case string, JobState:
+		case string, job.State:
 			return []change{{"reassigned", func(f reflect.Value) { f.SetString(f.String() + "x") }}}
 		case int:
 			return []change{{"reassigned", func(f reflect.Value) { f.SetInt(f.Int() + 1) }}}
@@ -222,7 +224,7 @@ func TestUpdateKeepsChangesToOldJobs(t *testing.T) {
 	addJobs(t, s, "a", "b", "c")
 	err := s.Update(func(st *State) error {
 		j := st.Job(2)
-		j.State, j.ExitCode, j.GPUs = Lost, ptr(3), append(j.GPUs, 5)
+		j.State, j.ExitCode, j.GPUs = job.Lost, ptr(3), append(j.GPUs, 5)
 		st.Job(3).EnvNames = append(st.Job(3).EnvNames, "HF_TOKEN")
 		return nil
 	})
@@ -235,7 +237,7 @@ func TestUpdateKeepsChangesToOldJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	j2, j3 := st.Job(2), st.Job(3)
-	if j2.State != Lost || j2.ExitCode == nil || *j2.ExitCode != 3 || fmt.Sprint(j2.GPUs) != "[5]" {
+	if j2.State != job.Lost || j2.ExitCode == nil || *j2.ExitCode != 3 || fmt.Sprint(j2.GPUs) != "[5]" {
 		t.Errorf("job #2 = %s exit %v gpus %v, want LOST exit 3 gpus [5]", j2.State, j2.ExitCode, j2.GPUs)
 	}
 	if fmt.Sprint(j3.EnvNames) != "[HF_TOKEN]" || len(st.Jobs) != 4 {

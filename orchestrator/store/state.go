@@ -8,45 +8,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sshq/sshq/orchestrator/job"
 )
 
 // FormatVersion is the state.json format this package reads and writes.
 const FormatVersion = 1
-
-// JobState is where a job is in its life. Its JSON form is the upper-case name.
-type JobState string
-
-// The job states; see the package doc for their order.
-const (
-	Submitting  JobState = "SUBMITTING"
-	Pending     JobState = "PENDING"
-	SettingUp   JobState = "SETTING_UP"
-	Running     JobState = "RUNNING"
-	Succeeded   JobState = "SUCCEEDED"
-	Failed      JobState = "FAILED"
-	FailedSetup JobState = "FAILED_SETUP"
-	Cancelled   JobState = "CANCELLED"
-	Lost        JobState = "LOST"
-)
-
-// Terminal reports whether a job in state s has ended and will never change
-// state again.
-func (s JobState) Terminal() bool {
-	switch s {
-	case Succeeded, Failed, FailedSetup, Cancelled, Lost:
-		return true
-	}
-	return false
-}
-
-// Valid reports whether s is one of the known states.
-func (s JobState) Valid() bool {
-	switch s {
-	case Submitting, Pending, SettingUp, Running:
-		return true
-	}
-	return s.Terminal()
-}
 
 // Job is one job of this controller. Its JSON field names are a public
 // contract: they are also what `sshq queue --json` prints. Every field is
@@ -63,7 +30,7 @@ type Job struct {
 	GPUUUIDs      []string   `json:"gpu_uuids"`      // the same GPUs by UUID
 	Accelerator   string     `json:"accelerator"`    // requested GPU type; "" for any
 	NumGPUs       int        `json:"num_gpus"`       // requested count
-	State         JobState   `json:"state"`          //
+	State         job.State  `json:"state"`          //
 	Submitted     time.Time  `json:"submitted"`      //
 	Started       *time.Time `json:"started"`        // when it began RUNNING
 	Ended         *time.Time `json:"ended"`          // when it reached a terminal state
@@ -111,7 +78,7 @@ func (s *State) NewJob(name string) *Job {
 		ID:        id,
 		UID:       s.ControllerID + "-" + strconv.Itoa(id),
 		Name:      name,
-		State:     Submitting,
+		State:     job.Submitting,
 		Submitted: time.Now().UTC(),
 		GPUs:      []int{},
 		GPUUUIDs:  []string{},

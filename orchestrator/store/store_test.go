@@ -463,15 +463,3 @@ func TestJobJSONContract(t *testing.T) {
 		t.Errorf("submitted is not RFC 3339: %v", err)
 	}
 }
-
-func TestTerminal(t *testing.T) {
-	t.Parallel()
-	for s, want := range map[JobState]bool{
-		Submitting: false, Pending: false, SettingUp: false, Running: false,
-		Succeeded: true, Failed: true, FailedSetup: true, Cancelled: true, Lost: true,
-	} {
-		if s.Terminal() != want {
-			t.Errorf("%s.Terminal() = %v, want %v", s, !want, want)
-		}
-	}
-}

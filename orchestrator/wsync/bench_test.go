@@ -45,7 +45,7 @@ func benchTree(b *testing.B, root string) (touch, small, large string) {
 // sides pay for their SSH connection on every sync (a fresh pool for us, a
 // fresh ssh process for rsync), as one CLI invocation would.
 //
-//	go test ./orchestrator/sync -run '^$' -bench SyncVsRsync -benchtime 1x
+//	go test ./orchestrator/wsync -run '^$' -bench SyncVsRsync -benchtime 1x
 func BenchmarkSyncVsRsync(b *testing.B) {
 	if _, err := exec.LookPath("rsync"); err != nil {
 		b.Skip("rsync not installed")
