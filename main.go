@@ -33,9 +33,9 @@ import (
 	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/orchestrator/remote"
 	"github.com/sshq/sshq/orchestrator/store"
-	"github.com/sshq/sshq/orchestrator/wsync"
 	"github.com/sshq/sshq/orchestrator/task"
 	"github.com/sshq/sshq/orchestrator/ui"
+	"github.com/sshq/sshq/orchestrator/wsync"
 	"github.com/sshq/sshq/sshpool"
 )
 

@@ -17,8 +17,8 @@ import (
 	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/orchestrator/remote"
 	"github.com/sshq/sshq/orchestrator/store"
-	"github.com/sshq/sshq/orchestrator/wsync"
 	"github.com/sshq/sshq/orchestrator/task"
+	"github.com/sshq/sshq/orchestrator/wsync"
 )
 
 // ErrNoFit means no node could ever hold the request: more GPUs, or a GPU
