@@ -96,7 +96,7 @@ var resourceHints = map[string]string{
 }
 
 func parse(name string, data []byte) (*Task, []Warning, error) {
-	if len(data) > maxFileSize {
+	if len(data) > MaxFileSize {
 		return nil, nil, tooLarge(name, int64(len(data)))
 	}
 	root, err := parseYAML(name, data)
@@ -131,6 +131,9 @@ func (d *decoder) top(root *node) error {
 		switch e.key {
 		case "name":
 			t.Name, err = d.text(v, "name", "a name")
+			if why := nameProblem(t.Name); err == nil && why != "" {
+				err = d.errf(v.at, "name", "%s", why)
+			}
 		case "workdir":
 			err = d.workdir(v)
 		case "num_nodes":
@@ -351,6 +354,8 @@ var reservedEnv = map[string]bool{
 // checkEnvName returns why name cannot be a job's variable, or "".
 func checkEnvName(name string) string {
 	switch {
+	case len(name) > MaxEnvNameLen:
+		return fmt.Sprintf("the name is %d bytes long; a variable name may have at most %d: shorten it", len(name), MaxEnvNameLen)
 	case !envName.MatchString(name):
 		return "not a valid environment variable name: use letters, digits and _, not starting with a digit"
 	case reservedEnv[name] || strings.HasPrefix(name, "SSHQ_"):
@@ -373,6 +378,9 @@ func (d *decoder) vars(v *node, field string, secret bool) (map[string]string, m
 	at := map[string]pos{}
 	for _, e := range v.entries {
 		f := field + "." + e.key
+		if len(e.key) > MaxEnvNameLen {
+			f = field + "." + e.key[:40] + "..."
+		}
 		if why := checkEnvName(e.key); why != "" {
 			return nil, nil, d.errf(e.at, f, "%s", why)
 		}
@@ -381,6 +389,9 @@ func (d *decoder) vars(v *node, field string, secret bool) (map[string]string, m
 		case kNull:
 			d.t.required = append(d.t.required, requirement{secret: secret, name: e.key, at: e.at})
 		case kScalar:
+			if why := envValueProblem(e.val.text); why != "" {
+				return nil, nil, d.errf(e.val.at, f, "%s", why)
+			}
 			// The text as written: "true" stays "true", 1.10 stays "1.10".
 			vals[e.key] = e.val.text
 		default:

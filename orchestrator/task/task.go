@@ -244,27 +244,32 @@ type Overrides struct {
 
 // ParseEnvFlag reads one --env or --secret value: NAME=VALUE, or NAME
 // alone to pass on the variable of that name from lookup (os.LookupEnv),
-// as SkyPilot does, so a secret need not appear in the shell history.
+// as SkyPilot does, so a secret need not appear in the shell history. The
+// value is everything after the first '=', verbatim. It is checked with
+// CheckEnvValue, and no error quotes it.
 func ParseEnvFlag(flag, s string, lookup func(string) (string, bool)) (name, value string, err error) {
 	name, value, hasValue := strings.Cut(s, "=")
 	if why := checkEnvName(name); why != "" {
-		return "", "", &Error{Field: flag, Msg: fmt.Sprintf("%q: %s", name, why)}
+		return "", "", &Error{Field: flag, Msg: fmt.Sprintf("%s: %s", quoteShort(name), why)}
 	}
-	if hasValue {
-		return name, value, nil
+	if !hasValue {
+		v, ok := lookup(name)
+		if !ok {
+			return "", "", &Error{Field: flag, Msg: fmt.Sprintf("%s is not set in your environment: export it, or pass %s %s=VALUE", name, flag, name)}
+		}
+		value = v
 	}
-	v, ok := lookup(name)
-	if !ok {
-		return "", "", &Error{Field: flag, Msg: fmt.Sprintf("%s is not set in your environment: export it, or pass %s %s=VALUE", name, flag, name)}
+	if why := envValueProblem(value); why != "" {
+		return "", "", &Error{Field: flag, Msg: name + ": " + why}
 	}
-	return name, v, nil
+	return name, value, nil
 }
 
 // Load reads and parses the task file at path. Relative paths inside it are
 // resolved against the file's directory. The caller then applies the
 // command line with Apply and checks the result with Validate.
 func Load(path string) (*Task, []Warning, error) {
-	if fi, err := os.Stat(path); err == nil && fi.Size() > maxFileSize {
+	if fi, err := os.Stat(path); err == nil && fi.Size() > MaxFileSize {
 		return nil, nil, tooLarge(path, fi.Size())
 	}
 	data, err := os.ReadFile(path)
@@ -274,12 +279,8 @@ func Load(path string) (*Task, []Warning, error) {
 	return Parse(path, data)
 }
 
-// maxFileSize bounds the work on a wrong file: a task file is a few KB, and
-// the YAML parser's time grows with the square of a mapping's size.
-const maxFileSize = 512 << 10
-
 func tooLarge(name string, size int64) error {
-	return &Error{File: name, Msg: fmt.Sprintf("the file is %d bytes and a task file may have at most %d: is this the right file?", size, maxFileSize)}
+	return &Error{File: name, Msg: fmt.Sprintf("the file is %d bytes and a task file may have at most %d (sshq's limit; a task file is a few KB): is this the right file?", size, MaxFileSize)}
 }
 
 // Parse parses a task file's contents; name is used in messages and, through
@@ -298,6 +299,9 @@ func Parse(name string, data []byte) (t *Task, warns []Warning, err error) {
 // Apply merges the command line's overrides into t.
 func (t *Task) Apply(o Overrides) error {
 	if o.Name != "" {
+		if why := nameProblem(o.Name); why != "" {
+			return &Error{Field: "--name", Msg: why}
+		}
 		t.Name = o.Name
 	}
 	if o.GPUs != nil {
@@ -314,7 +318,10 @@ func (t *Task) Apply(o Overrides) error {
 	}
 	for _, k := range sortedKeys(o.Env) {
 		if err := checkEnvName(k); err != "" {
-			return &Error{Field: "--env", Msg: fmt.Sprintf("%q: %s", k, err)}
+			return &Error{Field: "--env", Msg: fmt.Sprintf("%s: %s", quoteShort(k), err)}
+		}
+		if why := envValueProblem(o.Env[k]); why != "" {
+			return &Error{Field: "--env", Msg: k + ": " + why}
 		}
 		if _, ok := t.Secrets[k]; ok || t.requires(k, true) {
 			return &Error{Field: "--env", Msg: fmt.Sprintf("%s is a secret of the task: pass it with --secret %s=... so its value is never shown or stored", k, k)}
@@ -326,7 +333,10 @@ func (t *Task) Apply(o Overrides) error {
 	}
 	for _, k := range sortedKeys(o.Secrets) {
 		if err := checkEnvName(k); err != "" {
-			return &Error{Field: "--secret", Msg: fmt.Sprintf("%q: %s", k, err)}
+			return &Error{Field: "--secret", Msg: fmt.Sprintf("%s: %s", quoteShort(k), err)}
+		}
+		if why := envValueProblem(o.Secrets[k]); why != "" {
+			return &Error{Field: "--secret", Msg: k + ": " + why}
 		}
 		// An env promoted to a secret is only safer, so it is allowed.
 		delete(t.Envs, k)
@@ -365,10 +375,27 @@ func (t *Task) requires(name string, secret bool) bool {
 
 // Validate reports what still stops the task from running after Apply:
 // required envs and secrets nobody supplied, nothing to run, a workdir or
-// mounted file that does not exist. Several problems come back joined;
-// errors.As finds the first *Error.
+// mounted file that does not exist, a name or environment the node could
+// not start the job with (see MaxNameLen, MaxEnvValueLen, MaxEnvTotal).
+// Several problems come back joined; errors.As finds the first *Error.
 func (t *Task) Validate() error {
 	var errs []error
+	if err := CheckName(t.Name); err != nil {
+		errs = append(errs, err)
+	}
+	for _, k := range sortedKeys(t.Envs) {
+		if why := envValueProblem(t.Envs[k]); why != "" {
+			errs = append(errs, &Error{Field: "envs." + k, Msg: why})
+		}
+	}
+	for _, k := range sortedKeys(t.Secrets) {
+		if why := envValueProblem(t.Secrets[k]); why != "" {
+			errs = append(errs, &Error{Field: "secrets." + k, Msg: why})
+		}
+	}
+	if n := envTotal(t.Envs, t.Secrets); n > MaxEnvTotal {
+		errs = append(errs, &Error{Field: "envs", Msg: fmt.Sprintf("the envs and secrets take %d bytes together; a task may pass at most %d (1 MiB), because Linux limits a program's arguments and environment to about 2 MiB and the node needs the rest: %s", n, MaxEnvTotal, bigValueFix)})
+	}
 	for _, r := range t.required {
 		have := false
 		if r.secret {

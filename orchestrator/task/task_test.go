@@ -385,7 +385,7 @@ func TestParseOddDocuments(t *testing.T) {
 	if te := parseErr(t, deep); !strings.Contains(te.Msg, "nested more than") {
 		t.Errorf("deep nesting: %v", te)
 	}
-	if te := parseErr(t, "run: "+strings.Repeat("x", maxFileSize)); !strings.Contains(te.Msg, "is this the right file?") {
+	if te := parseErr(t, "run: "+strings.Repeat("x", MaxFileSize)); !strings.Contains(te.Msg, "is this the right file?") {
 		t.Errorf("huge file: %v", te)
 	}
 	// Self-referencing and undefined aliases are errors or nulls, never a hang.

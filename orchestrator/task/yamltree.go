@@ -77,8 +77,6 @@ func (n *node) describe() string {
 	return strconv.Quote(n.text)
 }
 
-const maxDepth = 64
-
 type converter struct {
 	file    string
 	anchors map[string]*node
@@ -87,7 +85,11 @@ type converter struct {
 
 // parseYAML parses data into one document's tree; nil for an empty file.
 func parseYAML(file string, data []byte) (*node, error) {
-	f, err := parser.ParseBytes(data, 0)
+	tokens, err := scanTokens(file, data)
+	if err != nil {
+		return nil, err
+	}
+	f, err := parser.Parse(tokens, 0)
 	if err != nil {
 		return nil, syntaxError(file, data, err)
 	}
@@ -171,8 +173,8 @@ func (c *converter) errAt(n ast.Node, msg string) error {
 func (c *converter) convert(n ast.Node) (*node, error) {
 	c.depth++
 	defer func() { c.depth-- }()
-	if c.depth > maxDepth {
-		return nil, c.errAt(n, fmt.Sprintf("nested more than %d levels deep: a task file is never this deep; check the indentation", maxDepth))
+	if c.depth > MaxDepth {
+		return nil, c.errAt(n, fmt.Sprintf("nested more than %d levels deep (sshq's limit; a task file nests a few): check the brackets and indentation here", MaxDepth))
 	}
 	if n == nil {
 		return &node{kind: kNull}, nil
