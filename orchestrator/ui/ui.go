@@ -1,6 +1,10 @@
 // Package ui renders sshq's human output: lipgloss tables and colour on a
 // terminal, plain aligned text when piped (so grep and awk see stable
 // columns), and no colour when NO_COLOR is set, as https://no-color.org asks.
+//
+// Text that comes from a node is written by other users and by programs
+// sshq does not control, so it is shown only through Safe, and Table
+// escapes every control character in its cells but its own colours.
 package ui
 
 import (
@@ -8,6 +12,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/charmbracelet/lipgloss"
@@ -68,7 +73,20 @@ func (s Style) Bold(text string) string {
 
 // Table renders rows under headers: a rounded lipgloss table on a
 // terminal, otherwise columns separated by two spaces with no decoration.
+//
+// Every cell goes through the same escaping as Safe, except that the
+// colour sequences Paint and Bold make are kept: a newline, a cursor move
+// or a title change in a cell is printed as text, so no cell can add a
+// row or rewrite the screen. Callers should still pass node-sourced text
+// through Safe (or SafeRow) before painting it, which also escapes colour
+// sequences that text carries.
 func (s Style) Table(headers []string, rows [][]string) string {
+	headers = cellRow(headers)
+	clean := make([][]string, len(rows))
+	for i, r := range rows {
+		clean[i] = cellRow(r)
+	}
+	rows = clean
 	if !s.TTY {
 		return plainTable(headers, rows)
 	}
@@ -136,15 +154,119 @@ func stripANSI(s string) string {
 	return b.String()
 }
 
-// MiB formats a MiB count the way nvidia-smi users read it.
+// MiB formats a MiB count the way nvidia-smi users read it. A negative
+// count is one the node could not tell (nvidia-smi prints [N/A] for the
+// memory of unified-memory GPUs) and shows as "-", as nvidia-smi's own
+// tables do.
 func MiB(m int) string {
 	switch {
 	case m < 0:
-		return "?"
+		return "-"
 	case m >= 10*1024:
 		return fmt.Sprintf("%.0fG", float64(m)/1024)
 	case m >= 1024:
 		return fmt.Sprintf("%.1fG", float64(m)/1024)
 	}
 	return fmt.Sprintf("%dM", m)
+}
+
+// Safe returns s ready to print on a terminal: every control character is
+// replaced by a visible escape, so text that came from a node (a job name,
+// a user name, nvidia-smi output, an error from the remote side) cannot
+// move the cursor, retitle the window, hide text, or start a new line and
+// forge a row. Escaped are C0 controls including ESC, \n, \r and \t (as
+// \x1b, \n, \r, \t), DEL (\x7f), C1 controls (\u009b) and other
+// non-printing runes such as bidi overrides (\u202e), and bytes that are
+// not UTF-8 (\xff). Printable text, in any script, comes back unchanged,
+// and Safe(Safe(s)) == Safe(s).
+//
+// Safe is for display only: apply it to data before painting it, since it
+// escapes the ui package's own colour sequences too. --json output must
+// carry the exact value, unescaped; encoding/json escapes control
+// characters itself.
+func Safe(s string) string { return escape(s, false) }
+
+// SafeRow applies Safe to every cell of a table row.
+func SafeRow(cells ...string) []string {
+	out := make([]string, len(cells))
+	for i, c := range cells {
+		out[i] = Safe(c)
+	}
+	return out
+}
+
+func cellRow(cells []string) []string {
+	out := make([]string, len(cells))
+	for i, c := range cells {
+		out[i] = escape(c, true)
+	}
+	return out
+}
+
+// escape is Safe; with keepSGR it leaves SGR sequences (ESC [ params m:
+// colour and bold, all that Paint and Bold emit) as they are.
+func escape(s string, keepSGR bool) string {
+	i := 0
+	for i < len(s) && s[i] >= 0x20 && s[i] < 0x7f {
+		i++
+	}
+	if i == len(s) {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s) + 16)
+	b.WriteString(s[:i])
+	for i < len(s) {
+		c := s[i]
+		if c >= 0x20 && c < 0x7f {
+			b.WriteByte(c)
+			i++
+			continue
+		}
+		if keepSGR && c == 0x1b {
+			if n := sgrLen(s[i:]); n > 0 {
+				b.WriteString(s[i : i+n])
+				i += n
+				continue
+			}
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size <= 1:
+			fmt.Fprintf(&b, `\x%02x`, c)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r < 0x80:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		case unicode.IsPrint(r):
+			b.WriteString(s[i : i+size])
+		case r <= 0xffff:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			fmt.Fprintf(&b, `\U%08x`, r)
+		}
+		i += size
+	}
+	return b.String()
+}
+
+// sgrLen is the length of the SGR sequence s starts with, or 0.
+func sgrLen(s string) int {
+	if len(s) < 3 || s[0] != 0x1b || s[1] != '[' {
+		return 0
+	}
+	for i := 2; i < len(s) && i < 64; i++ {
+		switch c := s[i]; {
+		case c == 'm':
+			return i + 1
+		case c >= '0' && c <= '9' || c == ';' || c == ':':
+		default:
+			return 0
+		}
+	}
+	return 0
 }
