@@ -459,12 +459,16 @@ func BenchmarkQueue10k(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	hi, err := os.Stat(s.HistoryPath())
+	if err != nil {
+		b.Fatal(err)
+	}
 
 	q := &series{name: "sshq queue"}
 	qa := &series{name: "sshq queue -a"}
 	qj := &series{name: "sshq queue -a --json"}
 	q0 := &series{name: "sshq queue (empty history)"}
-	load := &series{name: "store Load (in-process)"}
+	load := &series{name: "store All: state + history (in-process)"}
 	upd := &series{name: "store Update adding a job (in-process)"}
 	for round := -1; round < benchRounds; round++ {
 		r := timeCmd(b, sshqCmd(ctx, cfg, home, env, "queue"))
@@ -481,10 +485,10 @@ func BenchmarkQueue10k(b *testing.B) {
 			}
 		}
 		t0, c0 := time.Now(), cpuSelf()
-		snap, err := s.Load()
+		all, err := s.All()
 		dl, cl := time.Since(t0), cpuSelf()-c0
-		if err != nil || len(snap.Jobs) < 10_000 {
-			b.Fatalf("Load: %v", err)
+		if err != nil || len(all) < 10_000 {
+			b.Fatalf("All: %d jobs, %v", len(all), err)
 		}
 		t0, c0 = time.Now(), cpuSelf()
 		err = s.Update(func(st *store.State) error {
@@ -509,7 +513,7 @@ func BenchmarkQueue10k(b *testing.B) {
 	rssQ, floor := peakRSS(b, sshqCmd(ctx, cfg, home, env, "queue"))
 	rssJ, _ := peakRSS(b, sshqCmd(ctx, cfg, home, env, "queue", "-a", "--json"))
 	// go test keeps only 10 lines of a benchmark's log: table, then one line.
-	logTable(b, fmt.Sprintf("BenchmarkQueue10k, state.json %.1f MiB", float64(fi.Size())/(1<<20)), q, qa, qj, q0, load, upd)
+	logTable(b, fmt.Sprintf("BenchmarkQueue10k, state.json %.1f MiB, history.jsonl %.1f MiB", float64(fi.Size())/(1<<20), float64(hi.Size())/(1<<20)), q, qa, qj, q0, load, upd)
 	b.Logf("sshq queue %.0f ms, queue -a --json %.0f ms (target ≤ 150: %s, %s); Update %.1f ms (target ≤ 50: %s); peak RSS: queue %.1f MiB, queue -a --json %.1f MiB (probe floor %.1f MiB)",
 		ms(q.median()), ms(qj.median()), verdict(ms(q.median()), 150), verdict(ms(qj.median()), 150),
 		ms(upd.median()), verdict(ms(upd.median()), 50), float64(rssQ)/1024, float64(rssJ)/1024, float64(floor)/1024)

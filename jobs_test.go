@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
+	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/sshpool/sshtest"
 )
@@ -537,5 +538,54 @@ func TestCtrlCBeforeSubmitLeavesNothing(t *testing.T) {
 	}
 	if q := queue(t, c, home, []string{"SSHQ_NODES=box"}); len(q) != 0 {
 		t.Errorf("a job was recorded: %+v", q)
+	}
+}
+
+// A job that ended long ago leaves state.json for the history file; every
+// command that names it still finds it, and `queue -a` shows it once.
+func TestJobMovedToHistoryStaysReachable(t *testing.T) {
+	t.Parallel()
+	c, home, env := gpuCluster(t, map[string][]gpusim.GPU{"box": gpusim.T4x1(t.Name())})
+	if r := sshq(t, c, home, env, "launch", "-d", "--name", "old", "--", "echo from-the-past; exit 3"); r.code != 0 {
+		t.Fatalf("launch: %d %s", r.code, r.stderr)
+	}
+	waitJobs(t, c, home, env, 60*time.Second)
+	st, err := store.Open(filepath.Join(home, ".sshq"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Age it by two days and let KeepEnded jobs end after it.
+	if err := st.Update(func(s *store.State) error {
+		long := time.Now().UTC().Add(-48 * time.Hour)
+		s.Job(1).Ended = &long
+		for i := range store.KeepEnded {
+			j := s.NewJob(fmt.Sprintf("later-%d", i))
+			end := time.Now().UTC().Add(-time.Hour)
+			j.Node, j.State, j.Ended = "box", job.Succeeded, &end
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	state, _ := os.ReadFile(st.Path())
+	hist, _ := os.ReadFile(st.HistoryPath())
+	if bytes.Contains(state, []byte(`"name":"old"`)) || !bytes.Contains(hist, []byte(`"name":"old"`)) {
+		t.Fatalf("job #1 did not move from state.json to the history")
+	}
+
+	if r := sshq(t, c, home, env, "queue", "--json"); strings.Contains(r.stdout, `"old"`) {
+		t.Errorf("queue without -a shows an ended job: %s", r.stdout)
+	}
+	q := queue(t, c, home, env) // queue -a --json
+	if len(q) != store.KeepEnded+1 || q[0].ID != 1 || q[0].State != "FAILED" || q[0].ExitCode == nil || *q[0].ExitCode != 3 {
+		t.Errorf("queue -a: %d jobs, first %+v; want %d jobs, #1 FAILED with exit code 3", len(q), q[0], store.KeepEnded+1)
+	}
+	for _, ref := range []string{"1", "old"} {
+		if r := sshq(t, c, home, env, "logs", ref); r.code != 0 || !strings.Contains(r.stdout, "from-the-past") {
+			t.Errorf("logs %s of a job in the history: %d %q %s", ref, r.code, r.stdout, r.stderr)
+		}
+	}
+	if r := sshq(t, c, home, env, "wait", "1"); r.code != 3 || !strings.Contains(r.stdout, "#1 old: FAILED") {
+		t.Errorf("wait 1 of a job in the history: %d %q %s; want exit 3", r.code, r.stdout, r.stderr)
 	}
 }

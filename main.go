@@ -1200,8 +1200,12 @@ Examples:
 				return err
 			}
 			defer closeFn()
-			all := c.Bool("all")
-			views, down, err := oc.Reconcile(c.Context, st, func(j *store.Job) bool { return all || !j.State.Terminal() })
+			reconcile, only := oc.Reconcile, func(j *store.Job) bool { return !j.State.Terminal() }
+			if c.Bool("all") {
+				// Only -a reads the history of ended jobs.
+				reconcile, only = oc.ReconcileAll, nil
+			}
+			views, down, err := reconcile(c.Context, st, only)
 			if err != nil {
 				return err
 			}
@@ -1292,17 +1296,16 @@ func stateColor(s job.State) string {
 	return ui.Yellow
 }
 
-// findJobs resolves job references against the store.
+// findJobs resolves job references against the store, its history included.
 func findJobs(st *store.Store, refs []string) ([]*store.Job, error) {
-	s, err := st.Load()
-	if err != nil {
-		return nil, err
-	}
 	var out []*store.Job
 	for _, r := range refs {
-		j, err := s.Find(r)
-		if err != nil {
+		j, err := st.Find(r)
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrAmbiguous) {
 			return nil, withCode(exitUsage, err)
+		}
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, j)
 	}
@@ -1485,7 +1488,8 @@ Examples:
 			}
 			defer closeFn()
 			for {
-				views, _, err := oc.Reconcile(c.Context, st, func(j *store.Job) bool { return ids[j.ID] })
+				// ReconcileAll: a job may have ended long ago, its record in the history.
+				views, _, err := oc.ReconcileAll(c.Context, st, func(j *store.Job) bool { return ids[j.ID] })
 				if err != nil {
 					return err
 				}

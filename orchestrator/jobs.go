@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -559,6 +560,33 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		return nil
 	})
 	return views, unreachable, err
+}
+
+// ReconcileAll is Reconcile over every job of this controller: the views
+// also hold the ended jobs that have moved from state.json to the store's
+// history, where only selects them. It reads the whole history, so it is for
+// commands that ask for old jobs (`sshq queue -a`, `sshq wait`).
+func (c *Cluster) ReconcileAll(ctx context.Context, st *store.Store, only func(*store.Job) bool) ([]JobView, map[string]error, error) {
+	views, down, err := c.Reconcile(ctx, st, only)
+	if err != nil {
+		return views, down, err
+	}
+	hist, err := st.History()
+	if err != nil {
+		return views, down, err
+	}
+	// A job that Reconcile's own update moved is in both.
+	seen := make(map[int]bool, len(views))
+	for _, v := range views {
+		seen[v.ID] = true
+	}
+	for _, j := range hist {
+		if !seen[j.ID] && (only == nil || only(j)) {
+			views = append(views, JobView{Job: j, NodeReachable: true})
+		}
+	}
+	slices.SortFunc(views, func(a, b JobView) int { return a.ID - b.ID })
+	return views, down, nil
 }
 
 // applyStatus records what the node said about j.

@@ -1,7 +1,21 @@
-// Package store is the controller's durable record of the jobs it submitted:
-// $SSHQ_HOME/state.json, changed only by read–modify–write under an exclusive
-// lock so that concurrent sshq processes never lose an update and a crash
-// never leaves a torn file.
+// Package store is the controller's durable record of the jobs it submitted,
+// in two files of $SSHQ_HOME: state.json, the unfinished and recently ended
+// jobs, changed only by read–modify–write under an exclusive lock so that
+// concurrent sshq processes never lose an update and a crash never leaves a
+// torn file; and history.jsonl, the jobs that ended long ago, append-only,
+// read only by commands that ask for old jobs.
+//
+// # Why two files
+//
+// A controller keeps every job it ever ran, about 700 bytes each, and most
+// of them ended long ago. Were they all in state.json, every launch would
+// decode and re-encode the whole past under the lock. So an Update moves the
+// ended jobs that are no longer recent to the history, and state.json stays
+// small: the unfinished jobs plus at most [MaxKeptEnded] ended ones.
+//
+// An ended job stays in state.json for [KeepEndedFor] (24 h) after it ended;
+// the [KeepEnded] (200) most recently ended stay however old, and no more
+// than [MaxKeptEnded] (2,000) however young. Unfinished jobs always stay.
 //
 // # Writes
 //
@@ -9,71 +23,100 @@
 // state.json.lock (via github.com/gofrs/flock, which is flock(2) on Unix and
 // LockFileEx on Windows, so a controller on any laptop works; the kernel drops
 // the lock when the holder dies, so a lock can never go stale), reads
-// state.json, runs the caller's function, and writes the result to a temp
-// file in the same directory, fsyncs it, hard-links the old state.json to
-// state.json.bak, renames the temp file over state.json and fsyncs the
-// directory. A writer killed at any point leaves either the old or the new
-// file, never a mix; its temp file (state.json.tmp-*) is removed by the next
-// Update, since a temp file that exists while the lock is held has no live
-// writer. Callers must not do network I/O inside Update: every other sshq
-// process waits for the lock meanwhile.
+// state.json, runs the caller's function, then:
+//
+//  1. appends the jobs to move, one JSON object a line, to history.jsonl
+//     and fsyncs it;
+//  2. writes the new state.json, without them and with the history's new
+//     length (history_size), to a temp file in the same directory, fsyncs
+//     it, hard-links the old state.json to state.json.bak, renames the temp
+//     file over state.json and fsyncs the directory.
+//
+// The rename is the commit. A writer killed before it leaves the old
+// state.json, whole, and maybe lines in the history past the length that
+// state.json records: the moved jobs, which are still in state.json, or a
+// torn part of one. The next writer cuts those bytes before it appends (and
+// so moves those jobs again); until then readers show each such job once,
+// from state.json. A writer killed after the rename leaves the new version.
+// Its temp file (state.json.tmp-*) is removed by the next Update, since a
+// temp file that exists while the lock is held has no live writer.
+// If the history cannot be written (a full disk), the jobs stay in
+// state.json and the update itself still happens.
+// Callers must not do network I/O inside Update: every other sshq process
+// waits for the lock meanwhile.
 //
 // # Reads
 //
-// [Store.Load] takes no lock: rename is atomic, so a reader sees the whole
-// old or the whole new file, and `sshq queue` never waits behind a writer.
-// A State from Load is a snapshot; changing it changes nothing on disk.
+// [Store.Load] reads state.json only and takes no lock: rename is atomic, so
+// a reader sees the whole old or the whole new file, and `sshq queue` never
+// waits behind a writer. A State from Load is a snapshot; changing it changes
+// nothing on disk.
+//
+// [Store.All], [Store.History] and [Store.Find] read the history too, without
+// a lock: first state.json, then history.jsonl. In that order a job being
+// moved meanwhile is seen in one file or both, never in neither; in both, the
+// state.json record wins. A torn last history line (a writer that died, or
+// one still writing) is skipped. `sshq queue -a`, `sshq wait` and the lookup
+// of a job by id or name (`sshq logs 4`) read the history; `sshq queue`, a
+// launch and a cancel do not.
 //
 // # Backup and corruption
 //
-// Each write keeps the previous version as state.json.bak. Because it is a
+// Each write keeps the previous state.json as state.json.bak. Because it is a
 // hard link to the old inode it costs no copy. A state.json that does not
-// parse (say, after a hand edit) is never overwritten: Load and Update fail
-// with an error naming the file, the line and column, and how to restore the
-// backup.
+// parse (say, after a hand edit) or is empty is never overwritten: Load and
+// Update fail with an error naming the file, the line and column, and how to
+// restore the backup. A history line other than the last that does not parse
+// is an error naming history.jsonl and the line, from the commands that read
+// the history; launches go on appending meanwhile.
 //
 // # Ids
 //
 // A controller gets a random id (8 hex digits) the first time its state is
-// written. Jobs get small integer ids from State.NextID, which only grows, so
-// an id is never reused even after its job is deleted; on nodes a job is
-// known by its uid, "<controller id>-<job id>", so two controllers never
-// collide on one node.
+// written. Jobs get small integer ids from State.NextID, kept in state.json,
+// which only grows, so an id is never reused even after its job is deleted or
+// moved; a fresh state.json beside an existing history (the old one moved
+// aside) starts past the history's ids. On nodes a job is known by its uid,
+// "<controller id>-<job id>", so two controllers never collide on one node.
 //
 // # Job states
 //
-// SUBMITTING is a job whose id and uid are reserved but whose launch on a node
-// is not yet confirmed. The launcher writes the record first (so a crash
-// mid-launch never leaves a job on a node that the controller does not know
-// about), then places and starts it outside the lock, then records PENDING and
-// the node in a second Update. A SUBMITTING job left by a crashed launcher is
-// resolved by reconcile: if its node has jobs/<uid>/ it adopts that state,
-// otherwise it is FAILED_SETUP. After SUBMITTING the states follow the node:
-// PENDING → SETTING_UP → RUNNING → SUCCEEDED | FAILED | FAILED_SETUP |
-// CANCELLED, and LOST for a job whose process vanished without an exit record.
+// SUBMITTING is a job whose id, uid and node are reserved but whose submit to
+// that node is not yet confirmed. The launcher writes the record first (so a
+// crash mid-launch never leaves a job on a node that the controller does not
+// know about), then syncs and submits outside the lock, then records PENDING
+// in a second Update. A SUBMITTING job left by a crashed launcher is resolved
+// by reconcile: if its node knows the uid it takes the node's state,
+// otherwise, once the launch could no longer be syncing, it is LOST. After
+// SUBMITTING the states follow the node: PENDING → SETTING_UP → RUNNING →
+// SUCCEEDED | FAILED | FAILED_SETUP | CANCELLED, and LOST for a job whose
+// process vanished without an exit record.
 //
 // # File format
 //
-// state.json is one JSON object, with one job per line so that it greps and
-// diffs well and a parse error's line number points at a job:
+// Both files are read and written with encoding/json. state.json (format
+// version 2; version 1, from before the history, is read and rewritten on the
+// first Update) is one JSON object with one job per line, so that it greps
+// and diffs well and a parse error's line number points at a job:
 //
-//	{"version":1,"controller_id":"3f9a0c1e","next_id":3,"jobs":[
+//	{"version":2,"controller_id":"3f9a0c1e","next_id":3,"history_size":0,"jobs":[
 //	{"id":1,"uid":"3f9a0c1e-1","name":"train",...},
 //	{"id":2,"uid":"3f9a0c1e-2","name":"eval",...}
 //	]}
 //
-// The job field names are also the schema of `sshq queue --json`; see [Job].
+// history.jsonl holds one job per line, the same object as in state.json,
+// in the order the jobs moved. The job field names are also the schema of
+// `sshq queue --json`; see [Job].
 //
 // # Speed
 //
-// A controller keeps every job it ever ran, so the file grows (about 700
-// bytes a job). Budgets, with 10,000 ended jobs: Load ≤ 150 ms, an Update that
-// adds a job ≤ 50 ms, on a small 2-core machine (BenchmarkLoad10k,
-// BenchmarkUpdate10k). encoding/json alone needs about 200 ms for such an
-// Update, so the file is read and written by a hand-written codec (codec.go)
-// that splits a large file in two and decodes the halves on two cores, and
-// Update copies the bytes of every record that the callback left unchanged
-// instead of encoding it again (baseline.go). The codec declines anything it
-// does not expect and encoding/json decodes that instead, so a hand-edited
-// file still loads, only slower.
+// Targets, for a controller that has run 10,000 jobs, on a small 2-core
+// machine: a launch's bookkeeping (an Update that adds a job) ≤ 50 ms, and
+// `sshq queue -a --json` ≤ 150 ms. The first holds because an Update reads
+// and writes state.json only (BenchmarkUpdate10k: a few ms of CPU, the rest
+// is fsync). The second is mostly decoding the history: its lines are
+// independent, so they are decoded on every core (BenchmarkQueueAllJSON10k:
+// all jobs read and encoded as the command prints them). What an Update costs
+// grows with the unfinished jobs, which always stay in state.json: 10,000 of
+// them waiting at once make it about 100 ms (BenchmarkUpdate10kUnfinished).
 package store

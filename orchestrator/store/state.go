@@ -12,8 +12,11 @@ import (
 	"github.com/sshq/sshq/orchestrator/job"
 )
 
-// FormatVersion is the state.json format this package reads and writes.
-const FormatVersion = 1
+// FormatVersion is the state.json format this package writes. Version 1
+// (every job ever run, no history file) is still read; the first Update
+// rewrites it as version 2, moving old ended jobs to history.jsonl. An older
+// sshq refuses version 2 instead of silently seeing only recent jobs.
+const FormatVersion = 2
 
 // Job is one job of this controller. Its JSON field names are a public
 // contract: they are also what `sshq queue --json` prints. Every field is
@@ -41,11 +44,10 @@ type Job struct {
 	QueuePosition *int       `json:"queue_position"` // place in its node's FIFO while PENDING
 	EnvNames      []string   `json:"env_names"`      // names of the envs given to it, never values
 	LastSeen      *time.Time `json:"last_seen"`      // when its node last confirmed State
-
-	rec int // 1 + its index in the baseline it was read into; 0 if new
 }
 
-// State is the whole of state.json. Change it only inside [Store.Update].
+// State is the whole of state.json: the unfinished jobs and the recently
+// ended ones (see [KeepEnded]). Change it only inside [Store.Update].
 type State struct {
 	Version      int    `json:"version"`
 	ControllerID string `json:"controller_id"`
@@ -55,7 +57,10 @@ type State struct {
 	// Jobs are in ascending id order.
 	Jobs []*Job `json:"jobs"`
 
-	base *baseline // the jobs as read, inside Update
+	// historySize is the length of history.jsonl when this state was
+	// written: bytes past it were appended by a writer that died before
+	// committing this file, and the next writer removes them.
+	historySize int64
 }
 
 func newState() (*State, error) {

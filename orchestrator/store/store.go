@@ -20,10 +20,11 @@ import (
 
 // File names inside the home directory.
 const (
-	StateFile  = "state.json"
-	BackupFile = "state.json.bak"
-	LockFile   = "state.json.lock"
-	tempPrefix = "state.json.tmp-"
+	StateFile   = "state.json"
+	BackupFile  = "state.json.bak"
+	LockFile    = "state.json.lock"
+	HistoryFile = "history.jsonl"
+	tempPrefix  = "state.json.tmp-"
 )
 
 // LockTimeout bounds how long Update waits for another sshq process to finish
@@ -64,20 +65,25 @@ func Open(home string) (*Store, error) {
 // Path is the state file's path.
 func (s *Store) Path() string { return filepath.Join(s.dir, StateFile) }
 
-// Load returns a snapshot of the state. It takes no lock: writers replace
-// state.json by rename, so it always reads one whole version. A missing
-// state.json (removed after Open) reads as an empty state with no controller
-// id.
+// HistoryPath is the history file's path.
+func (s *Store) HistoryPath() string { return filepath.Join(s.dir, HistoryFile) }
+
+// Load returns a snapshot of state.json: the unfinished jobs and the
+// recently ended ones, not the history (see [Store.All]). It takes no lock:
+// writers replace state.json by rename, so it always reads one whole
+// version. A missing state.json (removed after Open) reads as an empty state
+// with no controller id.
 func (s *Store) Load() (*State, error) {
-	st, _, err := s.read(false)
+	st, _, err := s.read()
 	return st, err
 }
 
 // Update is the only way to change the state: under an exclusive lock it
 // reads state.json, calls fn, and if fn returns nil writes the result back
-// atomically. If fn returns an error nothing is written and Update returns
-// that error unchanged. fn must not do network I/O: every other sshq process
-// waits for the lock while it runs.
+// atomically, first moving the ended jobs that are no longer recent (see
+// [KeepEnded]) to history.jsonl. If fn returns an error nothing is written
+// and Update returns that error unchanged. fn must not do network I/O: every
+// other sshq process waits for the lock while it runs.
 func (s *Store) Update(fn func(*State) error) error {
 	lk := flock.New(filepath.Join(s.dir, LockFile), flock.SetPermissions(0o600))
 	ctx, cancel := context.WithTimeout(context.Background(), LockTimeout)
@@ -95,7 +101,7 @@ func (s *Store) Update(fn func(*State) error) error {
 	defer lk.Close() // unlocks
 
 	s.removeStrayTemps()
-	st, size, err := s.read(true)
+	st, size, err := s.read()
 	if err != nil {
 		return err
 	}
@@ -105,18 +111,23 @@ func (s *Store) Update(fn func(*State) error) error {
 			return err
 		}
 	}
+	// A history that outlived its state.json (moved aside after a
+	// corruption, or restored from an old copy) still holds ids: new jobs
+	// must not reuse them.
+	s.mendHistory(st)
 	if err := fn(st); err != nil {
 		return err
 	}
 	if err := normalize(st); err != nil {
 		return err
 	}
+	s.retire(st, time.Now())
 	return s.write(st, exists)
 }
 
 // read returns the current state and the size of state.json, -1 if it does
 // not exist.
-func (s *Store) read(forUpdate bool) (*State, int, error) {
+func (s *Store) read() (*State, int, error) {
 	data, err := os.ReadFile(s.Path())
 	if errors.Is(err, fs.ErrNotExist) {
 		return &State{Version: FormatVersion, NextID: 1, Jobs: []*Job{}}, -1, nil
@@ -124,7 +135,7 @@ func (s *Store) read(forUpdate bool) (*State, int, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("reading the job store: %w", err)
 	}
-	st, err := decode(data, forUpdate)
+	st, err := decode(data)
 	if err != nil {
 		return nil, 0, s.corrupt(data, err)
 	}
@@ -137,6 +148,10 @@ func (s *Store) corrupt(data []byte, err error) error {
 	var syn *json.SyntaxError
 	var typ *json.UnmarshalTypeError
 	switch {
+	case len(bytes.TrimSpace(data)) == 0:
+		// A crash cannot leave this (writes are atomic); a full disk under
+		// another tool, or a truncating editor, can.
+		err = errors.New("the file is empty")
 	case errors.As(err, &syn):
 		off = syn.Offset
 	case errors.As(err, &typ):
@@ -157,25 +172,33 @@ func (s *Store) corrupt(data []byte, err error) error {
 }
 
 // lineCol turns a byte offset into a 1-based line and column. encoding/json
-// reports the offset just past the offending byte.
+// reports the offset just past the offending byte, and len(data) for an
+// unexpected end, which may be 0.
 func lineCol(data []byte, off int64) (line, col int) {
-	off = min(max(off, 1), int64(len(data)))
+	off = min(max(off, 1), int64(len(data))+1)
 	before := data[:off-1]
 	line = bytes.Count(before, []byte{'\n'}) + 1
 	col = len(before) - bytes.LastIndexByte(before, '\n')
 	return line, col
 }
 
-// decode parses a state file. With forUpdate it also remembers each job as
-// read, so that encode can copy the records nobody changed.
-func decode(data []byte, forUpdate bool) (*State, error) {
-	st, spans, ok := decodeFast(data)
-	if !ok {
-		st, spans = &State{}, nil
-		if err := json.Unmarshal(data, st); err != nil {
-			return nil, err
-		}
+// stateFile is state.json as stored; State keeps historySize unexported so
+// that an Update callback cannot move the crash-repair mark.
+type stateFile struct {
+	Version      int    `json:"version"`
+	ControllerID string `json:"controller_id"`
+	NextID       int    `json:"next_id"`
+	HistorySize  int64  `json:"history_size"`
+	Jobs         []*Job `json:"jobs"`
+}
+
+// decode parses a state file.
+func decode(data []byte) (*State, error) {
+	var f stateFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, err
 	}
+	st := &State{Version: f.Version, ControllerID: f.ControllerID, NextID: f.NextID, Jobs: f.Jobs, historySize: f.HistorySize}
 	if st.Version > FormatVersion {
 		return nil, fmt.Errorf("format version %d is newer than this sshq understands (%d); upgrade sshq", st.Version, FormatVersion)
 	}
@@ -184,6 +207,9 @@ func decode(data []byte, forUpdate bool) (*State, error) {
 	}
 	if len(st.ControllerID) == 0 {
 		return nil, fmt.Errorf("no controller_id")
+	}
+	if st.historySize < 0 {
+		return nil, fmt.Errorf("history_size is negative")
 	}
 	for i, j := range st.Jobs {
 		if j == nil {
@@ -195,9 +221,6 @@ func decode(data []byte, forUpdate bool) (*State, error) {
 	}
 	if err := normalize(st); err != nil {
 		return nil, err
-	}
-	if forUpdate && len(spans) == len(st.Jobs) {
-		st.base = newBaseline(data, spans, st.Jobs)
 	}
 	return st, nil
 }
@@ -213,15 +236,7 @@ func normalize(st *State) error {
 		slices.SortStableFunc(st.Jobs, byID)
 	}
 	for _, j := range st.Jobs {
-		if j.GPUs == nil {
-			j.GPUs = []int{}
-		}
-		if j.GPUUUIDs == nil {
-			j.GPUUUIDs = []string{}
-		}
-		if j.EnvNames == nil {
-			j.EnvNames = []string{}
-		}
+		normalizeJob(j)
 	}
 	for i := 1; i < len(st.Jobs); i++ {
 		if st.Jobs[i].ID == st.Jobs[i-1].ID {
@@ -237,37 +252,40 @@ func normalize(st *State) error {
 	return nil
 }
 
-func byID(a, b *Job) int { return a.ID - b.ID }
-
-// encode writes one job per line: grep- and diff-friendly, and a parse error's
-// line number then points at one job.
-func encode(st *State) ([]byte, error) {
-	var b bytes.Buffer
-	w := bufio.NewWriter(&b)
-	if err := encodeTo(w, st); err != nil {
-		return nil, err
+// normalizeJob makes lists [] rather than null, as the JSON contract says.
+func normalizeJob(j *Job) {
+	if j.GPUs == nil {
+		j.GPUs = []int{}
 	}
-	return b.Bytes(), w.Flush()
+	if j.GPUUUIDs == nil {
+		j.GPUUUIDs = []string{}
+	}
+	if j.EnvNames == nil {
+		j.EnvNames = []string{}
+	}
 }
 
-// encodeTo streams the file through w rather than building it in memory:
-// with a long history that saves allocating and clearing megabytes.
+func byID(a, b *Job) int { return a.ID - b.ID }
+
+// encodeTo writes one job per line: grep- and diff-friendly, and a parse
+// error's line number then points at one job.
 func encodeTo(w *bufio.Writer, st *State) error {
 	id, err := json.Marshal(st.ControllerID)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, `{"version":%d,"controller_id":%s,"next_id":%d,"jobs":[`, st.Version, id, st.NextID)
+	fmt.Fprintf(w, `{"version":%d,"controller_id":%s,"next_id":%d,"history_size":%d,"jobs":[`,
+		st.Version, id, st.NextID, st.historySize)
 	for i, j := range st.Jobs {
 		if i > 0 {
 			w.WriteByte(',')
 		}
 		w.WriteByte('\n')
-		if raw := st.base.unchanged(j); raw != nil {
-			w.Write(raw)
-		} else {
-			w.Write(appendJob(w.AvailableBuffer(), j))
+		b, err := json.Marshal(j)
+		if err != nil {
+			return err
 		}
+		w.Write(b)
 	}
 	if len(st.Jobs) > 0 {
 		w.WriteByte('\n')

@@ -30,25 +30,28 @@ func TestMain(m *testing.M) {
 	switch os.Getenv(helperEnv) {
 	case "":
 		os.Exit(m.Run())
-	case "add":
-		os.Exit(helperAdd(false))
-	case "hang":
-		os.Exit(helperAdd(true))
+	case "add", "hang", "hang-history":
+		os.Exit(helperAdd(os.Getenv(helperEnv)))
 	default:
 		fmt.Fprintln(os.Stderr, "unknown helper", os.Getenv(helperEnv))
 		os.Exit(2)
 	}
 }
 
-// helperAdd opens the store and adds one job. With hang it stops for good
-// once the new state.json is written to its temp file, says "ready", and
-// waits to be killed.
-func helperAdd(hang bool) int {
-	if hang {
-		testHookTempWritten = func() {
-			fmt.Println("ready")
-			select {}
-		}
+// helperAdd opens the store and adds one job. In mode hang it stops for
+// good once the new state.json is written to its temp file, in mode
+// hang-history once it has appended to the history, says "ready", and waits
+// to be killed.
+func helperAdd(mode string) int {
+	hang := func() {
+		fmt.Println("ready")
+		select {}
+	}
+	switch mode {
+	case "hang":
+		testHookTempWritten = hang
+	case "hang-history":
+		testHookHistoryAppended = hang
 	}
 	s, err := Open(os.Getenv(helperHomeEnv))
 	if err == nil {
