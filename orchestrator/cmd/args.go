@@ -9,23 +9,29 @@ import (
 )
 
 // normalizeArgs lets `--watch` stand without a value (`sshq status --watch`
-// refreshes every 2 s), and lets flags follow a task file
-// (`sshq launch task.yaml -d`), which urfave/cli cannot express by itself.
-// Words of a job's command are never touched.
+// refreshes every 2 s), and lets flags follow arguments (`sshq logs 4 -f`,
+// `sshq launch task.yaml -d`), which urfave/cli cannot express by itself:
+// it stops reading flags at the first argument. Words of a job's command
+// and words after `--` are never touched.
 func normalizeArgs(app *cli.App, args []string) []string {
 	args = launchFlagsFirst(app, args)
+	args = watchValue(app, args)
+	return flagsFirst(app, args)
+}
+
+// watchValue gives a bare `status --watch` its default period.
+func watchValue(app *cli.App, args []string) []string {
+	ci := commandAt(app, args)
+	if ci < 0 || args[ci] != "status" {
+		return args
+	}
 	out := make([]string, 0, len(args)+1)
-	inStatus := false
 	for i, a := range args {
 		out = append(out, a)
 		if a == "--" {
-			out = append(out, args[i+1:]...)
-			break
+			return append(out, args[i+1:]...)
 		}
-		if a == "status" {
-			inStatus = true
-		}
-		if inStatus && (a == "--watch" || a == "-w") {
+		if i > ci && (a == "--watch" || a == "-w") {
 			next := ""
 			if i+1 < len(args) {
 				next = args[i+1]
@@ -77,6 +83,48 @@ func commandAt(app *cli.App, args []string) int {
 		return i
 	}
 	return -1
+}
+
+// flagsFirst moves the flags of a command other than launch in front of
+// its arguments: `sshq cancel 12 --grace 1s` reads as `sshq cancel --grace
+// 1s 12`. Which words are flags, and which of them take a value, comes
+// from the command's own flag set. Words after `--` are arguments, even if
+// they start with a dash.
+func flagsFirst(app *cli.App, args []string) []string {
+	ci := commandAt(app, args)
+	if ci < 0 || args[ci] == "launch" {
+		return args
+	}
+	cmd := app.Command(args[ci])
+	if cmd == nil {
+		return args
+	}
+	vals := valueFlags(cmd.Flags)
+	var flags, words, after []string
+	dashdash := false
+	rest := args[ci+1:]
+	for i := 0; i < len(rest); i++ {
+		a := rest[i]
+		if a == "--" {
+			dashdash, after = true, rest[i+1:]
+			break
+		}
+		if strings.HasPrefix(a, "-") && a != "-" {
+			flags = append(flags, a)
+			if takesValue(a, vals) && i+1 < len(rest) {
+				i++
+				flags = append(flags, rest[i])
+			}
+			continue
+		}
+		words = append(words, a)
+	}
+	out := append(append([]string{}, args[:ci+1]...), flags...)
+	if dashdash {
+		out = append(out, "--")
+	}
+	out = append(out, words...)
+	return append(out, after...)
 }
 
 // launchFlagsFirst moves flags written after a task file in front of it:

@@ -18,6 +18,7 @@ type WaitOptions struct {
 
 	Jobs     []string
 	Interval time.Duration
+	JSON     bool
 }
 
 // NewCmdWait builds `sshq wait`; runF replaces waitRun in tests.
@@ -32,16 +33,18 @@ The jobs keep running if wait is interrupted.
 
 Examples:
    sshq wait 12 13 && echo all good
+   sshq wait 12 13 --json | jq '.[] | {id, state, exit_code}'
    sshq launch -d task.yaml | xargs sshq wait`,
 		Flags: []cli.Flag{
 			&cli.DurationFlag{Name: "interval", Value: 2 * time.Second, Usage: "how often to ask the nodes"},
+			&cli.BoolFlag{Name: "json", Usage: "print the ended jobs as JSON (the fields of `sshq queue --json`)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
 				return usageErr("wait needs job ids: `sshq wait 12 13`")
 			}
 			opts := &WaitOptions{IO: f.IO, Ctx: c.Context, Controller: opener(c, f),
-				Jobs: c.Args().Slice(), Interval: c.Duration("interval")}
+				Jobs: c.Args().Slice(), Interval: c.Duration("interval"), JSON: c.Bool("json")}
 			if runF != nil {
 				return runF(opts)
 			}
@@ -60,8 +63,14 @@ func waitRun(opts *WaitOptions) error {
 	if err != nil {
 		return err
 	}
-	for _, j := range v.Jobs {
-		fmt.Fprintf(opts.IO.Out, "#%d %s: %s\n", j.ID, j.Name, j.State)
+	if opts.JSON {
+		if err := writeJSONLines(opts.IO.Out, v.Jobs); err != nil {
+			return err
+		}
+	} else {
+		for _, j := range v.Jobs {
+			fmt.Fprintf(opts.IO.Out, "#%d %s: %s\n", j.ID, j.Name, j.State)
+		}
 	}
 	if v.ExitCode != 0 {
 		return &ExitError{Code: v.ExitCode}
