@@ -4,7 +4,11 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/sshq/sshq/orchestrator/job"
+	"github.com/sshq/sshq/orchestrator/store"
 )
 
 // StatusView is the cluster at a glance (`sshq status`).
@@ -17,7 +21,9 @@ type StatusView struct {
 type NodeView struct {
 	NodeStatus
 	// Running are the jobs running on the node, each once: every GPU
-	// holder, of any user.
+	// holder, of any user, and the jobs that hold no GPU. Nodes do not
+	// report jobs without GPUs yet, so of those only this controller's
+	// own are known (asked of their nodes with the status).
 	Running []RunningJob `json:"running"`
 }
 
@@ -57,15 +63,68 @@ func (c *Controller) Status(ctx context.Context) (*StatusView, error) {
 	if err != nil {
 		return nil, err
 	}
+	var cpuJobs map[string][]RunningJob
+	var wg sync.WaitGroup
+	wg.Go(func() { cpuJobs = c.runningWithoutGPUs(ctx, names) })
 	nodes := c.cluster(names).Status(ctx)
+	wg.Wait()
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("status interrupted (%w)", err)
 	}
 	v := &StatusView{Nodes: make([]NodeView, len(nodes))}
 	for i, n := range nodes {
-		v.Nodes[i] = NodeView{NodeStatus: n, Running: holders(n)}
+		running := holders(n)
+		if n.Reachable {
+			running = append(running, cpuJobs[n.Name]...)
+		}
+		v.Nodes[i] = NodeView{NodeStatus: n, Running: running}
 	}
 	return v, nil
+}
+
+// runningWithoutGPUs are this controller's jobs that run on the nodes
+// without holding a GPU, by node. The store alone could be hours out of
+// date, so the nodes are asked about these jobs (one command per node that
+// has one; usually none), in parallel with the status probe.
+func (c *Controller) runningWithoutGPUs(ctx context.Context, names []string) map[string][]RunningJob {
+	if !c.hasStore() {
+		return nil
+	}
+	st, err := c.store()
+	if err != nil {
+		return nil
+	}
+	snap, err := st.Load()
+	if err != nil {
+		return nil
+	}
+	selected := map[string]bool{}
+	for _, n := range names {
+		selected[n] = true
+	}
+	ids := map[int]bool{}
+	for _, j := range snap.Jobs {
+		if !j.State.Terminal() && j.NumGPUs == 0 && selected[j.Node] {
+			ids[j.ID] = true
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	jobs := snap.Jobs
+	if views, _, err := c.cluster(nil).Reconcile(ctx, st, func(j *store.Job) bool { return ids[j.ID] }); err == nil {
+		jobs = jobs[:0:0]
+		for _, v := range views {
+			jobs = append(jobs, v.Job)
+		}
+	}
+	out := map[string][]RunningJob{}
+	for _, j := range jobs {
+		if ids[j.ID] && (j.State == job.Running || j.State == job.SettingUp) {
+			out[j.Node] = append(out[j.Node], RunningJob{JobID: j.ID, JobUID: j.UID, Name: j.Name, User: j.User, GPUs: []int{}})
+		}
+	}
+	return out
 }
 
 // holders are the jobs holding the node's GPUs, each once.

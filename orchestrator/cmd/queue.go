@@ -85,12 +85,7 @@ func renderQueue(io *IOStreams, views []orchestrator.JobView) {
 		if !v.NodeReachable {
 			state += st.Paint(ui.Gray, " (node unreachable)")
 		}
-		gpus := "-"
-		if len(v.GPUs) > 0 {
-			gpus = strings.Trim(strings.Join(strings.Fields(fmt.Sprint(v.GPUs)), ","), "[]")
-		} else if v.NumGPUs > 0 {
-			gpus = fmt.Sprintf("(%d)", v.NumGPUs)
-		}
+		gpus := gpusCell(v)
 		started, dur := "-", "-"
 		if v.Started != nil {
 			started = v.Started.Local().Format("01-02 15:04")
@@ -108,4 +103,22 @@ func renderQueue(io *IOStreams, views []orchestrator.JobView) {
 			v.Submitted.Local().Format("01-02 15:04"), started, dur, exit})
 	}
 	fmt.Fprint(io.Out, st.Table([]string{"ID", "NAME", "USER", "NODE", "GPUS", "STATE", "SUBMITTED", "STARTED", "DURATION", "EXIT"}, rows))
+}
+
+// gpusCell is the GPUS column: how many, then which: `2 (0,1)` once they
+// are leased, `1 (waiting)` before, `-` for a job that asked for none.
+func gpusCell(v orchestrator.JobView) string {
+	switch {
+	case len(v.GPUs) > 0:
+		idx := make([]string, len(v.GPUs))
+		for i, g := range v.GPUs {
+			idx[i] = fmt.Sprint(g)
+		}
+		return fmt.Sprintf("%d (%s)", len(v.GPUs), strings.Join(idx, ","))
+	case v.NumGPUs == 0:
+		return "-"
+	case !v.State.Terminal():
+		return fmt.Sprintf("%d (waiting)", v.NumGPUs)
+	}
+	return fmt.Sprintf("%d (none)", v.NumGPUs) // it ended before it got them
 }

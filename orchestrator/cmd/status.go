@@ -97,7 +97,7 @@ func statusRun(opts *StatusOptions) error {
 
 func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 	var b strings.Builder
-	free, total, waiting, running := 0, 0, 0, 0
+	free, total, waiting, running, noGPU := 0, 0, 0, 0, 0
 	for _, n := range v.Nodes {
 		if !n.Reachable {
 			fmt.Fprintf(&b, "%s  %s  %s\n\n", st.Bold(n.Name), st.Paint(ui.Red, "down"), n.Error)
@@ -152,11 +152,25 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 			b.WriteString("  waiting:\n")
 			b.WriteString(indent(st.Table([]string{"POS", "JOB", "USER", "GPUS", "WAITING"}, rows), "  "))
 		}
+		var cpu []string
+		for _, j := range n.Running {
+			if len(j.GPUs) == 0 {
+				noGPU++
+				cpu = append(cpu, fmt.Sprintf("#%d %s (%s)", j.JobID, j.Name, orDash(j.User)))
+			}
+		}
+		if len(cpu) > 0 {
+			fmt.Fprintf(&b, "  running without GPUs: %s\n", st.Paint(ui.Blue, strings.Join(cpu, ", ")))
+		}
 		for _, w := range n.Warnings {
 			fmt.Fprintf(&b, "  %s %s\n", st.Paint(ui.Yellow, "warning:"), w)
 		}
 		b.WriteString("\n")
 	}
-	fmt.Fprintf(&b, "GPUs: %d free / %d total   jobs: %d running, %d waiting\n", free, total, running, waiting)
+	jobs := fmt.Sprintf("%d running", running)
+	if noGPU > 0 {
+		jobs += fmt.Sprintf(" (%d without GPUs)", noGPU)
+	}
+	fmt.Fprintf(&b, "GPUs: %d free / %d total   jobs: %s, %d waiting\n", free, total, jobs, waiting)
 	return b.String()
 }
