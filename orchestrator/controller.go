@@ -451,7 +451,9 @@ type CancelView struct {
 	Err error
 }
 
-// Cancel ends the given jobs on their nodes and reports each outcome.
+// Cancel asks the jobs' nodes about them first, then cancels those that
+// have not ended, so each outcome is the truth: a job that had already
+// ended (however it ended) is reported as such, never as cancelled.
 func (c *Controller) Cancel(ctx context.Context, r CancelRequest) (*CancelView, error) {
 	var st *store.Store
 	var jobs []*store.Job
@@ -483,14 +485,59 @@ func (c *Controller) Cancel(ctx context.Context, r CancelRequest) (*CancelView, 
 	if len(jobs) == 0 {
 		return &CancelView{}, nil
 	}
-	outcomes, cerr := c.cluster(nil).Cancel(ctx, st, jobs, r.Grace)
+	ids := map[int]bool{}
+	for _, j := range jobs {
+		ids[j.ID] = true
+	}
+	before, _, err := c.reconcileIDs(ctx, st, ids)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("nothing was cancelled (%w)", err)
+	}
+	var open []*store.Job
+	for _, j := range jobs {
+		if v, ok := before[j.ID]; ok && v.State.Terminal() {
+			continue
+		}
+		open = append(open, j)
+	}
+	outcomes := map[int]string{}
+	var cerr error
+	if len(open) > 0 {
+		outcomes, cerr = c.cluster(nil).Cancel(ctx, st, open, r.Grace)
+	}
+	after := map[int]*store.Job{}
+	if s, err := st.Load(); err == nil {
+		for _, j := range s.Jobs {
+			if ids[j.ID] {
+				after[j.ID] = j
+			}
+		}
+	}
 	view := &CancelView{}
 	for _, j := range jobs {
-		res := CancelResult{ID: j.ID, Name: j.Name, Node: j.Node, State: j.State, ExitCode: j.ExitCode}
+		now := j
+		if a := after[j.ID]; a != nil {
+			now = a
+		}
+		res := CancelResult{ID: j.ID, Name: j.Name, Node: j.Node, State: now.State, ExitCode: now.ExitCode}
 		o := outcomes[j.ID]
 		switch {
+		case !slices.Contains(open, j):
+			res.Outcome = CancelDone
 		case strings.HasPrefix(o, "error"):
 			res.Outcome, res.Error = CancelError, strings.TrimPrefix(strings.TrimPrefix(o, "error"), ": ")
+		case now.State == job.Cancelled:
+			res.Outcome = CancelCancelled
+		case o == CancelMissing:
+			res.Outcome = CancelMissing
+		case now.State.Terminal():
+			// It ended by itself before the cancel reached it.
+			res.Outcome = CancelDone
+		case o == "":
+			res.Outcome, res.Error = CancelError, "its node did not answer about it"
 		default:
 			res.Outcome = o
 		}

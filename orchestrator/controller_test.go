@@ -2,11 +2,13 @@ package orchestrator
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
 	"github.com/sshq/sshq/orchestrator/job"
+	"github.com/sshq/sshq/orchestrator/remote"
 	"github.com/sshq/sshq/orchestrator/task"
 	"github.com/sshq/sshq/sshpool/sshtest"
 )
@@ -101,5 +103,60 @@ func TestStatusListsJobsWithoutGPUs(t *testing.T) {
 	}
 	if len(got) != 2 || got[prep] == nil || len(got[prep]) != 0 || len(got[train]) != 1 || got[train][0] != 0 {
 		t.Errorf("running on box: %+v, want prep without GPUs and train on GPU 0", v.Nodes[0].Running)
+	}
+}
+
+// nodeState asks the node itself, leaving the store as it was.
+func nodeState(t *testing.T, ctrl *Controller, id int) job.State {
+	t.Helper()
+	s, err := ctrl.st.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid := s.Job(id).UID
+	res, err := ctrl.pool.Run(ctxT(t), "box", remote.Jobs([]string{uid}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := remote.ParseJobs(res.Stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js[uid].State
+}
+
+// cancel must tell the truth about each job: one that had already
+// succeeded is reported so (not as cancelled, not with the state the
+// store last saw), one that runs is cancelled.
+func TestCancelReportsEachJobsTrueOutcome(t *testing.T) {
+	t.Parallel()
+	ctrl, _ := testController(t)
+	done := launch(t, ctrl, "quick", "", "true")
+	runs := launch(t, ctrl, "long", "1", "sleep 1000")
+	for deadline := time.Now().Add(time.Minute); nodeState(t, ctrl, done) != job.Succeeded || nodeState(t, ctrl, runs) != job.Running; {
+		if time.Now().After(deadline) {
+			t.Fatal("the jobs never got going")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if s, _ := ctrl.st.Load(); s.Job(done).State.Terminal() {
+		t.Fatalf("the store already knows job %d ended; the test needs it stale", done)
+	}
+	v, err := ctrl.Cancel(ctxT(t), CancelRequest{Refs: []string{"quick", fmt.Sprint(runs)}, Grace: time.Second})
+	if err != nil || v.Err != nil {
+		t.Fatal(err, v.Err)
+	}
+	if len(v.Jobs) != 2 {
+		t.Fatalf("outcomes: %+v", v.Jobs)
+	}
+	q, r := v.Jobs[0], v.Jobs[1]
+	if q.ID != done || q.Outcome != CancelDone || q.State != job.Succeeded || q.ExitCode == nil || *q.ExitCode != 0 {
+		t.Errorf("the job that had succeeded: %+v, want done, SUCCEEDED, exit code 0", q)
+	}
+	if r.ID != runs || r.Outcome != CancelCancelled || r.State != job.Cancelled {
+		t.Errorf("the running job: %+v, want cancelled, CANCELLED", r)
+	}
+	if got := nodeState(t, ctrl, runs); got != job.Cancelled {
+		t.Errorf("the running job is %s on its node", got)
 	}
 }

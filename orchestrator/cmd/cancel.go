@@ -29,8 +29,10 @@ func NewCmdCancel(f *Factory, runF func(*CancelOptions) error) *cli.Command {
 		Name:      "cancel",
 		Usage:     "stop jobs: their whole process trees, freeing their GPUs",
 		ArgsUsage: "JOB...",
-		Description: `Sends SIGTERM to every process of each job (setsid children too), then SIGKILL after the grace
-period. A waiting job leaves its node's queue and the jobs behind it move up.
+		Description: `Asks the jobs' nodes how they are first: a job that has already ended is reported as it
+ended, and left alone. To the others it sends SIGTERM, to every process of each job (setsid
+children too), then SIGKILL after the grace period. A waiting job leaves its node's queue and
+the jobs behind it move up.
 
 Examples:
    sshq cancel 12 13
@@ -87,7 +89,11 @@ func cancelRun(opts *CancelOptions) error {
 func cancelText(r orchestrator.CancelResult) string {
 	switch r.Outcome {
 	case orchestrator.CancelDone:
-		return "already ended (" + string(r.State) + "); nothing to cancel"
+		how := string(r.State)
+		if r.ExitCode != nil {
+			how += fmt.Sprintf(", exit code %d", *r.ExitCode)
+		}
+		return "already ended (" + how + "); nothing to cancel"
 	case orchestrator.CancelMissing:
 		return "unknown on " + r.Node + " (its record there is gone); nothing to cancel"
 	case orchestrator.CancelError:
