@@ -24,7 +24,8 @@ func NewCmdAttach(f *Factory, runF func(*AttachOptions) error) *cli.Command {
 		Usage:     "open the job's tmux session on its node (detach with Ctrl-b d)",
 		ArgsUsage: "JOB",
 		Description: `Replaces this process with the system ssh client: ssh -t NODE tmux -L sshq attach -t UID.
-The job keeps running when you detach (Ctrl-b d) or the connection drops.
+The job keeps running when you detach (Ctrl-b d) or the connection drops. Needs a terminal;
+in a script or a pipe, read the output with sshq logs -f JOB.
 
 Examples:
    sshq attach 12
@@ -51,6 +52,10 @@ func attachRun(opts *AttachOptions) error {
 	t, err := ctrl.Attach(opts.Job)
 	if err != nil {
 		return err
+	}
+	if !opts.IO.InTTY || !opts.IO.OutTTY {
+		// ssh -t would attach tmux to no terminal and fail obscurely.
+		return usageErr("attach needs a terminal, and this is not one; to read job #%d's output here, use `sshq logs -f %d`", t.Job.ID, t.Job.ID)
 	}
 	sshPath, err := exec.LookPath("ssh")
 	if err != nil {
