@@ -141,10 +141,14 @@ func (c *Controller) hasStore() bool {
 	return err == nil
 }
 
-// Names are the selected nodes.
+// Names are the selected nodes. Every plain name must be a Host of the ssh
+// config: a typo is refused here, before any DNS lookup or dial.
 func (c *Controller) Names() ([]string, error) {
 	if len(c.patterns) == 0 {
 		return nil, &UsageError{c.noNodesError()}
+	}
+	if err := c.checkHosts(c.patterns, c.source); err != nil {
+		return nil, err
 	}
 	names, err := inventory.Select(c.ssh.Aliases, c.patterns)
 	if err != nil {
@@ -153,17 +157,57 @@ func (c *Controller) Names() ([]string, error) {
 	return names, nil
 }
 
+// checkHosts refuses plain names (not globs, not !exclusions) that are not
+// Host aliases of the ssh config.
+func (c *Controller) checkHosts(patterns []string, source string) error {
+	var unknown []string
+	for _, p := range patterns {
+		if strings.HasPrefix(p, "!") || strings.ContainsAny(p, "*?[") {
+			continue
+		}
+		if !slices.Contains(c.ssh.Aliases, p) {
+			unknown = append(unknown, p)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	what := fmt.Sprintf("%s is not a Host", strings.Join(unknown, ", "))
+	if len(unknown) > 1 {
+		what = fmt.Sprintf("%s are not Hosts", strings.Join(unknown, ", "))
+	}
+	msg := fmt.Sprintf("%s in %s.\n%s", what, c.ssh.Path, c.hostsAdvice())
+	if source != "" {
+		msg = source + ": " + msg
+	}
+	if source == "config.yaml" {
+		msg += fmt.Sprintf("\n  The node list is in %s: choose the nodes again with `sshq init`.", inventory.SettingsPath(c.home))
+	}
+	return &UsageError{errors.New(msg)}
+}
+
+// hostsAdvice lists the hosts sshq can use, or says how to get some.
+func (c *Controller) hostsAdvice() string {
+	if len(c.ssh.Aliases) > 0 {
+		return fmt.Sprintf("  Hosts there: %s\n  sshq's nodes are Host entries of your ssh config: fix the name, or add a Host block for the machine.", strings.Join(c.ssh.Aliases, ", "))
+	}
+	if _, err := os.Stat(c.ssh.Path); err != nil {
+		return fmt.Sprintf("  There is no ssh config at %s: sshq's nodes are the Host entries of your ssh config.\n  Add a `Host` block per machine (see README: Point sshq at your machines),\n  or try sshq on a local cluster first: `sshq demo --tour`.", c.ssh.Path)
+	}
+	return fmt.Sprintf("  %s lists no Host aliases: add a `Host` block per machine (see README: Point sshq at your machines),\n  or try sshq on a local cluster first: `sshq demo --tour`.", c.ssh.Path)
+}
+
 func (c *Controller) noNodesError() error {
 	var b strings.Builder
 	b.WriteString("no nodes chosen: sshq does not know which of your ssh hosts are GPU nodes.\n")
 	if len(c.ssh.Aliases) > 0 {
 		fmt.Fprintf(&b, "  Hosts in %s: %s\n", c.ssh.Path, strings.Join(c.ssh.Aliases, ", "))
 		fmt.Fprintf(&b, "  Choose them once with `sshq init %s` (globs work: `sshq init 'gpu-*'`),\n", c.ssh.Aliases[0])
-	} else {
-		fmt.Fprintf(&b, "  %s lists no Host aliases; add a `Host` block per machine first (see README: Pointing sshq at your machines),\n", c.ssh.Path)
-		b.WriteString("  then choose them with `sshq init ALIAS...`,\n")
+		b.WriteString("  or per command with --nodes a,b or SSHQ_NODES=a,b.")
+		return errors.New(b.String())
 	}
-	b.WriteString("  or per command with --nodes a,b or SSHQ_NODES=a,b.")
+	b.WriteString(c.hostsAdvice())
+	b.WriteString("\n  Then choose the nodes with `sshq init ALIAS...`, or per command with --nodes a,b.")
 	return errors.New(b.String())
 }
 
@@ -176,8 +220,9 @@ type InitView struct {
 	Saved    bool     `json:"saved"`
 }
 
-// Init saves the node patterns to config.yaml. Without patterns it shows
-// the saved ones.
+// Init saves the node patterns to config.yaml, after checking that they
+// select hosts of the ssh config: a bad list never replaces a good one.
+// Without patterns it shows the saved ones.
 func (c *Controller) Init(patterns []string) (*InitView, error) {
 	path := inventory.SettingsPath(c.home)
 	if len(patterns) == 0 {
@@ -186,9 +231,12 @@ func (c *Controller) Init(patterns []string) (*InitView, error) {
 		}
 		return nil, &UsageError{c.noNodesError()}
 	}
+	if err := c.checkHosts(patterns, "init"); err != nil {
+		return nil, fmt.Errorf("%w\n  %s was left as it was.", err, path)
+	}
 	names, err := inventory.Select(c.ssh.Aliases, patterns)
 	if err != nil {
-		return nil, &UsageError{err}
+		return nil, usageErrorf("%w; %s was left as it was", err, path)
 	}
 	settings := inventory.Settings{Nodes: patterns}
 	if !c.ssh.Default {
