@@ -351,8 +351,8 @@ func TestStatusWatchRefreshesUntilInterrupted(t *testing.T) {
 	}
 	waitFor(t, 30*time.Second, "three refreshes", func() bool { return strings.Count(out.String(), "Tesla T4") >= 3 })
 	cmd.Process.Signal(os.Interrupt)
-	if err := cmd.Wait(); err != nil {
-		t.Errorf("watch ended with %v after Ctrl-C", err)
+	if err := cmd.Wait(); cmd.ProcessState.ExitCode() != 130 {
+		t.Errorf("watch ended with %v after Ctrl-C, want exit 130", err)
 	}
 	if strings.Contains(out.String(), "\x1b[") {
 		t.Error("escape sequences written to a pipe")

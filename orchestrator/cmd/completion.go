@@ -1,11 +1,14 @@
 package cmd
 
 import (
-	"context"
 	"fmt"
+	"io"
 	"slices"
+	"strings"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/sshq/sshq/orchestrator"
 )
 
 // CompletionOptions are `sshq completion`'s.
@@ -66,35 +69,92 @@ func completing(args []string) bool {
 	return n > 0 && args[n-1] == completionFlag
 }
 
-// complete answers a completion request. Words after `--` are the job's own
-// command: it answers nothing (the shell completes files) and never lets
-// the request reach the command's action, which would launch the job.
-func complete(ctx context.Context, args []string, f *Factory) {
-	if slices.Contains(args[:len(args)-1], "--") {
+// complete answers a completion request: the words typed so far, then,
+// when the word being typed starts with a dash, that word. It offers
+// commands, then a command's flags (`sshq logs --<TAB>`), its job ids or
+// shells. Words after `--` are the job's own command: it answers nothing
+// (the shell completes files) and never runs the command, which would
+// launch the job.
+func complete(args []string, f *Factory) {
+	n := len(args) - 1 // args[n] is the completion flag
+	if slices.Contains(args[:n], "--") {
 		return
 	}
 	app := NewApp(f)
-	for _, c := range app.Commands {
-		switch c.Name {
-		case "logs", "cancel", "wait", "attach":
-			c.BashComplete = completeJobs(f)
+	out := f.IO.Out
+	last := ""
+	if n > 1 {
+		last = args[n-1]
+	}
+	partial := strings.HasPrefix(last, "-") && last != "-"
+	ci := commandAt(app, args[:n])
+	if ci < 0 {
+		if partial && !isFlag(last, app.Flags) {
+			printMatching(out, flagWords(app.Flags), last)
+			return
+		}
+		for _, name := range commandNames(app) {
+			fmt.Fprintln(out, name)
+		}
+		return
+	}
+	cmd := app.Command(args[ci])
+	if cmd == nil {
+		return
+	}
+	if partial && n-1 > ci {
+		if !isFlag(last, cmd.Flags) {
+			printMatching(out, flagWords(cmd.Flags), last)
+			return
+		}
+		if valueFlags(cmd.Flags)[strings.TrimLeft(last, "-")] {
+			return // the flag's value: the shell completes files
 		}
 	}
-	_ = app.RunContext(ctx, args)
-}
-
-// completeJobs offers this controller's job ids: every job for logs, the
-// unfinished ones for the other commands.
-func completeJobs(f *Factory) cli.BashCompleteFunc {
-	return func(c *cli.Context) {
-		ctrl, err := opener(c, f)()
+	switch cmd.Name {
+	case "logs", "cancel", "wait", "attach":
+		ctrl, err := f.Controller(completionOptions(args[:n], f))
 		if err != nil {
 			return
 		}
 		defer ctrl.Close()
-		refs, _ := ctrl.JobRefs(c.Command.Name != "logs")
+		refs, _ := ctrl.JobRefs(cmd.Name != "logs")
 		for _, r := range refs {
-			fmt.Fprintln(f.IO.Out, r)
+			fmt.Fprintln(out, r)
+		}
+	case "completion":
+		fmt.Fprintln(out, "bash\nzsh\nfish")
+	}
+}
+
+// completionOptions reads the global flags typed so far (`sshq --home H
+// logs <TAB>` completes H's jobs) without running anything.
+func completionOptions(args []string, f *Factory) orchestrator.ControllerOptions {
+	vals := map[string]string{}
+	for i := 1; i < len(args); i++ {
+		name, v, inline := strings.Cut(strings.TrimLeft(args[i], "-"), "=")
+		if !strings.HasPrefix(args[i], "-") || (name != "home" && name != "ssh-config" && name != "nodes") {
+			continue
+		}
+		if !inline && i+1 < len(args) {
+			i++
+			v = args[i]
+		}
+		vals[name] = v
+	}
+	return optionsFrom(vals, f)
+}
+
+// isFlag reports whether word is exactly one of the flags: then it is a
+// word already typed, not the one being completed.
+func isFlag(word string, flags []cli.Flag) bool {
+	return slices.Contains(flagWords(flags), word)
+}
+
+func printMatching(w io.Writer, words []string, prefix string) {
+	for _, x := range words {
+		if strings.HasPrefix(x, prefix) {
+			fmt.Fprintln(w, x)
 		}
 	}
 }

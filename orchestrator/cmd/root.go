@@ -141,8 +141,13 @@ func gflag(c *cli.Context, name string) string {
 
 // controllerOptions are the global flags, then the environment.
 func controllerOptions(c *cli.Context, f *Factory) orchestrator.ControllerOptions {
+	return optionsFrom(map[string]string{"home": gflag(c, "home"), "ssh-config": gflag(c, "ssh-config"), "nodes": gflag(c, "nodes")}, f)
+}
+
+// optionsFrom completes the global flags' values with the environment.
+func optionsFrom(flags map[string]string, f *Factory) orchestrator.ControllerOptions {
 	o := orchestrator.ControllerOptions{
-		Home: gflag(c, "home"), SSHConfig: gflag(c, "ssh-config"), Nodes: gflag(c, "nodes"),
+		Home: flags["home"], SSHConfig: flags["ssh-config"], Nodes: flags["nodes"],
 		Warn: func(w string) { fmt.Fprintf(f.IO.ErrOut, "sshq: warning: %s\n", w) },
 	}
 	if o.Nodes != "" {
@@ -182,7 +187,7 @@ func commands(f *Factory) []*cli.Command {
 	for _, c := range cmds {
 		c.Flags = append(c.Flags, globalFlags()...)
 		c.OnUsageError = func(c *cli.Context, err error, _ bool) error {
-			return usageErr("%v (see `sshq %s --help`)", err, c.Command.Name)
+			return usageError(err, c.Command.Flags, "sshq "+c.Command.Name+" --help")
 		}
 	}
 	return cmds
@@ -203,12 +208,9 @@ func NewApp(f *Factory) *cli.App {
 		ExitErrHandler:       func(*cli.Context, error) {}, // Main prints errors and picks codes
 		Commands:             commands(f),
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
-			return usageErr("%v (see `sshq --help`)", err)
+			return usageError(err, c.App.Flags, "sshq --help")
 		},
-	}
-	app.CommandNotFound = func(c *cli.Context, name string) {
-		fmt.Fprintf(f.IO.ErrOut, "sshq: unknown command %q; run `sshq --help` for the list\n", name)
-		os.Exit(ExitUsage)
+		Action: rootAction,
 	}
 	return app
 }
@@ -217,7 +219,7 @@ func NewApp(f *Factory) *cli.App {
 // (the first Ctrl-C) makes commands wind down and say what is left running.
 func Main(ctx context.Context, args []string, f *Factory) int {
 	if completing(args) {
-		complete(ctx, args, f)
+		complete(args, f)
 		return ExitOK
 	}
 	app := NewApp(f)

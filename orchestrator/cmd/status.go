@@ -30,7 +30,7 @@ func NewCmdStatus(f *Factory, runF func(*StatusOptions) error) *cli.Command {
 		Description: `Probes every node in parallel over its pooled ssh connection (one command per node) and shows
 each GPU's memory, utilization and holder: an sshq job (#id name (user)), a foreign process
 (pid user) started outside sshq, or free. Unreachable nodes are listed with the reason.
-Exit code 3 when a node is unreachable.
+Exit code 3 when a node is unreachable; --watch runs until Ctrl-C, then exits 130.
 
 Examples:
    sshq status
@@ -76,7 +76,7 @@ func statusRun(opts *StatusOptions) error {
 	for {
 		v, err := ctrl.Status(ctx)
 		if ctx.Err() != nil {
-			return nil
+			return &ExitError{Code: ExitInterrupted}
 		}
 		if err != nil {
 			return err
@@ -89,7 +89,9 @@ func statusRun(opts *StatusOptions) error {
 		}
 		select {
 		case <-ctx.Done():
-			return nil // Ctrl-C ends a watch normally
+			// Interrupted, like every command: scripts can tell a watch
+			// that was stopped from one that ended by itself.
+			return &ExitError{Code: ExitInterrupted}
 		case <-time.After(opts.Watch):
 		}
 	}
