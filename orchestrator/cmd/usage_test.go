@@ -2,6 +2,7 @@ package cmd
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -100,5 +101,28 @@ func TestCompletionCompletesFlags(t *testing.T) {
 		if !strings.Contains(h.out.String(), want) {
 			t.Errorf("sshq <TAB> lacks %q: %q", want, h.out.String())
 		}
+	}
+}
+
+// Ctrl-C while nodes are being reached is the user's doing: exit 130,
+// never 3 as if the nodes were down.
+func TestInterruptedConnectExits130(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h.fake.status = func(context.Context) (*orchestrator.StatusView, error) {
+		cancel()
+		return &orchestrator.StatusView{Nodes: []orchestrator.NodeView{{NodeStatus: orchestrator.NodeStatus{
+			Name: "box", Error: "connecting to box was interrupted: context canceled"}}}}, nil
+	}
+	if code := h.runCtx(ctx, "status"); code != ExitInterrupted {
+		t.Errorf("status interrupted while connecting: exit %d, want 130\n%s", code, h.err.String())
+	}
+	h.fake.nodes = func(context.Context) (*orchestrator.NodesView, error) {
+		return nil, fmt.Errorf("node check: %w", fmt.Errorf("connecting to box was interrupted: %w", context.Canceled))
+	}
+	if code := h.run("nodes"); code != ExitInterrupted {
+		t.Errorf("nodes interrupted while connecting: exit %d, want 130\n%s", code, h.err.String())
 	}
 }
