@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -288,9 +289,20 @@ func TestDemoTourEndToEnd(t *testing.T) {
 	}
 }
 
+// The demo runs until Ctrl-C, or until its terminal closes (SIGHUP), and
+// then stops its nodes and every job they ran.
 func TestDemoServesUntilInterrupted(t *testing.T) {
 	t.Parallel()
 	requireTmux(t)
+	for name, sig := range map[string]os.Signal{"SIGINT": os.Interrupt, "SIGHUP": syscall.SIGHUP} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			demoUntil(t, sig)
+		})
+	}
+}
+
+func demoUntil(t *testing.T, sig os.Signal) {
 	home := t.TempDir()
 	cmd := exec.Command(sshqBin, "demo", "--dir", filepath.Join(home, "demo"))
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}
@@ -319,9 +331,9 @@ func TestDemoServesUntilInterrupted(t *testing.T) {
 	if len(st.Nodes) != 3 || !st.Nodes[0].Reachable || st.Nodes[0].GPUs[0].State != "leased" {
 		t.Fatalf("demo status: %+v", st.Nodes)
 	}
-	cmd.Process.Signal(os.Interrupt)
+	cmd.Process.Signal(sig)
 	if err := cmd.Wait(); err != nil {
-		t.Errorf("demo after Ctrl-C: %v\n%s", err, out.String())
+		t.Errorf("demo after %s: %v\n%s", sig, err, out.String())
 	}
 	// Its nodes and jobs are gone with it.
 	r = sshq(t, nil, home, exports, "status", "--json")

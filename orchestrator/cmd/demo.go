@@ -30,7 +30,7 @@ func NewCmdDemo(f *Factory, runF func(*DemoOptions) error) *cli.Command {
 		Usage: "run a local 3-node GPU cluster inside sshq (simulated GPUs, real SSH, tmux and flock)",
 		Description: `Starts three nodes in this process, each an SSH server on a 127.0.0.x address with its own home,
 tmux socket, GPU lease directory and a simulated nvidia-smi (2× A100 80GB, 4× RTX 4090, 1× T4),
-and prints the variables that point sshq at them. Runs until Ctrl-C,
+and prints the variables that point sshq at them. Runs until Ctrl-C (or the terminal closes),
 then stops every node and job it started. Needs tmux.
 
 Examples:
@@ -51,7 +51,8 @@ Examples:
 }
 
 func demoRun(opts *DemoOptions) error {
-	ctx := opts.Ctx
+	ctx, stop := demo.UntilStopped(opts.Ctx)
+	defer stop()
 	out := opts.IO.Out
 	dir := opts.Dir
 	if dir == "" {
