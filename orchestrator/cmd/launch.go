@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -62,8 +63,8 @@ Examples:
 			&cli.StringFlag{Name: "name", Usage: "job name (default: the task's name, or the command's program)"},
 			&cli.StringFlag{Name: "gpus", Usage: "GPUs to use: `N` or TYPE:N (A100:2); overrides the task's resources"},
 			&cli.StringFlag{Name: "node", Usage: "run on this node only"},
-			&cli.StringSliceFlag{Name: "env", Usage: "set an env var: K=V, or K to pass the local value (repeatable)"},
-			&cli.StringSliceFlag{Name: "secret", Usage: "like --env, but never printed, logged or stored on this machine"},
+			&cli.GenericFlag{Name: "env", Value: &verbatim{}, Usage: "set an env var: `NAME=VALUE` (the value verbatim, commas included), or NAME to pass the local value (repeatable)"},
+			&cli.GenericFlag{Name: "secret", Value: &verbatim{}, Usage: "like --env, but never printed, logged or stored on this machine"},
 			&cli.StringFlag{Name: "workdir", Usage: "local directory to sync and run in"},
 			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "print the job id and return once it is queued"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "validate, place and print the plan; change nothing"},
@@ -74,7 +75,7 @@ Examples:
 		Action: func(c *cli.Context) error {
 			opts := &LaunchOptions{IO: f.IO, Ctx: c.Context, Controller: opener(c, f), Hostname: f.Hostname,
 				Args: c.Args().Slice(), Name: c.String("name"), GPUs: c.String("gpus"), Node: c.String("node"),
-				Env: c.StringSlice("env"), Secrets: c.StringSlice("secret"), Workdir: c.String("workdir"),
+				Env: *c.Generic("env").(*verbatim), Secrets: *c.Generic("secret").(*verbatim), Workdir: c.String("workdir"),
 				Detach: c.Bool("detach") || c.Bool("json"), DryRun: c.Bool("dry-run"), JSON: c.Bool("json")}
 			if runF != nil {
 				return runF(opts)
@@ -257,19 +258,46 @@ func shellJoin(words []string) string {
 	return sshpool.Command(words...)
 }
 
-// kvFlags parses repeated K=V flags; a bare K takes the local value.
+// verbatim is a repeatable flag that keeps each value as typed. urfave's
+// StringSliceFlag splits values at commas and trims spaces, which turned
+// `--env 'OPTS=a,HOME'` into OPTS=a plus the controller's HOME.
+type verbatim []string
+
+func (v *verbatim) Set(s string) error { *v = append(*v, s); return nil }
+func (v *verbatim) String() string     { return "" }
+
+// envName is what a shell accepts as a variable name.
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// kvFlags parses repeated NAME=VALUE flags: the value is everything after
+// the first '=', verbatim. A word without '=' takes this shell's value of
+// that variable, but only when the whole word is a variable name. No
+// error about a --secret shows its text: a word there may be the secret
+// typed without its NAME=, so it is named by its position instead.
 func kvFlags(vals []string, flag string, io *IOStreams) (map[string]string, error) {
+	secret := flag == "--secret"
 	out := map[string]string{}
-	for _, v := range vals {
+	for i, v := range vals {
+		which := fmt.Sprintf("%s %q", flag, v)
+		if secret {
+			which = fmt.Sprintf("%s #%d (its text is not shown)", flag, i+1)
+		}
 		k, val, ok := strings.Cut(v, "=")
-		if !ok {
+		switch {
+		case !ok && !envName.MatchString(k):
+			return nil, usageErr("%s: not NAME=VALUE, nor a variable name to take from this shell; write %s NAME=VALUE", which, flag)
+		case !ok:
 			var set bool
 			if val, set = io.LookupEnv(k); !set {
-				return nil, usageErr("%s %s: %s is not set in this shell; give a value with %s %s=VALUE", flag, k, k, flag, k)
+				if secret {
+					return nil, usageErr("%s: no variable of that name is set in this shell; write %s NAME=VALUE, or export the variable first", which, flag)
+				}
+				return nil, usageErr("%s: %s is not set in this shell; give a value with %s %s=VALUE", which, k, flag, k)
 			}
-		}
-		if k == "" {
-			return nil, usageErr("%s %q: the name is empty; use %s NAME=VALUE", flag, v, flag)
+		case k == "":
+			return nil, usageErr("%s: the name before = is empty; write %s NAME=VALUE", which, flag)
+		case !envName.MatchString(k):
+			return nil, usageErr("%s: the name before the first = is not a variable name (letters, digits and _, not starting with a digit); write %s NAME=VALUE", which, flag)
 		}
 		out[k] = val
 	}

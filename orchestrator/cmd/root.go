@@ -206,7 +206,9 @@ func NewApp(f *Factory) *cli.App {
 		HideHelpCommand:      true,
 		Flags:                globalFlags(),
 		ExitErrHandler:       func(*cli.Context, error) {}, // Main prints errors and picks codes
-		Commands:             commands(f),
+		// A flag's value is the user's, commas included.
+		DisableSliceFlagSeparator: true,
+		Commands:                  commands(f),
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return usageError(err, c.App.Flags, "sshq --help")
 		},
