@@ -3,12 +3,14 @@ package orchestrator
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
 	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/orchestrator/remote"
+	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/task"
 	"github.com/sshq/sshq/sshpool/sshtest"
 )
@@ -158,5 +160,66 @@ func TestCancelReportsEachJobsTrueOutcome(t *testing.T) {
 	}
 	if got := nodeState(t, ctrl, runs); got != job.Cancelled {
 		t.Errorf("the running job is %s on its node", got)
+	}
+}
+
+func TestNodeReadinessRules(t *testing.T) {
+	t.Parallel()
+	ok := map[string]string{"have_bash": "/bin/bash", "have_tmux": "/usr/bin/tmux", "have_flock": "/usr/bin/flock",
+		"have_nvidia-smi": "/usr/bin/nvidia-smi", "gpus": "2", "lease_dir": "/tmp/sshq-leases", "lease_dir_state": "ok"}
+	with := func(k, v string) map[string]string {
+		m := map[string]string{}
+		for a, b := range ok {
+			m[a] = b
+		}
+		m[k] = v
+		return m
+	}
+	for _, tc := range []struct {
+		name    string
+		kv      map[string]string
+		ready   bool
+		problem string
+	}{
+		{"all there", ok, true, ""},
+		{"no tmux", with("have_tmux", "-"), false, "tmux missing"},
+		{"no flock", with("have_flock", "-"), false, "flock missing"},
+		{"no bash", with("have_bash", "-"), false, "bash missing"},
+		{"CPU-only", with("have_nvidia-smi", "-"), true, "CPU-only node"},
+		{"no GPU found", with("gpus", "0"), true, "finds no GPU"},
+		{"lease dir symlink", with("lease_dir_state", "symlink"), false, "is a symlink"},
+		{"lease dir read-only", with("lease_dir_state", "not-writable"), false, "chmod 1777"},
+		{"logind kills jobs", with("kill_user_processes", "no"), false, "enable-linger"},
+		{"logind with linger", with("kill_user_processes", "yes"), true, ""},
+	} {
+		r := NodeCheck{Problems: []string{}}
+		readiness(&r, tc.kv)
+		got := fmt.Sprint(r.Problems)
+		if r.Ready != tc.ready || (tc.problem == "" && len(r.Problems) > 0) || !strings.Contains(got, tc.problem) {
+			t.Errorf("%s: ready %v, problems %s; want ready %v and %q", tc.name, r.Ready, got, tc.ready, tc.problem)
+		}
+	}
+}
+
+func TestWaitExitCodeRule(t *testing.T) {
+	t.Parallel()
+	code := func(c int) *int { return &c }
+	v := func(s job.State, c *int) JobView { return JobView{Job: &store.Job{State: s, ExitCode: c}} }
+	for _, tc := range []struct {
+		name string
+		jobs []JobView
+		done bool
+		want int
+	}{
+		{"all succeeded", []JobView{v(job.Succeeded, code(0)), v(job.Succeeded, code(0))}, true, 0},
+		{"one still runs", []JobView{v(job.Succeeded, code(0)), v(job.Running, nil)}, false, 0},
+		{"the last failing job's code", []JobView{v(job.Failed, code(3)), v(job.Succeeded, code(0)), v(job.Failed, code(7))}, true, 7},
+		{"lost without a code", []JobView{v(job.Lost, nil)}, true, 1},
+		{"cancelled while waiting", []JobView{v(job.Cancelled, code(143))}, true, 143},
+	} {
+		w, done := waitOutcome(tc.jobs)
+		if done != tc.done || (done && w.ExitCode != tc.want) {
+			t.Errorf("%s: done %v %+v, want done %v code %d", tc.name, done, w, tc.done, tc.want)
+		}
 	}
 }
