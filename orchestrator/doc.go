@@ -4,7 +4,10 @@
 // through sshpool, one pooled connection each, and sends node-side work as
 // the scripts of orchestrator/remote.
 //
-// Subpackages: gpu (nvidia-smi parsing and the GPU simulator), remote (the
-// node-side protocol), store (state.json), sync (workdir sync), task (task
-// files), ui (tables and colour).
+// Controller is the entry point of every command: it opens settings, ssh
+// config, resolver, pool and store once, and has one method per verb.
+//
+// Subpackages: cmd (the command line), gpu (nvidia-smi parsing and the GPU
+// simulator), remote (the node-side protocol), store (state.json), wsync
+// (workdir sync), task (task files), ui (tables and colour).
 package orchestrator

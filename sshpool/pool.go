@@ -120,7 +120,7 @@ func (p *Pool) entry(ctx context.Context, key string, chain []string, resolve fu
 	}
 	n, err := resolve()
 	if err != nil {
-		return nil, err
+		return nil, interrupted(ctx, key, err)
 	}
 	c, err := p.dial(ctx, n, append(chain, key))
 	if err != nil {
@@ -178,9 +178,21 @@ func (p *Pool) Close() error {
 	return nil
 }
 
+// interrupted is the error of a connection attempt the caller cancelled
+// (Ctrl-C): it wraps ctx's error and not ErrUnreachable, because the node
+// is not to blame; a dial cut short reads like a timeout otherwise. Other
+// errors, and a caller's deadline, pass unchanged.
+func interrupted(ctx context.Context, name string, err error) error {
+	if err == nil || !errors.Is(ctx.Err(), context.Canceled) {
+		return err
+	}
+	return fmt.Errorf("connecting to %s was interrupted: %w", name, ctx.Err())
+}
+
 // dial connects to n, through its ProxyJump chain if it has one, within
 // n's ConnectTimeout for TCP and handshake together.
-func (p *Pool) dial(ctx context.Context, n inventory.Node, chain []string) (*Client, error) {
+func (p *Pool) dial(ctx context.Context, n inventory.Node, chain []string) (_ *Client, err error) {
+	defer func() { err = interrupted(ctx, n.Name, err) }()
 	if n.ProxyCommand != "" {
 		return nil, fmt.Errorf("%w: %s uses ProxyCommand (%s), which sshq does not run; reach it with ProxyJump instead (e.g. `ProxyJump bastion` in place of `ProxyCommand ssh -W %%h:%%p bastion`)",
 			ErrUnreachable, n.Name, n.ProxyCommand)
@@ -200,7 +212,6 @@ func (p *Pool) dial(ctx context.Context, n inventory.Node, chain []string) (*Cli
 		}
 	}
 	var raw net.Conn
-	var err error
 	if hops := n.ProxyJumps(); len(hops) > 0 && !(len(hops) == 1 && hops[0] == n.Name) {
 		var last *Client
 		last, owned, err = p.jumpChain(dctx, hops, chain)

@@ -7,6 +7,7 @@
 package demo
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
@@ -14,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -74,6 +76,19 @@ func (c *Cluster) Env() []string {
 		"SSHQ_NODES=" + strings.Join(c.Names(), ","),
 		"SSHQ_HOME=" + c.Home,
 	}
+}
+
+// StopSignals end a running demo, which then stops its nodes and jobs:
+// Ctrl-C, a kill, and SIGHUP, which a closed terminal sends; by default
+// SIGHUP would end the process without that cleanup and leave the jobs'
+// tmux servers running.
+var StopSignals = []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP}
+
+// UntilStopped returns a context that ends with ctx or at the first of
+// StopSignals. Call it before Start, so a signal during start-up is a
+// stop too, and call stop when done.
+func UntilStopped(ctx context.Context) (_ context.Context, stop context.CancelFunc) {
+	return signal.NotifyContext(ctx, StopSignals...)
 }
 
 // ErrNoTmux is returned when tmux, which runs every job, is missing.

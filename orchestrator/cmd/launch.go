@@ -1,0 +1,347 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sshq/sshq/orchestrator"
+	"github.com/sshq/sshq/orchestrator/task"
+	"github.com/sshq/sshq/orchestrator/ui"
+	"github.com/sshq/sshq/orchestrator/wsync"
+	"github.com/sshq/sshq/sshpool"
+)
+
+// LaunchOptions are `sshq launch`'s.
+type LaunchOptions struct {
+	IO         *IOStreams
+	Ctx        context.Context
+	Controller func() (Controller, error)
+	Hostname   func() (string, error)
+
+	Args    []string // a task file and extra words, or a command
+	Name    string
+	GPUs    string
+	Node    string
+	Env     []string
+	Secrets []string
+	Workdir string
+	Detach  bool
+	DryRun  bool
+	JSON    bool
+}
+
+// NewCmdLaunch builds `sshq launch`; runF replaces launchRun in tests.
+func NewCmdLaunch(f *Factory, runF func(*LaunchOptions) error) *cli.Command {
+	return &cli.Command{
+		Name:      "launch",
+		Usage:     "run a task file or a command on a free GPU",
+		ArgsUsage: "TASK.yaml | COMMAND...",
+		Description: `An existing .yaml/.yml file is a task (SkyPilot's format: name, workdir, resources.accelerators,
+envs, secrets, file_mounts, setup, run); any other words are the command to run.
+sshq picks a node where the GPUs are free now (or queues the job on the node with the least
+waiting demand), syncs the workdir, and starts the job under tmux on the node. The job keeps
+running if this process, or the laptop, goes away.
+
+Attached (the default), sshq streams the job's output and exits with its exit code; Ctrl-C
+detaches and leaves the job running. With -d it prints the job id and returns at once.
+
+Examples:
+   sshq launch examples/hello.yaml
+   sshq launch task.yaml --gpus A100:2 --env LR=3e-4 -d
+   sshq launch --gpus 1 -- python train.py --epochs 3
+   sshq launch --dry-run task.yaml          # validate and show the placement, touch nothing`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "name", Usage: "job name (default: the task's name, or the command's program)"},
+			&cli.StringFlag{Name: "gpus", Usage: "GPUs to use: `N` or TYPE:N (A100:2); overrides the task's resources"},
+			&cli.StringFlag{Name: "node", Usage: "run on this node only"},
+			&cli.GenericFlag{Name: "env", Value: &verbatim{}, Usage: "set an env var: `NAME=VALUE` (the value verbatim, commas included), or NAME to pass the local value (repeatable)"},
+			&cli.GenericFlag{Name: "secret", Value: &verbatim{}, Usage: "like --env, but never printed, logged or stored on this machine"},
+			&cli.StringFlag{Name: "workdir", Usage: "local directory to sync and run in"},
+			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "print the job id and return once it is queued"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "validate, place and print the plan; change nothing"},
+			&cli.BoolFlag{Name: "json", Usage: "machine-readable result (implies --detach)"},
+		},
+		// Nothing: the shell completes file names.
+		BashComplete: func(*cli.Context) {},
+		Action: func(c *cli.Context) error {
+			opts := &LaunchOptions{IO: f.IO, Ctx: c.Context, Controller: opener(c, f), Hostname: f.Hostname,
+				Args: c.Args().Slice(), Name: c.String("name"), GPUs: c.String("gpus"), Node: c.String("node"),
+				Env: *c.Generic("env").(*verbatim), Secrets: *c.Generic("secret").(*verbatim), Workdir: c.String("workdir"),
+				Detach: c.Bool("detach") || c.Bool("json"), DryRun: c.Bool("dry-run"), JSON: c.Bool("json")}
+			if runF != nil {
+				return runF(opts)
+			}
+			return launchRun(opts)
+		},
+	}
+}
+
+// buildTask reads the task file or wraps the command, and applies the
+// flags.
+func buildTask(opts *LaunchOptions) (*task.Task, error) {
+	args := opts.Args
+	if len(args) == 0 {
+		return nil, usageErr("launch needs a task file or a command: `sshq launch task.yaml` or `sshq launch -- python train.py`")
+	}
+	var t *task.Task
+	var warns []task.Warning
+	var err error
+	run := ""
+	if isTaskFile(args[0]) {
+		t, warns, err = task.Load(args[0])
+		if err != nil {
+			return nil, &ExitError{ExitUsage, err}
+		}
+		if len(args) > 1 {
+			run = shellJoin(args[1:])
+		}
+	} else {
+		if strings.HasSuffix(args[0], ".yaml") || strings.HasSuffix(args[0], ".yml") {
+			return nil, usageErr("task file %s does not exist (a word ending in .yaml is read as a task file; check the path)", args[0])
+		}
+		t, warns, err = task.Parse("command line", []byte("run: \"\"\n"))
+		if err != nil {
+			return nil, err
+		}
+		run = shellJoin(args)
+		// The program's name, also for `sshq launch 'python train.py'`.
+		if f := strings.Fields(args[0]); len(f) > 0 {
+			t.Name = filepath.Base(f[0])
+		}
+	}
+	for _, w := range warns {
+		fmt.Fprintf(opts.IO.ErrOut, "sshq: warning: %s\n", w)
+	}
+	ov := task.Overrides{Name: opts.Name, Run: run, Workdir: opts.Workdir}
+	if g := opts.GPUs; g != "" {
+		a, err := task.ParseGPUFlag(g)
+		if err != nil {
+			return nil, &ExitError{ExitUsage, err}
+		}
+		ov.GPUs = &a
+	}
+	if ov.Env, err = kvFlags(opts.Env, "--env", opts.IO); err != nil {
+		return nil, err
+	}
+	sec, err := kvFlags(opts.Secrets, "--secret", opts.IO)
+	if err != nil {
+		return nil, err
+	}
+	ov.Secrets = task.Secrets(sec)
+	if err := t.Apply(ov); err != nil {
+		return nil, &ExitError{ExitUsage, err}
+	}
+	if err := t.Validate(); err != nil {
+		return nil, &ExitError{ExitUsage, err}
+	}
+	return t, nil
+}
+
+func launchRun(opts *LaunchOptions) error {
+	t, err := buildTask(opts)
+	if err != nil {
+		return err
+	}
+	ctrl, err := opts.Controller()
+	if err != nil {
+		return err
+	}
+	defer ctrl.Close()
+	ctx, out, errOut := opts.Ctx, opts.IO.Out, opts.IO.ErrOut
+	if opts.DryRun {
+		return dryRun(opts, ctrl, t)
+	}
+	errStyle := ui.For(errOut, opts.IO.Getenv)
+	bar := newProgress(errOut, errStyle.TTY && !opts.JSON)
+	host, _ := opts.Hostname()
+	v, err := ctrl.Launch(ctx, orchestrator.LaunchRequest{Task: t, Node: opts.Node, Options: orchestrator.LaunchOptions{
+		Origin: host, Progress: bar.update,
+		Notef: func(f string, a ...any) {
+			if !opts.JSON {
+				bar.clear()
+				fmt.Fprintf(errOut, "sshq: "+f+"\n", a...)
+			}
+		},
+	}})
+	bar.clear()
+	if err != nil {
+		return err
+	}
+	j, p := v.Job, v.Placement
+	if opts.JSON {
+		return writeJSON(out, map[string]any{"id": j.ID, "uid": j.UID, "name": j.Name, "node": j.Node,
+			"gpus": j.GPUs, "num_gpus": j.NumGPUs, "state": j.State})
+	}
+	where := "starting"
+	switch {
+	case !p.FitsNow && p.QueueAhead > 0:
+		where = fmt.Sprintf("waiting in the node's queue behind %d job(s) for %d GPU(s)", p.QueueAhead, p.NumGPUs)
+	case !p.FitsNow:
+		where = fmt.Sprintf("waiting in the node's queue until %d GPU(s) free up", p.NumGPUs)
+	}
+	if p.NumGPUs == 0 {
+		where += " (no GPU requested: add --gpus N, or resources.accelerators in the task, for GPUs)"
+	}
+	fmt.Fprintf(errOut, "sshq: job #%d (%s) submitted to %s: %s\n", j.ID, j.Name, j.Node, where)
+	if opts.Detach {
+		fmt.Fprintf(out, "%d\n", j.ID)
+		fmt.Fprintf(errOut, "sshq: follow it with `sshq logs -f %d`; list jobs with `sshq queue`\n", j.ID)
+		return nil
+	}
+	lv, err := ctrl.Logs(ctx, orchestrator.LogsRequest{Ref: fmt.Sprint(j.ID), Tail: -1, Follow: true, Out: out, ErrOut: errOut})
+	if ctx.Err() != nil || errors.Is(err, context.Canceled) {
+		fmt.Fprintf(errOut, "\nsshq: detached; job #%d keeps running on %s. Follow it with `sshq logs -f %d`, stop it with `sshq cancel %d`\n",
+			j.ID, j.Node, j.ID, j.ID)
+		return nil
+	}
+	if err != nil {
+		return &orchestrator.UnreachableError{Err: fmt.Errorf("lost the job's output stream: %w; it may still run: `sshq logs -f %d`", err, j.ID)}
+	}
+	fmt.Fprintf(errOut, "sshq: job #%d %s", j.ID, lv.Job.State)
+	if lv.Job.ExitCode != nil {
+		fmt.Fprintf(errOut, " (exit code %d)", *lv.Job.ExitCode)
+	}
+	fmt.Fprintln(errOut)
+	if lv.ExitCode != 0 {
+		return &ExitError{Code: lv.ExitCode}
+	}
+	return nil
+}
+
+func dryRun(opts *LaunchOptions, ctrl Controller, t *task.Task) error {
+	out := opts.IO.Out
+	p, err := ctrl.Plan(opts.Ctx, t, opts.Node)
+	if err != nil {
+		return err
+	}
+	if opts.JSON {
+		return writeJSON(out, map[string]any{"dry_run": true, "name": t.Name, "placement": p, "workdir": t.Workdir})
+	}
+	fmt.Fprintf(out, "plan for %q (nothing was changed):\n  node:     %s (%s)\n", t.Name, p.Node, p.Reason)
+	if p.NumGPUs > 0 {
+		fmt.Fprintf(out, "  gpus:     %d × %s\n", p.NumGPUs, orAny(p.Accelerator))
+	}
+	if !p.FitsNow {
+		fmt.Fprintf(out, "  queue:    would wait behind %d job(s) until GPUs free up\n", p.QueueAhead)
+	}
+	if t.Workdir != "" {
+		fmt.Fprintf(out, "  workdir:  %s → %s:~/.sshq/workdirs/\n", t.Workdir, p.Node)
+	}
+	for r, l := range t.FileMounts {
+		fmt.Fprintf(out, "  mount:    %s → %s:%s\n", l, p.Node, r)
+	}
+	return nil
+}
+
+func orAny(s string) string {
+	if s == "" {
+		return "any GPU"
+	}
+	return s
+}
+
+// shellJoin keeps `sshq launch python train.py --lr 3` as the user typed it:
+// each word is quoted only if the shell would otherwise change it.
+func shellJoin(words []string) string {
+	if len(words) == 1 {
+		return words[0] // a single word may be a whole script: `sshq launch 'make && ./run'`
+	}
+	return sshpool.Command(words...)
+}
+
+// verbatim is a repeatable flag that keeps each value as typed. urfave's
+// StringSliceFlag splits values at commas and trims spaces, which turned
+// `--env 'OPTS=a,HOME'` into OPTS=a plus the controller's HOME.
+type verbatim []string
+
+func (v *verbatim) Set(s string) error { *v = append(*v, s); return nil }
+func (v *verbatim) String() string     { return "" }
+
+// envName is what a shell accepts as a variable name.
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// kvFlags parses repeated NAME=VALUE flags: the value is everything after
+// the first '=', verbatim. A word without '=' takes this shell's value of
+// that variable, but only when the whole word is a variable name. No
+// error about a --secret shows its text: a word there may be the secret
+// typed without its NAME=, so it is named by its position instead.
+func kvFlags(vals []string, flag string, io *IOStreams) (map[string]string, error) {
+	secret := flag == "--secret"
+	out := map[string]string{}
+	for i, v := range vals {
+		which := fmt.Sprintf("%s %q", flag, v)
+		if secret {
+			which = fmt.Sprintf("%s #%d (its text is not shown)", flag, i+1)
+		}
+		k, val, ok := strings.Cut(v, "=")
+		switch {
+		case !ok && !envName.MatchString(k):
+			return nil, usageErr("%s: not NAME=VALUE, nor a variable name to take from this shell; write %s NAME=VALUE", which, flag)
+		case !ok:
+			var set bool
+			if val, set = io.LookupEnv(k); !set {
+				if secret {
+					return nil, usageErr("%s: no variable of that name is set in this shell; write %s NAME=VALUE, or export the variable first", which, flag)
+				}
+				return nil, usageErr("%s: %s is not set in this shell; give a value with %s %s=VALUE", which, k, flag, k)
+			}
+		case k == "":
+			return nil, usageErr("%s: the name before = is empty; write %s NAME=VALUE", which, flag)
+		case !envName.MatchString(k):
+			return nil, usageErr("%s: the name before the first = is not a variable name (letters, digits and _, not starting with a digit); write %s NAME=VALUE", which, flag)
+		}
+		out[k] = val
+	}
+	return out, nil
+}
+
+// progress draws a one-line sync progress bar on a terminal.
+type progress struct {
+	w     io.Writer
+	on    bool
+	drawn bool
+	last  time.Time
+	mu    sync.Mutex
+}
+
+func newProgress(w io.Writer, on bool) *progress { return &progress{w: w, on: on} }
+
+func (p *progress) update(pr wsync.Progress) {
+	if !p.on {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	done := pr.FilesDone == pr.FilesTotal && pr.BytesDone == pr.BytesTotal
+	if !done && time.Since(p.last) < 100*time.Millisecond {
+		return
+	}
+	p.last = time.Now()
+	frac := 1.0
+	if pr.BytesTotal > 0 {
+		frac = float64(pr.BytesDone) / float64(pr.BytesTotal)
+	}
+	const width = 24
+	n := int(frac * width)
+	fmt.Fprintf(p.w, "\r\x1b[Ksync [%s%s] %d/%d files  %s/%s", strings.Repeat("█", n), strings.Repeat("░", width-n),
+		pr.FilesDone, pr.FilesTotal, ui.MiB(int(pr.BytesDone>>20)), ui.MiB(int(pr.BytesTotal>>20)))
+	p.drawn = true
+}
+
+func (p *progress) clear() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.drawn {
+		fmt.Fprint(p.w, "\r\x1b[K")
+		p.drawn = false
+	}
+}

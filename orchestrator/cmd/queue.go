@@ -1,0 +1,124 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sshq/sshq/orchestrator"
+	"github.com/sshq/sshq/orchestrator/job"
+	"github.com/sshq/sshq/orchestrator/ui"
+)
+
+// QueueOptions are `sshq queue`'s.
+type QueueOptions struct {
+	IO         *IOStreams
+	Ctx        context.Context
+	Controller func() (Controller, error)
+
+	All  bool
+	JSON bool
+}
+
+// NewCmdQueue builds `sshq queue`; runF replaces queueRun in tests.
+func NewCmdQueue(f *Factory, runF func(*QueueOptions) error) *cli.Command {
+	return &cli.Command{
+		Name:  "queue",
+		Usage: "this controller's jobs, checked against their nodes",
+		Description: `Asks each node about this controller's unfinished jobs (one command per node) and shows them.
+Jobs on a node that does not answer keep their last known state and are marked.
+
+Examples:
+   sshq queue
+   sshq queue -a                 # include ended jobs
+   sshq queue --json | jq '.[] | select(.state=="FAILED") | .id'`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include ended jobs"},
+			&cli.BoolFlag{Name: "json", Usage: "machine-readable output"},
+		},
+		Action: func(c *cli.Context) error {
+			opts := &QueueOptions{IO: f.IO, Ctx: c.Context, Controller: opener(c, f), All: c.Bool("all"), JSON: c.Bool("json")}
+			if runF != nil {
+				return runF(opts)
+			}
+			return queueRun(opts)
+		},
+	}
+}
+
+func queueRun(opts *QueueOptions) error {
+	ctrl, err := opts.Controller()
+	if err != nil {
+		return err
+	}
+	defer ctrl.Close()
+	v, err := ctrl.Queue(opts.Ctx, opts.All)
+	if err != nil {
+		return err
+	}
+	if opts.JSON {
+		if err := writeJSONLines(opts.IO.Out, v.Jobs); err != nil {
+			return err
+		}
+	} else {
+		renderQueue(opts.IO, v.Jobs)
+	}
+	return v.Err()
+}
+
+func renderQueue(io *IOStreams, views []orchestrator.JobView) {
+	st := ui.For(io.Out, io.Getenv)
+	if len(views) == 0 {
+		fmt.Fprintln(io.Out, "no jobs (`sshq queue -a` includes ended ones; `sshq launch` starts one)")
+		return
+	}
+	var rows [][]string
+	for _, v := range views {
+		state := string(v.State)
+		if v.State == job.Pending && v.QueuePosition != nil {
+			state = fmt.Sprintf("PENDING (#%d in queue)", *v.QueuePosition)
+		}
+		state = st.Paint(stateColor(v.State), state)
+		if !v.NodeReachable {
+			state += st.Paint(ui.Gray, " (node unreachable)")
+		}
+		gpus := gpusCell(v)
+		started, dur := "-", "-"
+		if v.Started != nil {
+			started = v.Started.Local().Format("01-02 15:04")
+			end := time.Now()
+			if v.Ended != nil {
+				end = *v.Ended
+			}
+			dur = humanDuration(end.Sub(*v.Started))
+		}
+		exit := "-"
+		if v.ExitCode != nil {
+			exit = fmt.Sprint(*v.ExitCode)
+		}
+		rows = append(rows, []string{fmt.Sprint(v.ID), v.Name, v.User, orDash(v.Node), gpus, state,
+			v.Submitted.Local().Format("01-02 15:04"), started, dur, exit})
+	}
+	fmt.Fprint(io.Out, st.Table([]string{"ID", "NAME", "USER", "NODE", "GPUS", "STATE", "SUBMITTED", "STARTED", "DURATION", "EXIT"}, rows))
+}
+
+// gpusCell is the GPUS column: how many, then which: `2 (0,1)` once they
+// are leased, `1 (waiting)` before, `-` for a job that asked for none.
+func gpusCell(v orchestrator.JobView) string {
+	switch {
+	case len(v.GPUs) > 0:
+		idx := make([]string, len(v.GPUs))
+		for i, g := range v.GPUs {
+			idx[i] = fmt.Sprint(g)
+		}
+		return fmt.Sprintf("%d (%s)", len(v.GPUs), strings.Join(idx, ","))
+	case v.NumGPUs == 0:
+		return "-"
+	case !v.State.Terminal():
+		return fmt.Sprintf("%d (waiting)", v.NumGPUs)
+	}
+	return fmt.Sprintf("%d (none)", v.NumGPUs) // it ended before it got them
+}

@@ -1,0 +1,78 @@
+package cmd
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sshq/sshq/orchestrator"
+	"github.com/sshq/sshq/orchestrator/job"
+	"github.com/sshq/sshq/orchestrator/store"
+)
+
+func gpu(i int, state string, holder *orchestrator.Holder) orchestrator.GPUStatus {
+	return orchestrator.GPUStatus{Index: i, UUID: "GPU-" + string(rune('a'+i)), Name: "Tesla T4", MemoryTotalMiB: 15360, State: state, Holder: holder}
+}
+
+// A job that holds no GPU still runs: status must count and show it.
+func TestStatusCountsJobsWithoutGPUs(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	train := &orchestrator.Holder{JobID: 3, JobUID: "c-3", Name: "train", User: "alice"}
+	h.fake.status = func(context.Context) (*orchestrator.StatusView, error) {
+		return &orchestrator.StatusView{Nodes: []orchestrator.NodeView{{
+			NodeStatus: orchestrator.NodeStatus{Name: "box", Reachable: true, CPUs: 8, GPUs: []orchestrator.GPUStatus{
+				gpu(0, "leased", train), gpu(1, "leased", train), gpu(2, "free", nil)}},
+			Running: []orchestrator.RunningJob{
+				{JobID: 3, JobUID: "c-3", Name: "train", User: "alice", GPUs: []int{0, 1}},
+				{JobID: 7, JobUID: "c-7", Name: "prep", User: "alice", GPUs: []int{}},
+			},
+		}}}, nil
+	}
+	if code := h.run("status"); code != 0 {
+		t.Fatalf("exit %d: %s", code, h.err.String())
+	}
+	out := h.out.String()
+	for _, want := range []string{"GPUs: 1 free / 3 total   jobs: 2 running (1 without GPUs), 0 waiting", "running without GPUs: #7 prep (alice)", "#3 train (alice)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// The GPUS column says how many, then which, so "1" can no longer mean
+// either one GPU or GPU number 1.
+func TestQueueGPUsColumnIsUnambiguous(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	now := time.Now()
+	jobs := []*store.Job{
+		{ID: 1, Name: "two", Node: "box", NumGPUs: 2, GPUs: []int{0, 1}, State: job.Running, Submitted: now, Started: &now},
+		{ID: 2, Name: "waits", Node: "box", NumGPUs: 1, State: job.Pending, Submitted: now},
+		{ID: 3, Name: "cpu", Node: "box", State: job.Running, Submitted: now, Started: &now},
+		{ID: 4, Name: "gpu1", Node: "box", NumGPUs: 1, GPUs: []int{1}, State: job.Succeeded, Submitted: now},
+	}
+	h.fake.queue = func(context.Context, bool) (*orchestrator.QueueView, error) {
+		var v orchestrator.QueueView
+		for _, j := range jobs {
+			v.Jobs = append(v.Jobs, orchestrator.JobView{Job: j, NodeReachable: true})
+		}
+		return &v, nil
+	}
+	if code := h.run("queue", "-a"); code != 0 {
+		t.Fatalf("exit %d: %s", code, h.err.String())
+	}
+	want := map[string]string{"two": "2 (0,1)", "waits": "1 (waiting)", "cpu": "-", "gpu1": "1 (1)"}
+	lines := strings.Split(strings.TrimSpace(h.out.String()), "\n")
+	if len(lines) != 5 {
+		t.Fatalf("want a header and 4 rows:\n%s", h.out.String())
+	}
+	col := strings.Index(lines[0], "GPUS")
+	for _, l := range lines[1:] {
+		name := strings.Fields(l)[1]
+		if got := strings.TrimSpace(l[col : col+len(want[name])]); got != want[name] {
+			t.Errorf("%s: GPUS %q, want %q\n%s", name, got, want[name], h.out.String())
+		}
+	}
+}
