@@ -98,7 +98,7 @@ func TestGoodCorpus(t *testing.T) {
 					t.Errorf("accelerators %v, want %v", tk.Resources.Accelerators, want)
 				}
 				if tk.Workdir != goodDir {
-					t.Errorf("workdir %q, want the task file's directory %q", tk.Workdir, goodDir)
+					t.Errorf("workdir %q, want the directory sshq runs in, %q", tk.Workdir, goodDir)
 				}
 				wantEnv := map[string]string{"MODEL_NAME": "meta-llama/Llama-3.1-8B", "BATCH_SIZE": "16", "LR": "1.0e-5", "USE_WANDB": "true"}
 				if !reflect.DeepEqual(tk.Envs, wantEnv) {
@@ -127,18 +127,32 @@ func TestGoodCorpus(t *testing.T) {
 				if got, want := tk.FileMounts["~/vocab.txt"], filepath.Join(goodDir, "assets", "vocab.txt"); got != want {
 					t.Errorf("file mount source %q, want %q", got, want)
 				}
+				if !reflect.DeepEqual(r.Ports, []int{8888}) {
+					t.Errorf("ports %v, want [8888]", r.Ports)
+				}
 				if tk.Envs["WANDB_API_KEY"] != "k" || tk.Secrets["HF_TOKEN"] != "hf_x" {
 					t.Errorf("overrides not applied: envs %v, HF_TOKEN set %v", tk.Envs, tk.Secrets["HF_TOKEN"] != "")
 				}
 			},
 			warned: []string{"resources.infra", "resources.region", "resources.zone", "resources.use_spot", "resources.job_recovery",
-				"resources.disk_size", "resources.disk_tier", "resources.ports", "resources.labels", "config"},
+				"resources.disk_size", "resources.disk_tier", "resources.labels", "config"},
 		},
 		{
 			file: "minimal.yaml",
 			check: func(t *testing.T, tk *Task) {
 				if tk.Run != "nvidia-smi" || tk.Workdir != "" || len(tk.Resources.Accelerators) != 0 || tk.NumNodes != 1 {
 					t.Errorf("got %+v", tk)
+				}
+			},
+		},
+		{
+			file: "setup_only.yaml",
+			check: func(t *testing.T, tk *Task) {
+				if tk.Run != "" || !strings.Contains(tk.Setup, "pip install jupyterlab") {
+					t.Errorf("setup %q run %q, want setup alone", tk.Setup, tk.Run)
+				}
+				if want := []int{6006, 6007, 6008, 8888}; !reflect.DeepEqual(tk.Resources.Ports, want) {
+					t.Errorf("ports %v, want %v", tk.Resources.Ports, want)
 				}
 			},
 		},
@@ -164,7 +178,9 @@ func TestGoodCorpus(t *testing.T) {
 		t.Run(tt.file, func(t *testing.T) {
 			t.Parallel()
 			path := filepath.Join(corpus, "good", tt.file)
-			tk, warns, err := Load(path)
+			// As SkyPilot users run them: from the directory that holds
+			// the paths the file names.
+			tk, warns, err := LoadIn(goodDir, path)
 			if err != nil {
 				t.Fatal(err)
 			}

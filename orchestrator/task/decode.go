@@ -3,6 +3,7 @@ package task
 import (
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -52,7 +53,6 @@ var ignoredResources = map[string]string{
 	"disk_size":        placedOnNodes + " and uses their disks as they are",
 	"disk_tier":        placedOnNodes + " and uses their disks as they are",
 	"network_tier":     placedOnNodes + " and uses their network as it is",
-	"ports":            "sshq opens no ports; reach a job's port with ssh -L",
 	"labels":           placedOnNodes + ", which have no cloud labels",
 	"accelerator_args": "it configures cloud TPU VMs, and sshq schedules the GPUs of your ssh nodes",
 	"autostop":         "sshq never stops your nodes",
@@ -95,7 +95,7 @@ var resourceHints = map[string]string{
 	"docker": "image_id", "image": "image_id",
 }
 
-func parse(name string, data []byte) (*Task, []Warning, error) {
+func parse(base, name string, data []byte) (*Task, []Warning, error) {
 	if len(data) > MaxFileSize {
 		return nil, nil, tooLarge(name, int64(len(data)))
 	}
@@ -103,11 +103,19 @@ func parse(name string, data []byte) (*Task, []Warning, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	dir, err := filepath.Abs(filepath.Dir(name))
-	if err != nil {
-		return nil, nil, &Error{File: name, Msg: "cannot resolve the task file's directory: " + err.Error(), err: err}
+	if base == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return nil, nil, &Error{File: name, Msg: "cannot tell the current directory, which relative paths are relative to: " + err.Error(), err: err}
+		}
+		base = wd
 	}
-	t := &Task{File: name, Dir: dir, NumNodes: 1}
+	base, err = filepath.Abs(base)
+	if err != nil {
+		return nil, nil, &Error{File: name, Msg: "cannot resolve the directory relative paths are relative to: " + err.Error(), err: err}
+	}
+	fileDir, _ := filepath.Abs(filepath.Dir(name))
+	t := &Task{File: name, Dir: base, NumNodes: 1, fileDir: fileDir}
 	d := &decoder{file: name, t: t}
 	if root == nil || root.kind == kNull {
 		return t, nil, nil
@@ -285,7 +293,7 @@ func (d *decoder) workdir(v *node) error {
 	case v.kind != kScalar || v.stype != sString:
 		return d.errf(v.at, "workdir", "must be a local directory path, not %s", v.describe())
 	case strings.TrimSpace(v.text) == "":
-		return d.errf(v.at, "workdir", "is empty: give a local directory (. for the task file's directory) or remove workdir")
+		return d.errf(v.at, "workdir", "is empty: give a local directory (. for the directory sshq runs in) or remove workdir")
 	case looksLikeURL(v.text):
 		return d.errf(v.at, "workdir", "%q: %s", v.text, gitMsg)
 	}
@@ -477,6 +485,8 @@ func (d *decoder) resources(v *node, field string, top bool) error {
 				r.Memory = q
 			}
 			err = qerr
+		case "ports":
+			err = d.ports(e.val, f)
 		case "any_of", "ordered":
 			if !top {
 				return d.errf(e.at, f, "cannot be nested inside another any_of/ordered entry")

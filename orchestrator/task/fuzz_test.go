@@ -20,7 +20,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte("resources:\n  any_of:\n    - &a {accelerators: {A100:1}}\n    - <<: *a\nenvs: {A: ~}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		tk, warns, err := parse("task.yaml", data)
+		tk, warns, err := parse("/fuzz", "task.yaml", data)
 		if err != nil {
 			var te *Error
 			if !errors.As(err, &te) {

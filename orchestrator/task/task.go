@@ -22,8 +22,11 @@
 // any_of and ordered are read as accelerator candidates, their placement
 // fields warned about like any other; fractional GPU counts are refused
 // because a lease is a whole GPU. Relative local paths (workdir, file_mounts
-// sources) are relative to the task file, so a task runs the same from any
-// directory. Env values keep the text as written (true stays "true").
+// sources) are relative to the current directory, as SkyPilot defines them
+// ("evaluated relative to the location from which sky is called"), so a
+// SkyPilot file runs unchanged from where its users run it. A task may have
+// setup and no run (SkyPilot's dev box): it ends after its setup. Env
+// values keep the text as written (true stays "true").
 //
 // The flow is Load (or Parse), then Apply with the command line, then
 // Validate, which reports what only the command line could still supply.
@@ -42,6 +45,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/sshq/sshq/sshpool"
 )
 
 // Task is one task file after parsing, with local paths made absolute.
@@ -49,7 +54,8 @@ type Task struct {
 	// File is the task file's name as given to Load or Parse.
 	File string
 	// Dir is the absolute directory that relative paths in the file are
-	// resolved against: the task file's directory.
+	// resolved against: the current directory when the file was read (see
+	// LoadIn for another).
 	Dir string
 
 	Name string
@@ -77,6 +83,7 @@ type Task struct {
 	hasRun   bool // run: appeared in the file (even empty)
 	wdAt     pos
 	mountAt  map[string]pos
+	fileDir  string // the task file's own directory, for hints
 }
 
 // Resources is what the task needs from a node.
@@ -92,6 +99,10 @@ type Resources struct {
 	// Memory is the node memory in GB (GiB as SkyPilot counts it); zero: no
 	// request.
 	Memory Quantity
+	// Ports are ports the job serves on its node (SkyPilot's
+	// resources.ports), ascending: an attached launch forwards each to
+	// this machine.
+	Ports []int
 }
 
 // Accel is a GPU request: Count GPUs of Type on one node.
@@ -266,9 +277,14 @@ func ParseEnvFlag(flag, s string, lookup func(string) (string, bool)) (name, val
 }
 
 // Load reads and parses the task file at path. Relative paths inside it are
-// resolved against the file's directory. The caller then applies the
-// command line with Apply and checks the result with Validate.
-func Load(path string) (*Task, []Warning, error) {
+// resolved against the current directory, as SkyPilot resolves them. The
+// caller then applies the command line with Apply and checks the result
+// with Validate.
+func Load(path string) (*Task, []Warning, error) { return LoadIn("", path) }
+
+// LoadIn is Load with relative paths resolved against base ("" is the
+// current directory).
+func LoadIn(base, path string) (*Task, []Warning, error) {
 	if fi, err := os.Stat(path); err == nil && fi.Size() > MaxFileSize {
 		return nil, nil, tooLarge(path, fi.Size())
 	}
@@ -276,24 +292,30 @@ func Load(path string) (*Task, []Warning, error) {
 	if err != nil {
 		return nil, nil, &Error{File: path, Msg: "cannot read the task file: " + err.Error(), err: err}
 	}
-	return Parse(path, data)
+	return ParseIn(base, path, data)
 }
 
 func tooLarge(name string, size int64) error {
 	return &Error{File: name, Msg: fmt.Sprintf("the file is %d bytes and a task file may have at most %d (sshq's limit; a task file is a few KB): is this the right file?", size, MaxFileSize)}
 }
 
-// Parse parses a task file's contents; name is used in messages and, through
-// its directory, to resolve relative paths. It never panics: a failure
-// inside the YAML parser comes back as an *Error too.
+// Parse parses a task file's contents; name is used in messages, and
+// relative paths are resolved against the current directory. It never
+// panics: a failure inside the YAML parser comes back as an *Error too.
 func Parse(name string, data []byte) (t *Task, warns []Warning, err error) {
+	return ParseIn("", name, data)
+}
+
+// ParseIn is Parse with relative paths resolved against base ("" is the
+// current directory).
+func ParseIn(base, name string, data []byte) (t *Task, warns []Warning, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			t, warns = nil, nil
 			err = &Error{File: name, Msg: fmt.Sprintf("the YAML parser failed on this file (%v): check its syntax, and please report the file to the sshq developers", r)}
 		}
 	}()
-	return parse(name, data)
+	return parse(base, name, data)
 }
 
 // Apply merges the command line's overrides into t.
@@ -413,7 +435,9 @@ func (t *Task) Validate() error {
 		errs = append(errs, &Error{File: t.File, Line: r.at.line, Col: r.at.col,
 			Msg: fmt.Sprintf("%s %q is required by the task: pass %s %s=...", kind, r.name, flag, r.name)})
 	}
-	if strings.TrimSpace(t.Run) == "" {
+	// Setup alone is a task (SkyPilot's dev box: it prepares the node and
+	// ends); with neither there is nothing to do.
+	if strings.TrimSpace(t.Run) == "" && strings.TrimSpace(t.Setup) == "" {
 		e := &Error{File: t.File, Field: "run", Msg: "nothing to run: add a run: script to the task, or pass the command on the sshq launch command line"}
 		if t.hasRun {
 			e.Line, e.Col = t.runAt.line, t.runAt.col
@@ -424,7 +448,7 @@ func (t *Task) Validate() error {
 	if t.Workdir != "" {
 		if fi, err := os.Stat(t.Workdir); err != nil || !fi.IsDir() {
 			e := &Error{File: t.File, Line: t.wdAt.line, Col: t.wdAt.col, Field: "workdir",
-				Msg: fmt.Sprintf("%s is not a directory: point workdir at the local directory to sync (relative paths are relative to the task file)", t.Workdir)}
+				Msg: fmt.Sprintf("%s is not a directory: point workdir at the local directory to sync (relative paths are relative to the current directory, as in SkyPilot)%s", t.Workdir, t.fromFileDir(t.Workdir, true))}
 			if t.wdAt.line == 0 {
 				e.File, e.Field = "", "--workdir"
 				e.Msg = fmt.Sprintf("%s is not a directory: give the local directory to sync", t.Workdir)
@@ -437,13 +461,32 @@ func (t *Task) Validate() error {
 		if _, err := os.Stat(local); err != nil {
 			at := t.mountAt[remote]
 			errs = append(errs, &Error{File: t.File, Line: at.line, Col: at.col, Field: "file_mounts." + remote,
-				Msg: fmt.Sprintf("local path %s does not exist: fix the path (relative paths are relative to the task file)", local)})
+				Msg: fmt.Sprintf("local path %s does not exist: fix the path (relative paths are relative to the current directory, as in SkyPilot)%s", local, t.fromFileDir(local, false))})
 		}
 	}
 	if len(errs) == 1 {
 		return errs[0]
 	}
 	return errors.Join(errs...)
+}
+
+// fromFileDir is a hint for a relative path that is missing here but
+// exists beside the task file, where the old rule (and a habit from other
+// tools) looked: run sshq from that directory, as SkyPilot expects.
+func (t *Task) fromFileDir(abs string, dir bool) string {
+	if t.fileDir == "" || t.fileDir == t.Dir {
+		return ""
+	}
+	rel, err := filepath.Rel(t.Dir, abs)
+	if err != nil {
+		return ""
+	}
+	fi, err := os.Stat(filepath.Join(t.fileDir, rel))
+	if err != nil || (dir && !fi.IsDir()) {
+		return ""
+	}
+	return fmt.Sprintf("; it exists relative to the task file's directory: run sshq from there, `cd %s && sshq launch %s`",
+		sshpool.Quote(t.fileDir), sshpool.Quote(filepath.Base(t.File)))
 }
 
 func sortedKeys[V any](m map[string]V) []string {

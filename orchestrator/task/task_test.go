@@ -169,23 +169,27 @@ run: x
 	}
 }
 
-func TestRelativePaths(t *testing.T) {
+// Relative paths are SkyPilot's: relative to where sshq runs, not to the
+// task file, so `cd proj && sshq launch ../tasks/t.yaml` syncs proj/src.
+func TestRelativePathsAreRelativeToTheCurrentDirectory(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "proj", "src"), 0o755); err != nil {
-		t.Fatal(err)
+	for _, d := range []string{"proj/src", "tasks/src"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
-	path := filepath.Join(dir, "proj", "task.yaml")
-	src := "workdir: src\nfile_mounts:\n  /data/x: ../x.bin\n  ~/cfg: /etc/hosts\nrun: x\n"
+	path := filepath.Join(dir, "tasks", "task.yaml")
+	src := "workdir: ./src\nfile_mounts:\n  /data/x: ../x.bin\n  ~/cfg: /etc/hosts\nrun: x\n"
 	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	tk, _, err := Load(path)
+	tk, _, err := LoadIn(filepath.Join(dir, "proj"), path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := filepath.Join(dir, "proj", "src"); tk.Workdir != want {
-		t.Errorf("workdir %q, want %q (relative to the task file)", tk.Workdir, want)
+		t.Errorf("workdir %q, want %q (relative to the current directory)", tk.Workdir, want)
 	}
 	if want := filepath.Join(dir, "x.bin"); tk.FileMounts["/data/x"] != want || tk.FileMounts["~/cfg"] != "/etc/hosts" {
 		t.Errorf("file mounts %v, want /data/x -> %s", tk.FileMounts, want)
@@ -195,6 +199,110 @@ func TestRelativePaths(t *testing.T) {
 	var te *Error
 	if !errors.As(err, &te) || te.Line != 3 || te.Field != "file_mounts./data/x" {
 		t.Errorf("Validate = %v, want the missing ../x.bin at line 3", err)
+	}
+
+	// Load without a base uses the process's current directory.
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, _, err = Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(wd, "src"); tk.Workdir != want {
+		t.Errorf("Load: workdir %q, want %q", tk.Workdir, want)
+	}
+}
+
+// A path that exists only beside the task file is the old rule, or another
+// tool's habit: the error says where to run sshq from.
+func TestMissingRelativePathPointsToTheTaskFilesDirectory(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "tasks", "render"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tasks", "vocab.txt"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "tasks", "t.yaml")
+	if err := os.WriteFile(path, []byte("workdir: ./render\nfile_mounts:\n  ~/v.txt: vocab.txt\nrun: x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tk, _, err := LoadIn(dir, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = tk.Validate()
+	hint := "run sshq from there, `cd " + filepath.Join(dir, "tasks") + " && sshq launch t.yaml`"
+	if err == nil || strings.Count(err.Error(), hint) != 2 || !strings.Contains(err.Error(), filepath.Join(dir, "render")+" is not a directory") {
+		t.Errorf("Validate = %v\nwant both paths named, each with %q", err, hint)
+	}
+	// From the task file's directory, it is valid.
+	tk, _, err = LoadIn(filepath.Join(dir, "tasks"), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tk.Validate(); err != nil {
+		t.Errorf("from the task's directory: %v", err)
+	}
+}
+
+// SkyPilot's ports: a number, a numeric string, a range, or a list of them.
+func TestPorts(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		yaml string
+		want []int
+		err  string
+	}{
+		{"8080", []int{8080}, ""},
+		{`"8080"`, []int{8080}, ""},
+		{"8000-8002", []int{8000, 8001, 8002}, ""},
+		{`[8888, "6006-6007", 8888]`, []int{6006, 6007, 8888}, ""},
+		{"", nil, ""},
+		{"0", nil, "a port is a whole number from 1 to 65535"},
+		{"70000", nil, "a port is a whole number"},
+		{"8010-8000", nil, "LOW-HIGH"},
+		{"http", nil, "a port is a whole number"},
+		{"{a: 1}", nil, "must be a port"},
+		{"1000-2000", nil, "more than 100 ports"},
+	} {
+		tk, _, err := Parse("t.yaml", []byte("resources:\n  ports: "+tc.yaml+"\nrun: x\n"))
+		if tc.err != "" {
+			var te *Error
+			if !errors.As(err, &te) || te.Line != 2 || !strings.Contains(err.Error(), tc.err) || te.Field != "resources.ports" {
+				t.Errorf("ports: %s: error %v, want resources.ports at line 2 saying %q", tc.yaml, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(tk.Resources.Ports, tc.want) {
+			t.Errorf("ports: %s: %v, %v; want %v", tc.yaml, tk, err, tc.want)
+		}
+	}
+	if got := PortsString([]int{6006, 6007, 6008, 8080}); got != "6006-6008, 8080" {
+		t.Errorf("PortsString = %q", got)
+	}
+}
+
+// A task with setup and no run is SkyPilot's dev box; with neither, there
+// is nothing to do.
+func TestSetupOnlyIsATask(t *testing.T) {
+	t.Parallel()
+	tk, _, err := Parse("t.yaml", []byte("setup: echo ready\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tk.Validate(); err != nil {
+		t.Errorf("setup-only task: %v", err)
+	}
+	tk, _, err = Parse("t.yaml", []byte("name: x\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tk.Validate(); err == nil || !strings.Contains(err.Error(), "nothing to run") {
+		t.Errorf("neither setup nor run: %v", err)
 	}
 }
 
