@@ -32,6 +32,7 @@ type LaunchOptions struct {
 	GPUs    string
 	Node    string
 	Env     []string
+	EnvFile string
 	Secrets []string
 	Workdir string
 	Detach  bool
@@ -57,6 +58,7 @@ detaches and leaves the job running. With -d it prints the job id and returns at
 Examples:
    sshq launch examples/hello.yaml
    sshq launch task.yaml --gpus A100:2 --env LR=3e-4 -d
+   sshq launch task.yaml --env-file .env    # dotenv, as sky launch --env-file
    sshq launch --gpus 1 -- python train.py --epochs 3
    sshq launch --dry-run task.yaml          # validate and show the placement, touch nothing`,
 		Flags: []cli.Flag{
@@ -64,6 +66,7 @@ Examples:
 			&cli.StringFlag{Name: "gpus", Usage: "GPUs to use: `N` or TYPE:N (A100:2); overrides the task's resources"},
 			&cli.StringFlag{Name: "node", Usage: "run on this node only"},
 			&cli.GenericFlag{Name: "env", Value: &verbatim{}, Usage: "set an env var: `NAME=VALUE` (the value verbatim, commas included), or NAME to pass the local value (repeatable)"},
+			&cli.StringFlag{Name: "env-file", Usage: "set env vars from a dotenv `FILE` (NAME=VALUE lines, # comments, quotes, export); --env wins over it"},
 			&cli.GenericFlag{Name: "secret", Value: &verbatim{}, Usage: "like --env, but never printed, logged or stored on this machine"},
 			&cli.StringFlag{Name: "workdir", Usage: "local directory to sync and run in"},
 			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "print the job id and return once it is queued"},
@@ -75,7 +78,7 @@ Examples:
 		Action: func(c *cli.Context) error {
 			opts := &LaunchOptions{IO: f.IO, Ctx: c.Context, Controller: opener(c, f), Hostname: f.Hostname,
 				Args: c.Args().Slice(), Name: c.String("name"), GPUs: c.String("gpus"), Node: c.String("node"),
-				Env: *c.Generic("env").(*verbatim), Secrets: *c.Generic("secret").(*verbatim), Workdir: c.String("workdir"),
+				Env: *c.Generic("env").(*verbatim), EnvFile: c.String("env-file"), Secrets: *c.Generic("secret").(*verbatim), Workdir: c.String("workdir"),
 				Detach: c.Bool("detach") || c.Bool("json"), DryRun: c.Bool("dry-run"), JSON: c.Bool("json")}
 			if runF != nil {
 				return runF(opts)
@@ -128,6 +131,11 @@ func buildTask(opts *LaunchOptions) (*task.Task, error) {
 			return nil, &ExitError{ExitUsage, err}
 		}
 		ov.GPUs = &a
+	}
+	if opts.EnvFile != "" {
+		if ov.EnvFile, err = task.LoadEnvFile(opts.EnvFile, opts.IO.LookupEnv); err != nil {
+			return nil, &ExitError{ExitUsage, err}
+		}
 	}
 	if ov.Env, err = kvFlags(opts.Env, "--env", opts.IO); err != nil {
 		return nil, err

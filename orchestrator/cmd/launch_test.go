@@ -3,6 +3,8 @@ package cmd
 import (
 	"context"
 	"maps"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -76,5 +78,36 @@ func TestBareEnvWordsAndSecretsNeverPrinted(t *testing.T) {
 		if strings.Contains(msg, "S3CR3T") {
 			t.Errorf("launch %q printed the secret's text: %q", tc.args, msg)
 		}
+	}
+}
+
+// --env-file is sky launch's: dotenv, below --env; its errors name the
+// file and line, and exit 2.
+func TestEnvFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	good := filepath.Join(dir, "my.env")
+	if err := os.WriteFile(good, []byte("# settings\nexport LR=3e-4\nMODEL='gpt2 small'\nBATCH=8\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t)
+	tk, code := launched(t, h, "--env-file", good, "--env", "BATCH=16")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, h.err.String())
+	}
+	if want := map[string]string{"LR": "3e-4", "MODEL": "gpt2 small", "BATCH": "16"}; !maps.Equal(tk.Envs, want) {
+		t.Errorf("envs %q, want %q (--env over the file)", tk.Envs, want)
+	}
+	bad := filepath.Join(dir, "bad.env")
+	if err := os.WriteFile(bad, []byte("A=1\n\nthis line is wrong\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h = newHarness(t)
+	if _, code := launched(t, h, "--env-file", bad); code != ExitUsage || !strings.Contains(h.err.String(), bad+":3: --env-file: not KEY=VALUE") {
+		t.Errorf("bad file: exit %d, %s", code, h.err.String())
+	}
+	h = newHarness(t)
+	if _, code := launched(t, h, "--env-file", filepath.Join(dir, "none.env")); code != ExitUsage || !strings.Contains(h.err.String(), "cannot read the env file") {
+		t.Errorf("missing file: exit %d, %s", code, h.err.String())
 	}
 }

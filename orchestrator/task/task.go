@@ -244,7 +244,10 @@ func (s Secrets) LogValue() slog.Value { return slog.StringValue(s.String()) }
 type Overrides struct {
 	Name string
 	// GPUs replaces the task's accelerators; Count 0 makes it a CPU job.
-	GPUs    *Accel
+	GPUs *Accel
+	// EnvFile are the variables of an --env-file, below Env and Secrets: a
+	// name the task declares a secret stays a secret.
+	EnvFile map[string]string
 	Env     map[string]string
 	Secrets Secrets
 	// Workdir replaces the task's workdir; relative to the current directory.
@@ -337,6 +340,32 @@ func (t *Task) Apply(o Overrides) error {
 			t.Resources.Accelerators = []Accel{g}
 		}
 		t.Resources.AccelOrdered = false
+	}
+	if len(o.EnvFile) > 0 {
+		// Copied: the caller's map is not Apply's to change.
+		sec := make(Secrets, len(o.Secrets))
+		for k, v := range o.Secrets {
+			sec[k] = v
+		}
+		o.Secrets = sec
+	}
+	for _, k := range sortedKeys(o.EnvFile) {
+		v := o.EnvFile[k]
+		if _, ok := t.Secrets[k]; ok || t.requires(k, true) {
+			// An .env file commonly holds the API keys a task declares
+			// under secrets: they stay secrets.
+			if _, given := o.Secrets[k]; !given {
+				o.Secrets[k] = v
+			}
+			continue
+		}
+		if _, given := o.Env[k]; given {
+			continue
+		}
+		if t.Envs == nil {
+			t.Envs = map[string]string{}
+		}
+		t.Envs[k] = v
 	}
 	for _, k := range sortedKeys(o.Env) {
 		if err := checkEnvName(k); err != "" {
