@@ -68,7 +68,6 @@ func TestEnvFileErrorsNameTheLineNotTheValue(t *testing.T) {
 	}
 }
 
-
 // --env-file is below --env; a name the task declares secret stays secret.
 func TestEnvFilePrecedence(t *testing.T) {
 	t.Parallel()
