@@ -112,13 +112,14 @@ func complete(args []string, f *Factory) {
 		}
 	}
 	switch cmd.Name {
-	case "logs", "cancel", "wait", "attach":
+	case "logs", "cancel", "wait", "attach", "forward", "download":
 		ctrl, err := f.Controller(completionOptions(args[:n], f))
 		if err != nil {
 			return
 		}
 		defer ctrl.Close()
-		refs, _ := ctrl.JobRefs(cmd.Name != "logs")
+		// Ended jobs have output and files, not processes.
+		refs, _ := ctrl.JobRefs(cmd.Name != "logs" && cmd.Name != "download")
 		for _, r := range refs {
 			fmt.Fprintln(out, r)
 		}

@@ -26,6 +26,8 @@ type fake struct {
 	cancel  func(context.Context, orchestrator.CancelRequest) (*orchestrator.CancelView, error)
 	wait    func(context.Context, orchestrator.WaitRequest) (*orchestrator.WaitView, error)
 	attach  func(string) (*orchestrator.AttachTarget, error)
+	forward func(context.Context, orchestrator.ForwardRequest) error
+	dl      func(context.Context, orchestrator.DownloadRequest) (*orchestrator.DownloadView, error)
 	init    func([]string) (*orchestrator.InitView, error)
 	refs    func(bool) ([]string, error)
 	resolve func(context.Context) ([]inventory.Node, error)
@@ -107,6 +109,20 @@ func (f *fake) Attach(ref string) (*orchestrator.AttachTarget, error) {
 		return nil, f.missing("Attach")
 	}
 	return f.attach(ref)
+}
+
+func (f *fake) Forward(ctx context.Context, r orchestrator.ForwardRequest) error {
+	if f.forward == nil {
+		return f.missing("Forward")
+	}
+	return f.forward(ctx, r)
+}
+
+func (f *fake) Download(ctx context.Context, r orchestrator.DownloadRequest) (*orchestrator.DownloadView, error) {
+	if f.dl == nil {
+		return nil, f.missing("Download")
+	}
+	return f.dl(ctx, r)
 }
 
 func (f *fake) Init(p []string) (*orchestrator.InitView, error) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -35,6 +36,7 @@ type LaunchOptions struct {
 	EnvFile string
 	Secrets []string
 	Workdir string
+	Forward []string // [LOCAL:]REMOTE, while attached
 	Detach  bool
 	DryRun  bool
 	JSON    bool
@@ -69,6 +71,7 @@ Examples:
 			&cli.StringFlag{Name: "env-file", Usage: "set env vars from a dotenv `FILE` (NAME=VALUE lines, # comments, quotes, export); --env wins over it"},
 			&cli.GenericFlag{Name: "secret", Value: &verbatim{}, Usage: "like --env, but never printed, logged or stored on this machine"},
 			&cli.StringFlag{Name: "workdir", Usage: "local directory to sync and run in"},
+			&cli.GenericFlag{Name: "forward", Value: &verbatim{}, Usage: "while attached, reach the job's port here: `[LOCAL:]REMOTE` (repeatable; resources.ports are forwarded too)"},
 			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "print the job id and return once it is queued"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "validate, place and print the plan; change nothing"},
 			&cli.BoolFlag{Name: "json", Usage: "machine-readable result (implies --detach)"},
@@ -79,7 +82,7 @@ Examples:
 			opts := &LaunchOptions{IO: f.IO, Ctx: c.Context, Controller: opener(c, f), Hostname: f.Hostname,
 				Args: c.Args().Slice(), Name: c.String("name"), GPUs: c.String("gpus"), Node: c.String("node"),
 				Env: *c.Generic("env").(*verbatim), EnvFile: c.String("env-file"), Secrets: *c.Generic("secret").(*verbatim), Workdir: c.String("workdir"),
-				Detach: c.Bool("detach") || c.Bool("json"), DryRun: c.Bool("dry-run"), JSON: c.Bool("json")}
+				Forward: *c.Generic("forward").(*verbatim), Detach: c.Bool("detach") || c.Bool("json"), DryRun: c.Bool("dry-run"), JSON: c.Bool("json")}
 			if runF != nil {
 				return runF(opts)
 			}
@@ -159,6 +162,10 @@ func launchRun(opts *LaunchOptions) error {
 	if err != nil {
 		return err
 	}
+	ports, err := launchPorts(opts, t)
+	if err != nil {
+		return err
+	}
 	ctrl, err := opts.Controller()
 	if err != nil {
 		return err
@@ -203,9 +210,14 @@ func launchRun(opts *LaunchOptions) error {
 	if opts.Detach {
 		fmt.Fprintf(out, "%d\n", j.ID)
 		fmt.Fprintf(errOut, "sshq: follow it with `sshq logs -f %d`; list jobs with `sshq queue`\n", j.ID)
+		if len(t.Resources.Ports) > 0 {
+			fmt.Fprintf(errOut, "sshq: reach its ports (%s) with `sshq forward %d %s`\n", task.PortsString(t.Resources.Ports), j.ID, portWords(t.Resources.Ports))
+		}
 		return nil
 	}
+	stopForwards := startForwards(ctx, opts.IO, ctrl, j.ID, ports)
 	lv, err := ctrl.Logs(ctx, orchestrator.LogsRequest{Ref: fmt.Sprint(j.ID), Tail: -1, Follow: true, Out: out, ErrOut: errOut})
+	stopForwards()
 	if ctx.Err() != nil || errors.Is(err, context.Canceled) {
 		fmt.Fprintf(errOut, "\nsshq: detached; job #%d keeps running on %s. Follow it with `sshq logs -f %d`, stop it with `sshq cancel %d`\n",
 			j.ID, j.Node, j.ID, j.ID)
@@ -247,7 +259,80 @@ func dryRun(opts *LaunchOptions, ctrl Controller, t *task.Task) error {
 	for r, l := range t.FileMounts {
 		fmt.Fprintf(out, "  mount:    %s → %s:%s\n", l, p.Node, r)
 	}
+	if len(t.Resources.Ports) > 0 {
+		fmt.Fprintf(out, "  ports:    %s (forwarded to this machine while attached)\n", task.PortsString(t.Resources.Ports))
+	}
 	return nil
+}
+
+// launchPorts are the ports an attached launch forwards: --forward, then
+// resources.ports. A local port given explicitly and taken is refused
+// before anything is submitted; the others move to a free port.
+func launchPorts(opts *LaunchOptions, t *task.Task) ([]orchestrator.PortForward, error) {
+	if len(opts.Forward) == 0 {
+		return taskPorts(t), nil
+	}
+	if opts.Detach {
+		return nil, usageErr("--forward works while attached: drop -d/--json, or forward later with `sshq forward JOB PORT`")
+	}
+	ports, err := parsePortSpecs(opts.Forward, "--forward ")
+	if err != nil {
+		return nil, err
+	}
+	seen := map[int]bool{}
+	for i, p := range ports {
+		seen[p.Remote] = true
+		if !strings.Contains(opts.Forward[i], ":") {
+			ports[i].AnyIfTaken = true
+			continue
+		}
+		if p.Local == 0 {
+			continue
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", fmt.Sprint(p.Local)))
+		if err != nil {
+			return nil, usageErr("--forward %s: local port %d is taken on this machine (%v): choose another, as in %d:%d", opts.Forward[i], p.Local, err, p.Local+10000, p.Remote)
+		}
+		ln.Close()
+	}
+	for _, p := range taskPorts(t) {
+		if !seen[p.Remote] {
+			ports = append(ports, p)
+		}
+	}
+	return ports, nil
+}
+
+func portWords(ports []int) string {
+	w := make([]string, len(ports))
+	for i, p := range ports {
+		w[i] = fmt.Sprint(p)
+	}
+	return strings.Join(w, " ")
+}
+
+// startForwards forwards the ports while the launch streams; the returned
+// function stops them and waits until they are closed.
+func startForwards(ctx context.Context, io *IOStreams, ctrl Controller, id int, ports []orchestrator.PortForward) func() {
+	if len(ports) == 0 {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err := ctrl.Forward(ctx, orchestrator.ForwardRequest{Ref: fmt.Sprint(id), Ports: ports,
+			Ready: func(v *orchestrator.ForwardView) { printForwards(io, v, false) },
+			Notef: func(format string, a ...any) { fmt.Fprintf(io.ErrOut, "sshq: "+format+"\n", a...) },
+		})
+		if err != nil && ctx.Err() == nil {
+			fmt.Fprintf(io.ErrOut, "sshq: the job's ports are not forwarded: %v\n", err)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 func orAny(s string) string {
@@ -314,6 +399,7 @@ func kvFlags(vals []string, flag string, io *IOStreams) (map[string]string, erro
 
 // progress draws a one-line sync progress bar on a terminal.
 type progress struct {
+	label string // what is in progress: "sync" unless set
 	w     io.Writer
 	on    bool
 	drawn bool
@@ -340,7 +426,11 @@ func (p *progress) update(pr wsync.Progress) {
 	}
 	const width = 24
 	n := int(frac * width)
-	fmt.Fprintf(p.w, "\r\x1b[Ksync [%s%s] %d/%d files  %s/%s", strings.Repeat("█", n), strings.Repeat("░", width-n),
+	label := p.label
+	if label == "" {
+		label = "sync"
+	}
+	fmt.Fprintf(p.w, "\r\x1b[K%s [%s%s] %d/%d files  %s/%s", label, strings.Repeat("█", n), strings.Repeat("░", width-n),
 		pr.FilesDone, pr.FilesTotal, ui.MiB(int(pr.BytesDone>>20)), ui.MiB(int(pr.BytesTotal>>20)))
 	p.drawn = true
 }

@@ -65,6 +65,8 @@ type Controller interface {
 	Cancel(ctx context.Context, r orchestrator.CancelRequest) (*orchestrator.CancelView, error)
 	Wait(ctx context.Context, r orchestrator.WaitRequest) (*orchestrator.WaitView, error)
 	Attach(ref string) (*orchestrator.AttachTarget, error)
+	Forward(ctx context.Context, r orchestrator.ForwardRequest) error
+	Download(ctx context.Context, r orchestrator.DownloadRequest) (*orchestrator.DownloadView, error)
 	Init(patterns []string) (*orchestrator.InitView, error)
 	JobRefs(unfinished bool) ([]string, error)
 	Close() error
@@ -178,6 +180,8 @@ func commands(f *Factory) []*cli.Command {
 		NewCmdCancel(f, nil),
 		NewCmdWait(f, nil),
 		NewCmdAttach(f, nil),
+		NewCmdForward(f, nil),
+		NewCmdDownload(f, nil),
 		NewCmdStatus(f, nil),
 		NewCmdNodes(f, nil),
 		NewCmdInit(f, nil),
