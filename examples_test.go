@@ -83,7 +83,8 @@ func TestExampleTrainLossFallsAndResumesFromCheckpoint(t *testing.T) {
 	// This machine has no package index; an offline cluster is launched so.
 	offline := []string{"--env", "PIP_NO_INDEX=1"}
 
-	r := sshq(t, c, home, env, append([]string{"launch", "examples/train/task.yaml"}, offline...)...)
+	// As SkyPilot runs it: from the directory its workdir (.) names.
+	r := sshqIn(t, "examples/train", c, home, env, append([]string{"launch", "task.yaml"}, offline...)...)
 	if r.code != 0 {
 		t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
@@ -121,7 +122,7 @@ func TestExampleTrainLossFallsAndResumesFromCheckpoint(t *testing.T) {
 	}
 
 	// Launched again under the same name with more epochs, it resumes.
-	r = sshq(t, c, home, env, append([]string{"launch", "examples/train/task.yaml", "--env", "EPOCHS=25"}, offline...)...)
+	r = sshqIn(t, "examples/train", c, home, env, append([]string{"launch", "task.yaml", "--env", "EPOCHS=25"}, offline...)...)
 	if r.code != 0 {
 		t.Fatalf("second run: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
@@ -136,7 +137,7 @@ func TestExampleTrainLossFallsAndResumesFromCheckpoint(t *testing.T) {
 
 	// For real runs REQUIRE_TORCH=1 turns a failed install into a failed setup.
 	if !torch {
-		r = sshq(t, c, home, env, append([]string{"launch", "examples/train/task.yaml", "--name", "strict", "--env", "REQUIRE_TORCH=1"}, offline...)...)
+		r = sshqIn(t, "examples/train", c, home, env, append([]string{"launch", "task.yaml", "--name", "strict", "--env", "REQUIRE_TORCH=1"}, offline...)...)
 		j := jobAt(t, c, home, env, 2)
 		if r.code == 0 || j.State != "FAILED_SETUP" || strings.Contains(r.stdout, "epoch ") ||
 			!strings.Contains(r.stdout, "setup: pip could not install requirements.txt (see above)") {

@@ -389,12 +389,13 @@ func TestQueuedJobKeepsItsSnapshotAndSecretsStayOffTheController(t *testing.T) {
 	os.MkdirAll(wd, 0o755)
 	os.WriteFile(filepath.Join(wd, "v.txt"), []byte("old code"), 0o644)
 	task := writeTask(t, home, "snap.yaml", "name: snap\nworkdir: proj\nresources:\n  accelerators: A100:1\nsecrets:\n  TOKEN: null\nrun: 'cat v.txt; echo; printf %s \"$TOKEN\" > \"$HOME/token-$SSHQ_JOB_ID\"'\n")
-	r = sshq(t, c, home, env, "launch", "-d", task, "--secret", "TOKEN=s3cr3t-value")
+	// workdir: proj is relative to where sshq runs, as in SkyPilot.
+	r = sshqIn(t, home, c, home, env, "launch", "-d", task, "--secret", "TOKEN=s3cr3t-value")
 	if r.code != 0 {
 		t.Fatal(r.stderr)
 	}
 	os.WriteFile(filepath.Join(wd, "v.txt"), []byte("new code"), 0o644)
-	r = sshq(t, c, home, env, "launch", "-d", task, "--name", "snap2", "--secret", "TOKEN=s3cr3t-value")
+	r = sshqIn(t, home, c, home, env, "launch", "-d", task, "--name", "snap2", "--secret", "TOKEN=s3cr3t-value")
 	if r.code != 0 {
 		t.Fatal(r.stderr)
 	}
@@ -499,14 +500,14 @@ func TestNodeUserWithPOSIXShLogin(t *testing.T) {
 	os.MkdirAll(filepath.Join(wd, "pkg", "sub"), 0o755)
 	os.WriteFile(filepath.Join(wd, "pkg", "sub", "m.py"), []byte("x = 1\n"), 0o644)
 	task := writeTask(t, home, "t.yaml", "name: shjob\nworkdir: proj\nresources:\n  accelerators: A100:1\nrun: cat pkg/sub/m.py; echo shell-ok\n")
-	if r := sshq(t, c, home, env, "launch", task); r.code != 0 || !strings.Contains(r.stdout, "shell-ok") || !strings.Contains(r.stdout, "x = 1") {
+	if r := sshqIn(t, home, c, home, env, "launch", task); r.code != 0 || !strings.Contains(r.stdout, "shell-ok") || !strings.Contains(r.stdout, "x = 1") {
 		t.Fatalf("launch as a /bin/sh user: %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
 	// A second sync with a deletion and a new directory runs the sync's
 	// prepare script, which needs bash.
 	os.RemoveAll(filepath.Join(wd, "pkg", "sub"))
 	os.MkdirAll(filepath.Join(wd, "other"), 0o755)
-	if r := sshq(t, c, home, env, "launch", task); r.code != 0 {
+	if r := sshqIn(t, home, c, home, env, "launch", task); r.code != 0 {
 		t.Fatalf("re-sync as a /bin/sh user: %d\n%s", r.code, r.stderr)
 	}
 	var st statusJSON

@@ -44,9 +44,16 @@ type result struct {
 // sshq runs the binary with a clean environment pointing at cluster c.
 func sshq(t *testing.T, c *sshtest.Cluster, home string, extraEnv []string, args ...string) result {
 	t.Helper()
+	return sshqIn(t, "", c, home, extraEnv, args...)
+}
+
+// sshqIn is sshq run from directory dir ("" is the test's own).
+func sshqIn(t *testing.T, dir string, c *sshtest.Cluster, home string, extraEnv []string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, sshqBin, args...)
+	cmd.Dir = dir
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home, "SSHQ_HOME=" + filepath.Join(home, ".sshq")}
 	if c != nil {
 		cmd.Env = append(cmd.Env, "SSHQ_SSH_CONFIG="+c.ConfigPath)

@@ -14,7 +14,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 ids=()
 for lr in ${LRS:-0.01 0.1 0.3}; do
-	ids+=("$(sshq launch -d --name "sweep-lr-$lr" --env "LR=$lr" "$@" "$here/train/task.yaml")")
+	# From train/, which its workdir (.) names, as SkyPilot resolves it.
+	ids+=("$(cd "$here/train" && sshq launch -d --name "sweep-lr-$lr" --env "LR=$lr" "$@" task.yaml)")
 done
 echo "sweep: jobs ${ids[*]}; follow one with: sshq logs -f ${ids[0]}"
 
