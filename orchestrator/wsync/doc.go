@@ -37,6 +37,14 @@
 // pushes into the same directory at once each stay untorn, but may remove
 // each other's temp files and fail; callers serialize pushes per directory.
 //
+// Pull is the same engine in reverse, for `sshq download`: one listing of
+// the remote path, size + mtime decide, SHA-256 on both sides where only
+// the mtime differs, files read over SFTP into a temp name beside their
+// local destination and renamed. It never deletes locally, never follows a
+// local symlink below its destination (one in the way is replaced) and
+// does not create remote symlinks whose target is absolute or leaves the
+// tree (rsync --safe-links); setuid, setgid and sticky bits are dropped.
+//
 // The package is named wsync so that it does not shadow the standard
 // library's sync in the files that import it.
 package wsync
