@@ -252,6 +252,9 @@ var ErrCancelledDuringLaunch = errors.New("the job was cancelled while it was be
 func submitGrace() time.Duration { return SyncTimeout + 5*time.Minute }
 
 func nodeIP(c *Cluster, ctx context.Context, name string) string {
+	if c.Resolver == nil {
+		return name
+	}
 	if n, err := c.Resolver.Resolve(ctx, name); err == nil {
 		return n.HostName
 	}
