@@ -67,22 +67,27 @@ func (e *NodeError) Error() string {
 
 // call runs one action and returns its stdout; a non-zero exit is a
 // NodeError.
-func (c *Client) call(ctx context.Context, action string, stdin io.Reader, stdout io.Writer, args ...string) ([]byte, error) {
-	var out, errb bytes.Buffer
-	w := io.Writer(&out)
-	if stdout != nil {
-		w = io.MultiWriter(&out, stdout)
+func (c *Client) call(ctx context.Context, action string, args ...string) ([]byte, error) {
+	return c.callWith(ctx, action, command(action, args...), nil, nil)
+}
+
+// callWith runs cmd, the command of action, with stdin; the output goes to
+// out as well when it is not nil.
+func (c *Client) callWith(ctx context.Context, action, cmd string, stdin io.Reader, out io.Writer) ([]byte, error) {
+	var buf, errb bytes.Buffer
+	w := io.Writer(&buf)
+	if out != nil {
+		w = out
 	}
-	code, err := c.r.Run(ctx, command(action, args...), stdin, w, &errb)
+	code, err := c.r.Run(ctx, cmd, stdin, w, &errb)
 	if err != nil {
 		return nil, noAnswer{err}
 	}
 	if code != 0 {
-		msg := strings.TrimSpace(errb.String())
-		msg = strings.TrimPrefix(msg, "sshq: ")
-		return out.Bytes(), &NodeError{Node: c.name, Action: action, Code: code, Msg: msg}
+		msg := strings.TrimPrefix(strings.TrimSpace(errb.String()), "sshq: ")
+		return nil, &NodeError{Node: c.name, Action: action, Code: code, Msg: msg}
 	}
-	return out.Bytes(), nil
+	return buf.Bytes(), nil
 }
 
 // Submit creates the job on the node and starts its wrapper in a detached
@@ -110,15 +115,11 @@ func (c *Client) Submit(ctx context.Context, spec JobSpec) (job.State, error) {
 	if err != nil {
 		return "", err
 	}
-	var out, errb bytes.Buffer
-	code, err := c.r.Run(ctx, cmd, bytes.NewReader(payload), &out, &errb)
+	out, err := c.callWith(ctx, "submit", cmd, bytes.NewReader(payload), nil)
 	if err != nil {
-		return "", noAnswer{err}
+		return "", err
 	}
-	if code != 0 {
-		return "", &NodeError{Node: c.name, Action: "submit", Code: code, Msg: strings.TrimPrefix(strings.TrimSpace(errb.String()), "sshq: ")}
-	}
-	recs, err := records(out.Bytes())
+	recs, err := records(out)
 	if err != nil {
 		// The job is there (the node said so by its exit status); only
 		// its first state is unknown.
@@ -135,7 +136,7 @@ func (c *Client) Submit(ctx context.Context, spec JobSpec) (job.State, error) {
 // Jobs reports the given jobs, by uid. A uid the node does not know comes
 // back with Found false and State Lost.
 func (c *Client) Jobs(ctx context.Context, uids []string) (map[string]JobStatus, error) {
-	out, err := c.call(ctx, "jobs", nil, nil, uids...)
+	out, err := c.call(ctx, "jobs", uids...)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +149,7 @@ func (c *Client) Jobs(ctx context.Context, uids []string) (map[string]JobStatus,
 // there, of any user, with or without GPUs. It runs nvidia-smi at most
 // twice. A report the node could not complete says why in Errors.
 func (c *Client) Status(ctx context.Context) (*NodeStatus, error) {
-	out, err := c.call(ctx, "status", nil, nil)
+	out, err := c.call(ctx, "status")
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +167,7 @@ func (c *Client) Cancel(ctx context.Context, uids []string, grace time.Duration)
 	if grace <= 0 {
 		grace = DefaultCancelGrace
 	}
-	out, err := c.call(ctx, "cancel", nil, nil, append([]string{strconv.FormatInt(grace.Milliseconds(), 10)}, uids...)...)
+	out, err := c.call(ctx, "cancel", append([]string{strconv.FormatInt(grace.Milliseconds(), 10)}, uids...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -300,13 +301,8 @@ func (c *Client) Place(ctx context.Context, reqs []Request) (*Offer, error) {
 			}()
 		}}
 	}
-	var errb bytes.Buffer
-	code, err := c.r.Run(ctx, command("place", args...), stdin, w, &errb)
-	if err != nil {
-		return nil, noAnswer{err}
-	}
-	if code != 0 {
-		return nil, &NodeError{Node: c.name, Action: "place", Code: code, Msg: strings.TrimPrefix(strings.TrimSpace(errb.String()), "sshq: ")}
+	if _, err := c.callWith(ctx, "place", command("place", args...), stdin, w); err != nil {
+		return nil, err
 	}
 	o, err := parseOffer(out.Bytes(), len(reqs))
 	if err != nil {
@@ -357,7 +353,7 @@ func (a *askWatcher) Write(p []byte) (int, error) {
 // nothing on the node. A node without bash, or with one too old, answers
 // with what that says and nothing more.
 func (c *Client) Check(ctx context.Context) (*NodeCheck, error) {
-	out, err := c.call(ctx, "check", nil, nil)
+	out, err := c.call(ctx, "check")
 	var ne *NodeError
 	if errors.As(err, &ne) {
 		nc := &NodeCheck{Tools: map[string]string{}, GPUs: -1}
