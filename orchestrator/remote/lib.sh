@@ -123,7 +123,9 @@ ensure_shared_dir() {
 		lease_err="lease directory $d is not a directory (or could not be created); remove it or set SSHQ_LEASE_DIR"
 		return 1
 	fi
-	if [ -O "$d" ]; then
+	# Only the sticky bit is visible to test: a directory that has it was
+	# made 1777 by sshq (or on purpose), and needs no chmod (a fork).
+	if [ -O "$d" ] && [ ! -k "$d" ]; then
 		chmod 1777 "$d" 2>/dev/null
 	fi
 	if [ ! -w "$d" ] || [ ! -x "$d" ]; then
@@ -312,7 +314,7 @@ smi() {
 		;;
 	esac
 	tmp=$f.$$
-	rm -f -- "$tmp" 2>/dev/null
+	{ [ -e "$tmp" ] || [ -L "$tmp" ]; } && rm -f -- "$tmp" 2>/dev/null
 	if (
 		set -C
 		umask 077
