@@ -203,7 +203,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	})
 	if cancelled {
 		// The cancel came between our check and the submit: honour it.
-		_, _ = node.Cancel(subCtx, []string{rec.UID}, remote.DefaultCancelGrace)
+		_, _, _ = node.Cancel(subCtx, []string{rec.UID}, remote.DefaultCancelGrace)
 		return &rec, p, ErrCancelledDuringLaunch
 	}
 	return &rec, p, err
@@ -403,8 +403,9 @@ func applyStatus(j *store.Job, js remote.JobStatus, now time.Time) {
 	}
 }
 
-// Cancel ends the given jobs on their nodes (one command per node) and
-// records CANCELLED. It returns per-job outcomes.
+// Cancel ends the given jobs on their nodes (one command per node, which
+// also reports how each job ended) and records what the nodes said. It
+// returns per-job outcomes.
 func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job, grace time.Duration) (map[int]string, error) {
 	byNode := map[string][]*store.Job{}
 	for _, j := range jobs {
@@ -413,9 +414,10 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 	out := map[int]string{}
 	var errs []error
 	type res struct {
-		node string
-		m    map[string]remote.CancelOutcome
-		err  error
+		node     string
+		m        map[string]remote.CancelOutcome
+		statuses map[string]remote.JobStatus
+		err      error
 	}
 	ch := make(chan res, len(byNode))
 	nodes := make([]string, 0, len(byNode))
@@ -429,10 +431,11 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 		}
 		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node)+grace+10*time.Second)
 		defer cancel()
-		m, err := c.Node(node).Cancel(ctx, uids, grace)
-		ch <- res{node, m, err}
+		m, statuses, err := c.Node(node).Cancel(ctx, uids, grace)
+		ch <- res{node, m, statuses, err}
 	})
 	close(ch)
+	statuses := map[int]remote.JobStatus{}
 	for r := range ch {
 		for _, j := range byNode[r.node] {
 			if r.err != nil {
@@ -440,31 +443,34 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 				continue
 			}
 			out[j.ID] = string(r.m[j.UID])
+			if js, ok := r.statuses[j.UID]; ok {
+				statuses[j.ID] = js
+			}
 		}
 		if r.err != nil {
 			errs = append(errs, r.err)
 		}
 	}
-	// A job still being synced is not on its node yet: mark it, and its
-	// launch will not submit it.
 	if err := st.Update(func(s *store.State) error {
 		now := time.Now().UTC()
 		for id, o := range out {
-			if j := s.Job(id); j != nil && j.State == job.Submitting && o == "missing" {
+			j := s.Job(id)
+			switch {
+			case j == nil:
+			case j.State == job.Submitting && o == "missing":
+				// Still being synced, not on its node yet: marked, its
+				// launch will not submit it.
 				j.State, j.Ended = job.Cancelled, &now
 				out[id] = "cancelled"
+			case !j.State.Terminal():
+				if js, ok := statuses[id]; ok {
+					applyStatus(j, js, now)
+				}
 			}
 		}
 		return nil
 	}); err != nil {
 		errs = append(errs, err)
-	}
-	_, _, rerr := c.Reconcile(ctx, st, func(j *store.Job) bool {
-		_, ok := out[j.ID]
-		return ok
-	})
-	if rerr != nil {
-		errs = append(errs, rerr)
 	}
 	return out, errors.Join(errs...)
 }

@@ -235,3 +235,45 @@ func TestPlacementTakesTheNodesWord(t *testing.T) {
 		t.Errorf("hold ended %s", j.State)
 	}
 }
+
+// Cancel is one command per node: its answer says how each job ended,
+// which the store records without asking again.
+func TestCancelIsOneCommandPerNode(t *testing.T) {
+	t.Parallel()
+	n := newLocalNode(t, gpusim.T4x1("cancel"))
+	c := localCluster(map[string]*localNode{"n1": n}, "n1")
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	run := &task.Task{Name: "long", Run: "sleep 300", Resources: task.Resources{Accelerators: []task.Accel{{Count: 1}}}}
+	wait := &task.Task{Name: "waits", Run: "true", Resources: task.Resources{Accelerators: []task.Accel{{Count: 1}}}}
+	j1, _, err := c.Launch(ctx, st, run, LaunchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j2, p, err := c.Launch(ctx, st, wait, LaunchOptions{})
+	if err != nil || p.FitsNow {
+		t.Fatalf("second job: %+v %v, want it queued", p, err)
+	}
+	n.mu.Lock()
+	n.actions = nil
+	n.mu.Unlock()
+	out, err := c.Cancel(ctx, st, []*store.Job{j1, j2}, 200*time.Millisecond)
+	if err != nil || out[j1.ID] != "cancelled" || out[j2.ID] != "cancelled" {
+		t.Fatalf("cancel: %v %v", out, err)
+	}
+	if got := n.commands(); strings.Join(got, " ") != "cancel" {
+		t.Errorf("cancel ran %v on the node, want one cancel", got)
+	}
+	snap, err := st.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []int{j1.ID, j2.ID} {
+		if j := snap.Job(id); j.State != job.Cancelled || j.ExitCode == nil || j.Ended == nil {
+			t.Errorf("job %d after cancel: %s, exit %v", id, j.State, j.ExitCode)
+		}
+	}
+}

@@ -1,6 +1,8 @@
 # sshq node protocol, v1: cancel GRACE_MS UID... ends the given jobs: a
 # pending job leaves the queue, a running one's processes get SIGTERM, then
-# SIGKILL after the grace period; its wrapper records the end. Needs lib.sh.
+# SIGKILL after the grace period; its wrapper records the end. The answer
+# ends with the jobs' report (as jobs gives it), so the controller learns
+# how they ended in the same command. Needs lib.sh, sched.sh and jobs.sh.
 
 cmd_cancel() {
 	local grace=$1 uid jd st tn deadline any round p spare
@@ -111,5 +113,6 @@ cmd_cancel() {
 		[ -f "$jd/state" ] && st=$(tail -n 1 "$jd/state")
 		printf 'cancel\t%s\tcancelled\t%s\n' "$uid" "${st%% *}"
 	done
+	report_jobs "$@"
 	printf 'SSHQ-END\n'
 }

@@ -162,16 +162,25 @@ func (c *Client) Status(ctx context.Context) (*NodeStatus, error) {
 // (DefaultCancelGrace when 0), its GPU leases fall free with it, its state
 // becomes CANCELLED and its tmux session is closed last. For a job that
 // already ended it answers "done" and still kills what the job left
-// running. It returns when every tree is gone.
-func (c *Client) Cancel(ctx context.Context, uids []string, grace time.Duration) (map[string]CancelOutcome, error) {
+// running. It returns when every tree is gone, with what it did to each job
+// and, from the same command, each job's report as Jobs gives it.
+func (c *Client) Cancel(ctx context.Context, uids []string, grace time.Duration) (map[string]CancelOutcome, map[string]JobStatus, error) {
 	if grace <= 0 {
 		grace = DefaultCancelGrace
 	}
 	out, err := c.call(ctx, "cancel", append([]string{strconv.FormatInt(grace.Milliseconds(), 10)}, uids...)...)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return parseCancel(out)
+	outcomes, err := parseCancel(out)
+	if err != nil {
+		return nil, nil, err
+	}
+	jobs, err := parseJobs(out)
+	if err != nil {
+		return nil, nil, err
+	}
+	return outcomes, jobs, nil
 }
 
 // Logs writes a job's log to stdout: its last tailLines lines (all of it
@@ -321,6 +330,7 @@ type askWatcher struct {
 	out    *bytes.Buffer
 	answer func([]GPUInfo)
 	mu     sync.Mutex
+	begun  bool // past SSHQ-BEGIN: what a .bashrc prints is not the node asking
 	done   bool
 	line   []byte
 }
@@ -340,7 +350,10 @@ func (a *askWatcher) Write(p []byte) (int, error) {
 		}
 		l := string(a.line[:i])
 		a.line = a.line[i+1:]
-		if l == "ask" {
+		if strings.HasPrefix(l, "SSHQ-BEGIN ") {
+			a.begun = true
+		}
+		if l == "ask" && a.begun {
 			a.done = true
 			a.answer(parseGPUInfo(a.out.Bytes()))
 			break

@@ -179,7 +179,8 @@
 //	        ask                             (then reads stdin: see place.sh)
 //	        fit <request> now|wait|never <eligible> <free> <ahead> <demand>
 //	        error <text>
-//	Cancel: cancel <uid> cancelled <final state> | done | missing | invalid
+//	Cancel: cancel <uid> cancelled <final state> | done | missing | invalid,
+//	        then the jobs' records as Jobs prints them
 //	Check:  tool <name> <path|->, bash <version>, kernel <text>,
 //	        lease_dir <path> ok|absent|symlink|not-dir|not-writable,
 //	        gpus <n> | gpus - <error>, logind <kill_user_processes> <linger>

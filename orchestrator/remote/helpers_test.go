@@ -212,7 +212,7 @@ func (n *testNode) node() *NodeStatus {
 
 func (n *testNode) cancel(grace time.Duration, uids ...string) map[string]CancelOutcome {
 	n.t.Helper()
-	m, err := n.cl().Cancel(context.Background(), taggedAll(uids), grace)
+	m, _, err := n.cl().Cancel(context.Background(), taggedAll(uids), grace)
 	if err != nil {
 		n.t.Errorf("cancel %v: %v", uids, err)
 	}

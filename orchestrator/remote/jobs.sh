@@ -1,11 +1,17 @@
 # sshq node protocol, v1: jobs UID... reports the given jobs (liveness,
 # state history, exit code, GPUs, place in the queue). Needs lib.sh and
-# sched.sh.
+# sched.sh. Cancel ends its answer with the same report.
 
 cmd_jobs() {
+	printf 'SSHQ-BEGIN %s\n' "$SSHQ_PROTO"
+	report_jobs "$@"
+	printf 'SSHQ-END\n'
+}
+
+# report_jobs UID...: the records of the given jobs.
+report_jobs() {
 	local uid jd alive tm st ts rc idx u tn i
 	local -A pos_of=()
-	printf 'SSHQ-BEGIN %s\n' "$SSHQ_PROTO"
 	# No queue.lock: a report must answer while the queue is busy (or a
 	# probe is stuck), and reading tickets needs none.
 	if lease_dir_prepare; then
@@ -47,5 +53,4 @@ cmd_jobs() {
 			[ -n "${pos_of[$tn]:-}" ] && printf 'queue\t%s\t%s\n' "$uid" "${pos_of[$tn]}"
 		fi
 	done
-	printf 'SSHQ-END\n'
 }

@@ -44,7 +44,7 @@ var scripts = map[string]string{
 	"jobs":   script(schedSh, jobsSh),
 	"status": script(schedSh, statusSh),
 	"place":  script(schedSh, placeSh),
-	"cancel": script(cancelSh),
+	"cancel": script(schedSh, jobsSh, cancelSh),
 	"logs":   script(logsSh),
 	"check":  script(schedSh, checkSh),
 }

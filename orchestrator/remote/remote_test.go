@@ -488,8 +488,10 @@ func TestCancelPendingLeavesTheQueue(t *testing.T) {
 	if js := n.jobs("cp-b", "cp-c"); js["cp-b"].QueuePosition != 1 || js["cp-c"].QueuePosition != 2 {
 		t.Fatalf("queue before cancel: %+v", js)
 	}
-	if res := n.cancel(time.Second, "cp-b"); res["cp-b"] != "cancelled" {
-		t.Fatalf("cancel: %v", res)
+	// Cancel's answer says how the job ended: no second command needed.
+	res, js, err := n.cl().Cancel(context.Background(), []string{tagged("cp-b")}, time.Second)
+	if b := js[tagged("cp-b")]; err != nil || res[tagged("cp-b")] != "cancelled" || b.State != job.Cancelled || !b.Exited || b.ExitCode != 143 {
+		t.Fatalf("cancel: %v %+v %v", res, js, err)
 	}
 	st := n.job("cp-b")
 	if st.State != job.Cancelled || st.QueuePosition != 0 || len(st.GPUs) != 0 {
