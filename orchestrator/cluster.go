@@ -1,8 +1,8 @@
 package orchestrator
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"sort"
 	"sync"
 	"time"
@@ -13,16 +13,38 @@ import (
 	"github.com/sshq/sshq/sshpool"
 )
 
-// Cluster is the set of nodes one command works on.
+// Cluster is the set of nodes one command works on. All node work goes
+// through Node's client: one command, one SSH session, per node action.
 type Cluster struct {
 	Pool     *sshpool.Pool
 	Resolver *inventory.Resolver
 	Names    []string
+	// Runner, when set, runs the node commands in place of Pool (a test's
+	// fake, or nodes reached another way). Workdir syncs still need Pool.
+	Runner func(node string) remote.Runner
+}
+
+// Node returns the client of the node called name.
+func (c *Cluster) Node(name string) *remote.Client {
+	if c.Runner != nil {
+		return remote.New(name, c.Runner(name))
+	}
+	return remote.New(name, c.Pool.Node(name))
+}
+
+// subset is c over other nodes.
+func (c *Cluster) subset(names []string) *Cluster {
+	sub := *c
+	sub.Names = names
+	return &sub
 }
 
 // opTimeout bounds one remote command on a node after it is connected: a
 // node whose shell or driver hangs must not hold the others' answers.
 func (c *Cluster) opTimeout(ctx context.Context, name string) time.Duration {
+	if c.Resolver == nil {
+		return inventory.DefaultConnectTimeout + 30*time.Second
+	}
 	if n, err := c.Resolver.Resolve(ctx, name); err == nil {
 		t := n.Timeout()
 		if t < 5*time.Second {
@@ -78,7 +100,7 @@ type GPUStatus struct {
 	MemoryTotalMiB int          `json:"memory_total_mib"`
 	MemoryUsedMiB  int          `json:"memory_used_mib"`
 	UtilizationPct *int         `json:"utilization_pct"`
-	State          string       `json:"state"` // free, leased, foreign, unusable
+	State          string       `json:"state"` // a remote.GPUState: free, leased, foreign, unusable
 	Holder         *Holder      `json:"holder"`
 	Processes      []GPUProcess `json:"processes"`
 }
@@ -105,6 +127,21 @@ func holderUser(nodeUser, controllerUser string) string {
 	return controllerUser
 }
 
+// NodeJob is an sshq job running on a node, of any user and any
+// controller, with or without GPUs.
+type NodeJob struct {
+	JobID  int    `json:"job_id"`
+	JobUID string `json:"job_uid"`
+	Name   string `json:"name"`
+	// User is the node account the job runs as (the owner of its record
+	// on the node, which no record can claim to be); ControllerUser is
+	// the submitting controller's local user.
+	User           string    `json:"user"`
+	ControllerUser string    `json:"controller_user"`
+	NumGPUs        int       `json:"num_gpus"`
+	Since          time.Time `json:"since"`
+}
+
 // NodeStatus is one node in `sshq status`.
 type NodeStatus struct {
 	Name            string       `json:"name"`
@@ -119,45 +156,38 @@ type NodeStatus struct {
 	GPUMessage      string       `json:"gpu_message,omitempty"`
 	GPUs            []GPUStatus  `json:"gpus"`
 	Queue           []QueueEntry `json:"queue"`
-	Warnings        []string     `json:"warnings"`
+	// Jobs are the sshq jobs running on the node, of every user, those
+	// without GPUs included (they appear in no GPU's Holder).
+	Jobs     []NodeJob `json:"jobs"`
+	Warnings []string  `json:"warnings"`
 }
 
-// probeSplit separates the GPU probe's output from the queue's.
-const probeSplit = "@@sshq-split@@"
-
-// probeCommand gathers, in one remote command, the driver's view (GPUs,
-// processes, host facts) and the queue's view (leases, tickets, which GPUs
-// the queue considers free). Both are scripts run by an explicit shell, so
-// the user's login shell (zsh, fish) does not matter.
-func probeCommand() string {
-	return sshpool.Command("sh", "-c", gpu.ProbeScript) + "; echo " + probeSplit + "; " + remote.Node()
-}
-
-// Probe asks one node for its status. It never fails: an unreachable node
-// comes back with Reachable false and the reason.
+// Probe asks one node for its status, in one command. It never fails: an
+// unreachable node comes back with Reachable false and the reason.
 func (c *Cluster) Probe(ctx context.Context, name string) NodeStatus {
-	ns := NodeStatus{Name: name, GPUs: []GPUStatus{}, Queue: []QueueEntry{}, Warnings: []string{}, CPUs: -1,
+	ns := NodeStatus{Name: name, GPUs: []GPUStatus{}, Queue: []QueueEntry{}, Jobs: []NodeJob{}, Warnings: []string{}, CPUs: -1,
 		MemTotalMiB: -1, MemAvailableMiB: -1, DiskFreeMiB: -1, Load1: -1}
 	ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, name))
 	defer cancel()
-	res, err := c.Pool.Run(ctx, name, probeCommand(), nil)
+	q, err := c.Node(name).Status(ctx)
+	var ne *remote.NodeError
+	if errors.As(err, &ne) {
+		// It answered, but could not report (bash too old, say).
+		ns.Reachable = true
+		ns.GPUState, ns.GPUMessage = gpu.StateError, ne.Msg
+		ns.Warnings = append(ns.Warnings, ne.Msg)
+		return ns
+	}
 	if err != nil {
 		ns.Error = err.Error()
 		return ns
 	}
 	ns.Reachable = true
-	gpuOut, nodeOut, _ := bytes.Cut(res.Stdout, []byte(probeSplit+"\n"))
-	host, rep := gpu.ParseProbe(gpuOut)
+	host, rep := q.Host, q.Driver
 	ns.CPUs, ns.Load1 = host.CPUs, host.Load1
 	ns.MemTotalMiB, ns.MemAvailableMiB, ns.DiskFreeMiB = host.MemTotalMiB, host.MemAvailableMiB, host.DiskFreeMiB
 	ns.GPUState, ns.GPUMessage = rep.State, rep.Message
 	ns.Warnings = append(ns.Warnings, rep.Warnings...)
-
-	q, qerr := remote.ParseNode(nodeOut)
-	if qerr != nil {
-		ns.Warnings = append(ns.Warnings, "lease directory not readable: "+qerr.Error())
-		q = &remote.NodeStatus{}
-	}
 	ns.Warnings = append(ns.Warnings, q.Errors...)
 	leases := map[string]remote.Lease{}
 	for _, l := range q.Leases {
@@ -169,19 +199,19 @@ func (c *Cluster) Probe(ctx context.Context, name string) NodeStatus {
 	}
 	for _, g := range rep.GPUs {
 		gs := GPUStatus{Index: g.Index, UUID: g.UUID, Name: g.Name, MemoryTotalMiB: g.MemoryTotalMiB,
-			MemoryUsedMiB: g.MemoryUsedMiB, UtilizationPct: g.UtilizationPct, State: "free", Processes: []GPUProcess{}}
+			MemoryUsedMiB: g.MemoryUsedMiB, UtilizationPct: g.UtilizationPct, State: string(remote.GPUFree), Processes: []GPUProcess{}}
 		for _, p := range rep.ProcessesOn(g.UUID) {
 			gs.Processes = append(gs.Processes, GPUProcess{PID: p.PID, User: p.User, UsedMemoryMiB: p.UsedMemoryMiB, Name: p.Name})
 		}
 		if l, ok := leases[g.UUID]; ok {
-			gs.State = "leased"
+			gs.State = string(remote.GPULeased)
 			gs.Holder = &Holder{JobID: l.JobID, JobUID: l.JobUID, Name: l.Name, User: holderUser(l.NodeUser, l.User),
 				NodeUser: l.NodeUser, ControllerUser: l.User, Since: l.Since}
 		} else if qs, ok := queueState[g.UUID]; ok && qs.State != "" {
-			gs.State = qs.State
+			gs.State = string(qs.State)
 		} else if len(gs.Processes) > 0 {
 			// Without the queue's view, any process is someone else's.
-			gs.State = "foreign"
+			gs.State = string(remote.GPUForeign)
 		}
 		ns.GPUs = append(ns.GPUs, gs)
 	}
@@ -190,6 +220,11 @@ func (c *Cluster) Probe(ctx context.Context, name string) NodeStatus {
 			NodeUser: t.NodeUser, ControllerUser: t.User, Name: t.Name, NumGPUs: t.NumGPUs, Since: t.Since})
 	}
 	sort.Slice(ns.Queue, func(i, j int) bool { return ns.Queue[i].Position < ns.Queue[j].Position })
+	for _, j := range q.Running {
+		ns.Jobs = append(ns.Jobs, NodeJob{JobID: j.JobID, JobUID: j.JobUID, Name: j.Name, User: holderUser(j.NodeUser, j.User),
+			ControllerUser: j.User, NumGPUs: j.NumGPUs, Since: j.Since})
+	}
+	sort.SliceStable(ns.Jobs, func(i, j int) bool { return ns.Jobs[i].Since.Before(ns.Jobs[j].Since) })
 	return ns
 }
 

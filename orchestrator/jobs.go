@@ -20,208 +20,8 @@ import (
 	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/task"
 	"github.com/sshq/sshq/orchestrator/wsync"
+	"github.com/sshq/sshq/sshpool"
 )
-
-// ErrNoFit means no node could ever hold the request: more GPUs, or a GPU
-// type, than any node has. It is the user's request to change, not a wait.
-var ErrNoFit = errors.New("no node can run this task")
-
-// ErrNoNode means every candidate node is unreachable.
-var ErrNoNode = errors.New("no reachable node")
-
-// Placement is where a task goes and why.
-type Placement struct {
-	Node        string     `json:"node"`
-	Accel       task.Accel `json:"-"`
-	Accelerator string     `json:"accelerator"`
-	NumGPUs     int        `json:"num_gpus"`
-	AllowedGPUs []string   `json:"allowed_gpus"` // UUIDs of the node's GPUs of the requested type
-	FitsNow     bool       `json:"fits_now"`
-	FreeGPUs    int        `json:"free_gpus"`
-	QueueAhead  int        `json:"queue_ahead"`
-	Reason      string     `json:"reason"`
-}
-
-type candidate struct {
-	Placement
-	demand int
-}
-
-// Place probes the nodes (or only pin) and chooses one, by the queue rules
-// of orchestrator/remote:
-// where the job fits now, the node with the fewest free GPUs that suffice
-// (best fit, keeping big holes for big jobs); else the node with the least
-// queued demand among those big enough. A request that no node could ever
-// hold is refused with ErrNoFit, naming what the nodes have.
-func (c *Cluster) Place(ctx context.Context, t *task.Task, pin string) (Placement, error) {
-	names := c.Names
-	if pin != "" {
-		names = []string{pin}
-	}
-	sub := &Cluster{Pool: c.Pool, Resolver: c.Resolver, Names: names}
-	statuses := sub.Status(ctx)
-	if err := ctx.Err(); err != nil {
-		// Not the nodes' fault: do not report them unreachable.
-		return Placement{}, fmt.Errorf("nothing was submitted (%w)", err)
-	}
-	return place(t, statuses, pin)
-}
-
-func place(t *task.Task, statuses []NodeStatus, pin string) (Placement, error) {
-	accels := t.Resources.Accelerators
-	if len(accels) == 0 {
-		accels = []task.Accel{{Count: 0}}
-	}
-	var down, have []string
-	var fits, queues []candidate
-	for _, ns := range statuses {
-		if !ns.Reachable {
-			down = append(down, fmt.Sprintf("%s (%s)", ns.Name, firstLine(ns.Error)))
-			continue
-		}
-		if !nodeMeets(t, ns) {
-			have = append(have, fmt.Sprintf("%s: %s CPUs, %s RAM", ns.Name, fmtCount(ns.CPUs), fmtGiB(ns.MemTotalMiB)))
-			continue
-		}
-		headNeed := 0
-		demand := 0
-		for i, q := range ns.Queue {
-			if i == 0 {
-				headNeed = q.NumGPUs
-			}
-			demand += q.NumGPUs
-		}
-		desc := describeGPUs(ns)
-		have = append(have, ns.Name+": "+desc)
-		for pref, a := range accels {
-			var allowed []string
-			free := 0
-			for _, g := range ns.GPUs {
-				if a.Type != "" && !task.MatchGPU(a.Type, g.Name) {
-					continue
-				}
-				allowed = append(allowed, g.UUID)
-				if g.State == "free" {
-					free++
-				}
-			}
-			if len(allowed) < a.Count {
-				continue
-			}
-			p := Placement{Node: ns.Name, Accel: a, Accelerator: a.Type, NumGPUs: a.Count, AllowedGPUs: allowed,
-				FreeGPUs: free, QueueAhead: len(ns.Queue)}
-			if a.Count == 0 {
-				p.AllowedGPUs = nil
-			}
-			// Safe backfill on the node: a newcomer may pass waiters only
-			// when the free GPUs cover the head of the queue and itself.
-			p.FitsNow = free >= a.Count && (len(ns.Queue) == 0 || free >= a.Count+headNeed)
-			cand := candidate{Placement: p, demand: demand*100 + pref}
-			if p.FitsNow {
-				p.Reason = fmt.Sprintf("%d of %d matching GPUs free", free, len(allowed))
-				cand.Placement = p
-				fits = append(fits, cand)
-			} else {
-				cand.Reason = fmt.Sprintf("queued behind %d waiting job(s) and %d busy GPU(s)", len(ns.Queue), len(allowed)-free)
-				queues = append(queues, cand)
-			}
-		}
-	}
-	if len(fits) > 0 {
-		sort.SliceStable(fits, func(i, j int) bool {
-			if t.Resources.AccelOrdered && fits[i].demand%100 != fits[j].demand%100 {
-				return fits[i].demand%100 < fits[j].demand%100
-			}
-			return fits[i].FreeGPUs-fits[i].NumGPUs < fits[j].FreeGPUs-fits[j].NumGPUs
-		})
-		return fits[0].Placement, nil
-	}
-	if len(queues) > 0 {
-		sort.SliceStable(queues, func(i, j int) bool { return queues[i].demand < queues[j].demand })
-		return queues[0].Placement, nil
-	}
-	want := accelString(accels)
-	if len(have) == 0 && len(down) > 0 {
-		return Placement{}, fmt.Errorf("%w: %s", ErrNoNode, strings.Join(down, "; "))
-	}
-	msg := "it asks for " + want
-	if t.Resources.CPUs.Value > 0 || t.Resources.Memory.Value > 0 {
-		msg += fmt.Sprintf(" (cpus %s, memory %s GB)", t.Resources.CPUs, t.Resources.Memory)
-	}
-	msg += "; the nodes have: " + strings.Join(have, "; ")
-	if len(down) > 0 {
-		msg += "; unreachable: " + strings.Join(down, "; ")
-	}
-	if pin != "" {
-		msg += "; drop --node to let sshq choose"
-	} else {
-		msg += "; ask for fewer GPUs or another type (`sshq status` shows every GPU)"
-	}
-	return Placement{}, fmt.Errorf("%w: %s", ErrNoFit, msg)
-}
-
-func nodeMeets(t *task.Task, ns NodeStatus) bool {
-	if cpus := t.Resources.CPUs; cpus.Value > 0 && ns.CPUs >= 0 && float64(ns.CPUs) < cpus.Value {
-		return false
-	}
-	if mem := t.Resources.Memory; mem.Value > 0 && ns.MemTotalMiB >= 0 && float64(ns.MemTotalMiB)/1024 < mem.Value {
-		return false
-	}
-	return true
-}
-
-func describeGPUs(ns NodeStatus) string {
-	if len(ns.GPUs) == 0 {
-		if ns.GPUMessage != "" {
-			return "no GPUs (" + firstLine(ns.GPUMessage) + ")"
-		}
-		return "no GPUs"
-	}
-	count := map[string]int{}
-	var order []string
-	for _, g := range ns.GPUs {
-		if count[g.Name] == 0 {
-			order = append(order, g.Name)
-		}
-		count[g.Name]++
-	}
-	var parts []string
-	for _, n := range order {
-		parts = append(parts, fmt.Sprintf("%d× %s", count[n], n))
-	}
-	return strings.Join(parts, ", ")
-}
-
-func accelString(as []task.Accel) string {
-	var s []string
-	for _, a := range as {
-		if a.Type == "" {
-			s = append(s, fmt.Sprintf("%d GPU(s)", a.Count))
-		} else {
-			s = append(s, a.String())
-		}
-	}
-	return strings.Join(s, " or ")
-}
-
-func firstLine(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	return s
-}
-
-func fmtCount(n int) string {
-	if n < 0 {
-		return "?"
-	}
-	return fmt.Sprint(n)
-}
-
-func fmtGiB(mib int64) string {
-	if mib < 0 {
-		return "?"
-	}
-	return fmt.Sprintf("%.0f GiB", float64(mib)/1024)
-}
 
 // LocalUser is the controller's user name, recorded with each job.
 func LocalUser() string {
@@ -267,12 +67,15 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	if note == nil {
 		note = func(string, ...any) {}
 	}
-	p, err := c.Place(ctx, t, opts.Node)
-	if err != nil {
-		return nil, p, err
+	p, asked := needsNoQuestion(t, c.Names, opts.Node)
+	if !asked {
+		var err error
+		if p, err = c.Place(ctx, t, opts.Node); err != nil {
+			return nil, p, err
+		}
 	}
 	var rec store.Job
-	err = st.Update(func(s *store.State) error {
+	err := st.Update(func(s *store.State) error {
 		j := s.NewJob(t.Name)
 		j.User = LocalUser()
 		j.Node = p.Node
@@ -295,10 +98,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 		return nil, p, err
 	}
 
-	client, err := c.Pool.Get(ctx, p.Node)
-	if err != nil {
-		return fail(err)
-	}
+	node := c.Node(p.Node)
 	// Syncs may move gigabytes, but never forever: a node whose disk or
 	// home hangs must not hold the launch (keepalives only catch a dead
 	// connection, not a stuck command).
@@ -317,6 +117,12 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	}
 	for _, k := range sortedKeys(t.Secrets) {
 		spec.Secrets = append(spec.Secrets, remote.EnvVar{Name: k, Value: t.Secrets[k]})
+	}
+	var client *sshpool.Client
+	if t.Workdir != "" || len(t.FileMounts) > 0 {
+		if client, err = c.Pool.Get(ctx, p.Node); err != nil {
+			return fail(err)
+		}
 	}
 	if t.Workdir != "" {
 		key := wsync.WorkdirKey(opts.Origin, t.Workdir)
@@ -354,10 +160,6 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 			return fail(fmt.Errorf("file_mounts %s → %s:%s: %w", local, p.Node, remotePath, err))
 		}
 	}
-	cmd, stdin, err := remote.Submit(spec)
-	if err != nil {
-		return fail(err)
-	}
 	// `sshq cancel` may have run while we synced: it can only mark the job
 	// in the store, since the node does not know it yet.
 	if err := st.Update(func(s *store.State) error {
@@ -370,12 +172,15 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	}
 	subCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	res, err := client.Run(subCtx, cmd, strings.NewReader(string(stdin)))
-	if err != nil {
+	_, err = node.Submit(subCtx, spec)
+	var refused *remote.NodeError
+	switch {
+	case errors.As(err, &refused):
+		return fail(fmt.Errorf("%s refused the job: %s", p.Node, refused.Msg))
+	case errors.Is(err, remote.ErrNoAnswer):
 		return c.settleSubmit(st, rec, p, ctx.Err() != nil)
-	}
-	if res.ExitCode != 0 {
-		return fail(fmt.Errorf("%s refused the job: %s", p.Node, strings.TrimSpace(string(res.Stderr))))
+	case err != nil:
+		return fail(err)
 	}
 	cancelled := false
 	err = st.Update(func(s *store.State) error {
@@ -399,7 +204,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	})
 	if cancelled {
 		// The cancel came between our check and the submit: honour it.
-		_, _ = client.Run(subCtx, remote.Cancel([]string{rec.UID}, remote.DefaultCancelGrace), nil)
+		_, _, _ = node.Cancel(subCtx, []string{rec.UID}, remote.DefaultCancelGrace)
 		return &rec, p, ErrCancelledDuringLaunch
 	}
 	return &rec, p, err
@@ -415,13 +220,8 @@ var ErrSubmittedBeforeInterrupt = errors.New("interrupted after the job was subm
 func (c *Cluster) settleSubmit(st *store.Store, rec store.Job, p Placement, interrupted bool) (*store.Job, Placement, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	res, err := c.Pool.Run(ctx, p.Node, remote.Jobs([]string{rec.UID}), nil)
-	var js remote.JobStatus
-	known := err == nil && res.ExitCode == 0
-	if known {
-		m, perr := remote.ParseJobs(res.Stdout)
-		js, known = m[rec.UID], perr == nil
-	}
+	m, err := c.Node(p.Node).Jobs(ctx, []string{rec.UID})
+	js, known := m[rec.UID], err == nil
 	switch {
 	case !known:
 		return nil, p, fmt.Errorf("lost the answer of %s while submitting job #%d; it may be queued there: `sshq queue` will tell", p.Node, rec.ID)
@@ -453,6 +253,9 @@ var ErrCancelledDuringLaunch = errors.New("the job was cancelled while it was be
 func submitGrace() time.Duration { return SyncTimeout + 5*time.Minute }
 
 func nodeIP(c *Cluster, ctx context.Context, name string) string {
+	if c.Resolver == nil {
+		return name
+	}
 	if n, err := c.Resolver.Resolve(ctx, name); err == nil {
 		return n.HostName
 	}
@@ -509,7 +312,7 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 	for n := range byNode {
 		nodes = append(nodes, n)
 	}
-	sub := &Cluster{Pool: c.Pool, Resolver: c.Resolver, Names: nodes}
+	sub := c.subset(nodes)
 	results := make(chan struct {
 		node string
 		a    answer
@@ -517,16 +320,8 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 	sub.Each(ctx, func(ctx context.Context, node string) {
 		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node))
 		defer cancel()
-		res, err := c.Pool.Run(ctx, node, remote.Jobs(byNode[node]), nil)
 		var a answer
-		switch {
-		case err != nil:
-			a.err = err
-		case res.ExitCode != 0:
-			a.err = fmt.Errorf("%s: %s", node, strings.TrimSpace(string(res.Stderr)))
-		default:
-			a.jobs, a.err = remote.ParseJobs(res.Stdout)
-		}
+		a.jobs, a.err = c.Node(node).Jobs(ctx, byNode[node])
 		results <- struct {
 			node string
 			a    answer
@@ -636,8 +431,9 @@ func applyStatus(j *store.Job, js remote.JobStatus, now time.Time) {
 	}
 }
 
-// Cancel ends the given jobs on their nodes (one command per node) and
-// records CANCELLED. It returns per-job outcomes.
+// Cancel ends the given jobs on their nodes (one command per node, which
+// also reports how each job ended) and records what the nodes said. It
+// returns per-job outcomes.
 func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job, grace time.Duration) (map[int]string, error) {
 	byNode := map[string][]*store.Job{}
 	for _, j := range jobs {
@@ -646,33 +442,28 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 	out := map[int]string{}
 	var errs []error
 	type res struct {
-		node string
-		m    map[string]remote.CancelOutcome
-		err  error
+		node     string
+		m        map[string]remote.CancelOutcome
+		statuses map[string]remote.JobStatus
+		err      error
 	}
 	ch := make(chan res, len(byNode))
 	nodes := make([]string, 0, len(byNode))
 	for n := range byNode {
 		nodes = append(nodes, n)
 	}
-	(&Cluster{Pool: c.Pool, Resolver: c.Resolver, Names: nodes}).Each(ctx, func(ctx context.Context, node string) {
+	c.subset(nodes).Each(ctx, func(ctx context.Context, node string) {
 		var uids []string
 		for _, j := range byNode[node] {
 			uids = append(uids, j.UID)
 		}
 		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node)+grace+10*time.Second)
 		defer cancel()
-		r, err := c.Pool.Run(ctx, node, remote.Cancel(uids, grace), nil)
-		if err == nil && r.ExitCode != 0 {
-			err = fmt.Errorf("%s: %s", node, strings.TrimSpace(string(r.Stderr)))
-		}
-		var m map[string]remote.CancelOutcome
-		if err == nil {
-			m, err = remote.ParseCancel(r.Stdout)
-		}
-		ch <- res{node, m, err}
+		m, statuses, err := c.Node(node).Cancel(ctx, uids, grace)
+		ch <- res{node, m, statuses, err}
 	})
 	close(ch)
+	statuses := map[int]remote.JobStatus{}
 	for r := range ch {
 		for _, j := range byNode[r.node] {
 			if r.err != nil {
@@ -680,31 +471,34 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 				continue
 			}
 			out[j.ID] = string(r.m[j.UID])
+			if js, ok := r.statuses[j.UID]; ok {
+				statuses[j.ID] = js
+			}
 		}
 		if r.err != nil {
 			errs = append(errs, r.err)
 		}
 	}
-	// A job still being synced is not on its node yet: mark it, and its
-	// launch will not submit it.
 	if err := st.Update(func(s *store.State) error {
 		now := time.Now().UTC()
 		for id, o := range out {
-			if j := s.Job(id); j != nil && j.State == job.Submitting && o == "missing" {
+			j := s.Job(id)
+			switch {
+			case j == nil:
+			case j.State == job.Submitting && o == "missing":
+				// Still being synced, not on its node yet: marked, its
+				// launch will not submit it.
 				j.State, j.Ended = job.Cancelled, &now
 				out[id] = "cancelled"
+			case !j.State.Terminal():
+				if js, ok := statuses[id]; ok {
+					applyStatus(j, js, now)
+				}
 			}
 		}
 		return nil
 	}); err != nil {
 		errs = append(errs, err)
-	}
-	_, _, rerr := c.Reconcile(ctx, st, func(j *store.Job) bool {
-		_, ok := out[j.ID]
-		return ok
-	})
-	if rerr != nil {
-		errs = append(errs, rerr)
 	}
 	return out, errors.Join(errs...)
 }
@@ -712,18 +506,10 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 // Logs streams a job's log to w. With follow it returns when the job ends,
 // with the job's exit code.
 func (c *Cluster) Logs(ctx context.Context, j *store.Job, tail int, follow bool, w, errw io.Writer) (int, error) {
-	client, err := c.Pool.Get(ctx, j.Node)
-	if err != nil {
-		return -1, err
-	}
 	if !follow {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opTimeout(ctx, j.Node))
 		defer cancel()
 	}
-	code, err := client.Stream(ctx, remote.Logs(j.UID, tail, follow), nil, w, errw)
-	if err != nil {
-		return -1, err
-	}
-	return code, nil
+	return c.Node(j.Node).Logs(ctx, j.UID, tail, follow, w, errw)
 }

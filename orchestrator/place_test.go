@@ -5,70 +5,79 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sshq/sshq/orchestrator/remote"
 	"github.com/sshq/sshq/orchestrator/task"
 )
 
-func node(name string, model string, states ...string) NodeStatus {
-	ns := NodeStatus{Name: name, Reachable: true, CPUs: 32, MemTotalMiB: 256 * 1024}
-	for i, s := range states {
-		ns.GPUs = append(ns.GPUs, GPUStatus{Index: i, UUID: name + "-" + string(rune('a'+i)), Name: model, State: s})
+// offer is a node's answer: n GPUs of model, and one Fit per request.
+func offer(name, model string, n int, fits ...remote.Fit) nodeOffer {
+	o := &remote.Offer{CPUs: 32, MemTotalMiB: 256 * 1024, Load1: 0, Fits: fits}
+	for i := 0; i < n; i++ {
+		o.GPUs = append(o.GPUs, remote.GPUInfo{Index: i, UUID: name + "-" + string(rune('a'+i)), Name: model})
 	}
-	return ns
+	return nodeOffer{Name: name, Offer: o}
 }
 
-func withQueue(ns NodeStatus, needs ...int) NodeStatus {
-	for i, n := range needs {
-		ns.Queue = append(ns.Queue, QueueEntry{Position: i + 1, NumGPUs: n})
-	}
-	return ns
+func now(free, eligible int) remote.Fit {
+	return remote.Fit{Verdict: remote.FitsNow, Free: free, Eligible: eligible}
 }
+
+func waits(ahead, demand int) remote.Fit {
+	return remote.Fit{Verdict: remote.Waits, Ahead: ahead, Demand: demand, Eligible: 4}
+}
+
+func never(eligible int) remote.Fit { return remote.Fit{Verdict: remote.Never, Eligible: eligible} }
 
 func taskWith(accels ...task.Accel) *task.Task {
 	return &task.Task{Name: "t", Resources: task.Resources{Accelerators: accels}}
 }
 
-func TestPlacement(t *testing.T) {
+// The rule that decides whether a job starts now lives on the node
+// (orchestrator/remote's place action, tested there); rank only orders the
+// nodes' answers.
+func TestRankingOfTheNodesAnswers(t *testing.T) {
 	t.Parallel()
 	a100 := "NVIDIA A100-SXM4-80GB"
 	h100 := "NVIDIA H100 80GB HBM3"
+	loaded := offer("busy", "", 0, now(0, 0))
+	loaded.Offer.Load1 = 30
 	for _, tc := range []struct {
 		name    string
 		task    *task.Task
-		nodes   []NodeStatus
+		nodes   []nodeOffer
 		want    string
 		fitsNow bool
 		err     error
 		errHas  []string
 	}{
 		{"best fit leaves big holes for big jobs", taskWith(task.Accel{Count: 1}),
-			[]NodeStatus{node("big", a100, "free", "free", "free", "free"), node("small", a100, "leased", "free")}, "small", true, nil, nil},
-		{"type filter", taskWith(task.Accel{Type: "H100", Count: 2}),
-			[]NodeStatus{node("a", a100, "free", "free"), node("h", h100, "free", "free")}, "h", true, nil, nil},
-		{"foreign GPUs are not free", taskWith(task.Accel{Count: 2}),
-			[]NodeStatus{node("a", a100, "foreign", "free"), node("b", a100, "free", "free", "leased")}, "b", true, nil, nil},
+			[]nodeOffer{offer("big", a100, 4, now(4, 4)), offer("small", a100, 2, now(1, 2))}, "small", true, nil, nil},
+		{"the node's verdict wins over free counts", taskWith(task.Accel{Count: 1}),
+			[]nodeOffer{offer("a", a100, 4, waits(1, 2)), offer("b", a100, 2, now(1, 2))}, "b", true, nil, nil},
+		{"never is not a candidate", taskWith(task.Accel{Type: "H100", Count: 2}),
+			[]nodeOffer{offer("a", a100, 2, never(0)), offer("h", h100, 2, now(2, 2))}, "h", true, nil, nil},
 		{"no fit now: least queued demand", taskWith(task.Accel{Count: 2}),
-			[]NodeStatus{withQueue(node("a", a100, "leased", "leased"), 2, 2), withQueue(node("b", a100, "leased", "leased"), 1)}, "b", false, nil, nil},
-		{"a waiting head is not jumped", taskWith(task.Accel{Count: 1}),
-			[]NodeStatus{withQueue(node("a", a100, "free", "leased", "leased"), 2)}, "a", false, nil, nil},
-		{"backfill when free GPUs cover head and newcomer", taskWith(task.Accel{Count: 1}),
-			[]NodeStatus{withQueue(node("a", a100, "free", "free", "free", "leased"), 2)}, "a", true, nil, nil},
+			[]nodeOffer{offer("a", a100, 2, waits(2, 4)), offer("b", a100, 2, waits(1, 1))}, "b", false, nil, nil},
 		{"ordered list: first choice that fits now", &task.Task{Resources: task.Resources{AccelOrdered: true,
 			Accelerators: []task.Accel{{Type: "H100", Count: 1}, {Type: "A100", Count: 1}}}},
-			[]NodeStatus{node("a", a100, "free"), node("h", h100, "free", "free")}, "h", true, nil, nil},
-		{"CPU job goes anywhere reachable", taskWith(),
-			[]NodeStatus{{Name: "down", Error: "refused"}, node("cpu", a100)}, "cpu", true, nil, nil},
+			[]nodeOffer{offer("a", a100, 1, never(0), now(1, 1)), offer("h", h100, 2, now(2, 2), never(0))}, "h", true, nil, nil},
+		{"CPU job goes to the least loaded reachable node", taskWith(),
+			[]nodeOffer{{Name: "down", Err: errors.New("refused")}, loaded, offer("idle", "", 0, now(0, 0))}, "idle", true, nil, nil},
 		{"more GPUs than any node has", taskWith(task.Accel{Count: 8}),
-			[]NodeStatus{node("a", a100, "free", "free"), node("b", h100, "free")}, "", false, ErrNoFit,
+			[]nodeOffer{offer("a", a100, 2, never(2)), offer("b", h100, 1, never(1))}, "", false, ErrNoFit,
 			[]string{"8 GPU(s)", "a: 2× NVIDIA A100-SXM4-80GB", "b: 1× NVIDIA H100 80GB HBM3"}},
 		{"a GPU type no node has", taskWith(task.Accel{Type: "V100", Count: 1}),
-			[]NodeStatus{node("a", a100, "free")}, "", false, ErrNoFit, []string{"V100:1", "A100"}},
+			[]nodeOffer{offer("a", a100, 1, never(0))}, "", false, ErrNoFit, []string{"V100:1", "A100"}},
 		{"not enough memory", &task.Task{Resources: task.Resources{Memory: task.Quantity{Value: 1024}, Accelerators: []task.Accel{{Count: 1}}}},
-			[]NodeStatus{node("a", a100, "free")}, "", false, ErrNoFit, []string{"RAM"}},
+			[]nodeOffer{offer("a", a100, 1, now(1, 1))}, "", false, ErrNoFit, []string{"RAM"}},
 		{"everything down", taskWith(task.Accel{Count: 1}),
-			[]NodeStatus{{Name: "a", Error: "connection refused"}}, "", false, ErrNoNode, []string{"connection refused"}},
+			[]nodeOffer{{Name: "a", Err: errors.New("connection refused")}}, "", false, ErrNoNode, []string{"connection refused"}},
+		{"a node that could not decide cannot take the job", taskWith(task.Accel{Count: 1}),
+			[]nodeOffer{{Name: "a", Offer: &remote.Offer{CPUs: 8, MemTotalMiB: 1 << 20, Errors: []string{"lease directory /tmp/sshq-leases is a symlink"}}}},
+			"", false, ErrNoNode, []string{"symlink"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := place(tc.task, tc.nodes, "")
+			p, err := rank(tc.task, tc.nodes, "")
 			if tc.err != nil {
 				if !errors.Is(err, tc.err) {
 					t.Fatalf("err %v, want %v", err, tc.err)

@@ -757,17 +757,41 @@ func (e notStarted) Unwrap() error { return e.error }
 // Run is a convenience: Get then Run, redialing once if the pooled
 // connection turned out to be broken before the command could start.
 func (p *Pool) Run(ctx context.Context, alias, cmd string, stdin io.Reader) (Result, error) {
+	var out, errb bytes.Buffer
+	code, err := p.Node(alias).Run(ctx, cmd, stdin, &out, &errb)
+	if err != nil {
+		return Result{ExitCode: -1}, err
+	}
+	return Result{Stdout: out.Bytes(), Stderr: errb.Bytes(), ExitCode: code}, nil
+}
+
+// NodeRunner runs commands on one node of a pool (see Pool.Node).
+type NodeRunner struct {
+	pool  *Pool
+	alias string
+}
+
+// Node returns the runner of the node alias: each Run takes the pooled
+// connection (dialing it if needed) and runs one command as one session.
+func (p *Pool) Node(alias string) NodeRunner { return NodeRunner{p, alias} }
+
+// Run runs cmd (a shell command line built with Command/Quote) with stdin
+// (may be nil), streaming its output to stdout and stderr, and returns its
+// exit status. If the pooled connection turns out to be broken before the
+// command could start, it dials again once: only then can running it again
+// not run it twice.
+func (n NodeRunner) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	for attempt := 0; ; attempt++ {
-		c, err := p.Get(ctx, alias)
+		c, err := n.pool.Get(ctx, n.alias)
 		if err != nil {
-			return Result{ExitCode: -1}, err
+			return -1, err
 		}
-		res, err := c.Run(ctx, cmd, stdin)
+		code, err := c.Stream(ctx, cmd, stdin, stdout, stderr)
 		var ns notStarted
 		if err != nil && errors.As(err, &ns) && errors.Is(err, ErrConnectionLost) && attempt == 0 && ctx.Err() == nil {
 			c.Close() // marks it dead: the next Get dials again
 			continue
 		}
-		return res, err
+		return code, err
 	}
 }

@@ -2,9 +2,10 @@
 // says plainly which GPUs the node has, which processes use them, and, when
 // the answer is incomplete or absent, why.
 //
-// The controller learns about a node by running ProbeScript there in one ssh
-// command (as `sh -c <script>`, built with sshpool.Command, so the user's
-// login shell does not matter) and handing its output to ParseProbe.
+// The node's status action (orchestrator/remote) asks the driver once for
+// the GPUs (QueryGPUFields) and once for their compute processes
+// (ComputeAppsFields), answers shared with the node's queue, and prints them
+// with the host facts in the sections ParseProbe reads.
 //
 // Decisions, where the driver leaves room:
 //
@@ -30,23 +31,15 @@
 package gpu
 
 import (
-	_ "embed"
 	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
 )
 
-// ProbeScript prints, after "@@sshq" marker lines, the GPU query, the
-// compute-process query, the owners of those processes, and the host facts
-// (nproc, /proc/loadavg, MemTotal/MemAvailable, `df -Pk "$HOME"`). It is
-// POSIX sh, reads no environment but HOME and PATH, and never aborts.
-//
-//go:embed probe.sh
-var ProbeScript string
-
-// The nvidia-smi fields the probe asks for. The probe falls back to
-// QueryGPUFieldsNoMIG on drivers that reject mig.mode.current.
+// The nvidia-smi fields the node asks for (orchestrator/remote's lib.sh
+// says the same). It falls back to QueryGPUFieldsNoMIG on drivers that
+// reject mig.mode.current.
 const (
 	QueryGPUFields      = "index,uuid,name,memory.total,memory.used,utilization.gpu,pci.bus_id,mig.mode.current"
 	QueryGPUFieldsNoMIG = "index,uuid,name,memory.total,memory.used,utilization.gpu,pci.bus_id"
@@ -195,7 +188,7 @@ func ParseQueryGPU(out []byte, exitCode int, fields string) Report {
 	case len(lost) > 0:
 		r.State, r.Message = StateError, fmt.Sprintf("no GPU answers the driver (lost: %s); reset the GPUs or reboot the node", strings.Join(lost, ", "))
 	case exitCode == 124 || exitCode == 137:
-		r.State, r.Message = StateError, "nvidia-smi did not answer within 30s: a GPU or the driver is hung; check dmesg for Xid errors"
+		r.State, r.Message = StateError, "nvidia-smi did not answer in time (SSHQ_PROBE_TIMEOUT on the node, 20s by default): a GPU or the driver is hung; check dmesg for Xid errors"
 	case len(noDevices) > 0:
 		r.State, r.Message = StateNoDevices, "No devices were found: the NVIDIA driver sees no GPU on this node"
 	case exitCode != 0 || len(other) > 0:

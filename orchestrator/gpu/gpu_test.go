@@ -52,7 +52,7 @@ func TestParseQueryGPU(t *testing.T) {
 		{name: "library mismatch", rc: 18, out: "Failed to initialize NVML: Driver/library version mismatch\nNVML library version: 535.183",
 			state: StateDriverFailed, msg: "version mismatch NVML library version: 535.183"},
 		{name: "not found", rc: 127, out: "sh: 1: nvidia-smi: not found", state: StateMissing, msg: "not found"},
-		{name: "timed out", rc: 124, state: StateError, msg: "did not answer within 30s"},
+		{name: "timed out", rc: 124, state: StateError, msg: "did not answer in time"},
 		{name: "field rejected", rc: 2, out: `Field "mig.mode.current" is not a valid field to query.`, state: StateError, msg: `Field "mig.mode.current"`},
 		{name: "garbage", out: "Segmentation fault (core dumped)", rc: 139, state: StateError, msg: "exit 139"},
 	}

@@ -23,8 +23,24 @@ type section struct {
 	body strings.Builder
 }
 
-// ParseProbe reads the output of ProbeScript. It never fails: whatever the
-// node printed, the Report's State and Message say what is known.
+// ParseProbe reads the driver's part of a node's status report: sections
+// after "@@sshq NAME [k=v...]" marker lines, each holding a command's own
+// output:
+//
+//	@@sshq probe v1
+//	@@sshq gpus rc=N fields=F   the GPU query (F: QueryGPUFields or
+//	                            QueryGPUFieldsNoMIG), its stdout and stderr
+//	@@sshq gpus missing         instead, when nvidia-smi is not on PATH
+//	@@sshq apps rc=N            the compute-process query
+//	@@sshq users                "pid user" of those processes
+//	@@sshq host                 "nproc N", "loadavg ...", /proc/meminfo's
+//	                            MemTotal: and MemAvailable: lines
+//	@@sshq df                   df -Pk "$HOME"
+//	@@sshq end
+//
+// Lines before the first marker (a chatty .bashrc) and after the end are
+// not its business. It never fails: whatever the node printed, the
+// Report's State and Message say what is known.
 func ParseProbe(out []byte) (Host, Report) {
 	h := Host{CPUs: -1, Load1: -1, Load5: -1, Load15: -1, MemTotalMiB: -1, MemAvailableMiB: -1, DiskFreeMiB: -1}
 	secs := map[string]*section{}
@@ -62,7 +78,7 @@ func ParseProbe(out []byte) (Host, Report) {
 	switch {
 	case len(secs) == 0 && len(preamble) == 0:
 		r := empty
-		r.State, r.Message = StateError, "the node printed nothing for the GPU probe; check that `sh` runs there"
+		r.State, r.Message = StateError, "the node printed nothing for the GPU probe; check that `bash` runs there"
 		return h, r
 	case len(secs) == 0:
 		r := empty

@@ -1,10 +1,14 @@
-// Package remote is the node side of sshq: the bash script that performs
-// every action on a node (node.sh, sent whole with each command, so nothing
-// is installed on nodes) and the Go functions that build those command lines
-// and parse what they print. It does no SSH itself: each function returns a
-// command string (built with sshpool.Command, every argument one quoted
-// word) and, for Submit, the bytes to send on stdin; the caller runs them
-// through the SSH pool.
+// Package remote is the node side of sshq: the bash that performs every
+// action on a node, and Client, which runs those actions and parses what
+// they print. Nothing is installed on nodes: each command is `bash -c
+// SCRIPT sshq ACTION ARGS...` (built with sshpool.Command, every argument
+// one quoted word), where SCRIPT is lib.sh (shared helpers, the one
+// nvidia-smi wrapper), sched.sh where the action reads the queue or the
+// GPUs (the queue's rule), and the action's own file: submit.sh (with
+// wrapper.sh, which the job keeps as its wrapper), jobs.sh, status.sh,
+// place.sh, cancel.sh, logs.sh, check.sh. Client does no SSH itself: it
+// runs each action as one command through a Runner (for sshpool,
+// Pool.Node(alias)), so every action is one SSH session on one node.
 //
 // # On the node
 //
@@ -41,8 +45,13 @@
 //	queue.lock             flock serializing every GPU decision on the node
 //	queue/<ns>-<uid>       a waiting job's ticket, "uid user name num_gpus since allowed login",
 //	                       flocked by its wrapper while it waits
-//	.cache-gpus-<euid>     one node account's last nvidia-smi answers, "<ms> ok|hung"
-//	.cache-apps-<euid>     then the output; read only by that account (mode 0600)
+//	running/<uid>          a running job's record, "uid id user name num_gpus since", from
+//	                       its start to its end, with or without GPUs; flocked by its
+//	                       wrapper (and, inherited, its processes) while it lives. Whose
+//	                       job it is is the file's owner, which no text can claim
+//	.smi-<query>-<euid>    one node account's last nvidia-smi answer to one query (gpu,
+//	                       gpu-nomig, apps): "<ms> ok|fail|hung <exit status>", then the
+//	                       output; read only by that account (mode 0600)
 //
 // user is the submitting controller's local user, login the node account
 // the job runs as (`id -un`), which is who holds the GPU; login is the last
@@ -59,7 +68,7 @@
 // of the job: the mark Cancel kills by). The wrapper takes a ticket, writes
 // PENDING (Submit returns then, so submission order is queue order), and
 // waits on the node: every SSHQ_POLL_INTERVAL seconds (default 2) it takes
-// queue.lock and decides. Submit waits for PENDING as long as the wrapper
+// queue.lock and decides (try_start, by plan in sched.sh). Submit waits for PENDING as long as the wrapper
 // lives (it may wait 60s for queue.lock and SSHQ_PROBE_TIMEOUT for
 // nvidia-smi), up to SSHQ_SUBMIT_WAIT seconds (default 100, under the
 // controller's 2 minutes); when it gives up, or the wrapper dies without a
@@ -68,17 +77,24 @@
 // older waiter that fits in the GPUs free now reserves them first, and a
 // head of queue that does not fit reserves every free GPU it could use; a
 // job starts only if it fits in what remains. So a younger job passes an
-// older one only on GPUs left over, and never delays the head. A GPU is free
+// older one only on GPUs left over, and never delays the head. This rule
+// (plan) is the only one: a launch's placement asks the node (Place) how
+// it would take a job joining the queue now, and the node answers with
+// plan, so the controller never decides by a rule of its own. A GPU is free
 // when no lease holds it and no process in nvidia-smi --query-compute-apps
 // computes on it; when that query fails, no GPU counts as free (the waiters
-// wait, Node reports the error). nvidia-smi and ps run with none of the
-// lock fds (bash's `exec {fd}<` is not close-on-exec) and are abandoned
-// after SSHQ_PROBE_TIMEOUT seconds (default 20): a hung driver fails the
-// probe instead of holding queue.lock, and the hang is remembered for that
-// long so other waiters do not each wait it out. Waiters reuse their
-// account's answers for one poll interval (.cache-*), so N waiters cost the
-// driver one probe a poll instead of N; Node asks the driver itself unless
-// it hung within SSHQ_PROBE_TIMEOUT. A process is foreign on a GPU unless it
+// wait, Status reports the error). nvidia-smi runs only through smi (lib.sh),
+// with the two queries Status shows (gpu.QueryGPUFields,
+// gpu.ComputeAppsFields), so the queue and the report share answers.
+// nvidia-smi and ps run with none of the lock fds (bash's `exec {fd}<` is
+// not close-on-exec) and are abandoned after SSHQ_PROBE_TIMEOUT seconds
+// (default 20): a hung driver fails the probe instead of holding
+// queue.lock, and the hang is remembered for that long so other waiters do
+// not each wait it out. Waiters and Place reuse their account's answers for
+// one poll interval (.smi-*), so N waiters cost the driver one probe a poll
+// instead of N; Status and Check ask the driver itself unless it hung
+// within SSHQ_PROBE_TIMEOUT. A job that asks for no GPU never makes the
+// node run nvidia-smi: not in Place, not in Submit, not in its wrapper. A process is foreign on a GPU unless it
 // belongs to that GPU's own lease holder (shares the holder's session,
 // descends from its wrapper, or is marked with its job uid): a job's process
 // on a GPU it did not lease (NVML, a container given every GPU) occupies
@@ -103,15 +119,22 @@
 // carries its mark (a nohup'd server, `ray start`, tensorboard: holders of
 // its lease fds) gets SIGTERM, then SIGKILL after SSHQ_END_GRACE seconds
 // (default 3), before the end is recorded, so an ended job holds no GPU; the
-// log names them. States: PENDING, SETTING_UP, RUNNING,
+// log names them. A job that starts (leases taken, or at once without
+// GPUs) writes its running/<uid> record, removed when it ends, so Status
+// shows every job running on the node, those without GPUs too. States:
+// PENDING, SETTING_UP, RUNNING,
 // then SUCCEEDED (exit 0), FAILED (the run's code), FAILED_SETUP (setup's
 // code, or 3 for a node problem: lease directory, nvidia-smi, a ticket that
 // cannot be written, wrapper.lock that cannot be locked) or CANCELLED.
 //
+// The exit record is written last, after the terminal state: until it
+// exists Jobs reports the state before it, so nobody takes an end whose
+// exit code is not yet written for final.
+//
 // A lease directory that is a symlink, not a directory or not writable makes
-// Submit fail (exit 3, reason on stderr) and Node report an error. A GPU
+// Submit fail (exit 3, reason on stderr) and Status report an error. A GPU
 // whose lock file is a symlink or not a regular file is "unusable": no job
-// is given it, the job's log and Node say why, other GPUs stay usable.
+// is given it, the job's log and Status say why, other GPUs stay usable.
 //
 // # Cancel
 //
@@ -130,28 +153,44 @@
 //
 // # Output formats
 //
-// Jobs, Node and Cancel print "SSHQ-BEGIN 1", tab-separated records and
+// Report actions print "SSHQ-BEGIN 1", tab-separated records and
 // "SSHQ-END"; text before the begin line (a chatty .bashrc) is ignored, a
 // missing end line is an error. Fields are only ever added at the end of a
 // record, and parsers ignore fields past the ones they know, so controllers
 // and node scripts of neighbouring versions still understand each other.
 //
+//	Submit: submitted <uid> <first state>
 //	Jobs:   job <uid> found <wrapper 0|1> <tmux 0|1>  |  job <uid> missing|invalid
 //	        state <uid> <STATE> <unix_ts>  (one per transition, in order)
 //	        exit <uid> <code>
 //	        gpu <uid> <index> <uuid>
 //	        queue <uid> <position>          (1 = head)
-//	Node:   gpu <index> <uuid> free|leased|foreign|unusable
+//	Status: gpu <index> <uuid> free|leased|foreign|unusable
 //	        lease <uuid> <index> <uid> <id> <user> <name> <since> <login>
 //	        foreign <uuid> <pid,pid...>
 //	        ticket <position> <uid> <user> <name> <num_gpus> <since> <allowed|*> <login>
-//	        (a ticket or owner record whose uid sshq would never make is
-//	        skipped, resp. shown as "~": they are other users' files)
+//	        running <uid> <id> <user> <name> <num_gpus> <since> <login>
+//	        (a ticket, owner or running record whose uid sshq would never
+//	        make is skipped, resp. shown as "~": they are other users'
+//	        files; a running record's login is its file's owner)
 //	        error <text>
-//	Cancel: cancel <uid> cancelled <final state> | done | missing | invalid
+//	Place:  host <cpus> <mem_total_kib> <load1>
+//	        gpu <index> <uuid> <name>       (only when a request needs GPUs)
+//	        ask                             (then reads stdin: see place.sh)
+//	        fit <request> now|wait|never <eligible> <free> <ahead> <demand>
+//	        error <text>
+//	Cancel: cancel <uid> cancelled <final state> | done | missing | invalid,
+//	        then the jobs' records as Jobs prints them
+//	Check:  tool <name> <path|->, bash <version>, kernel <text>,
+//	        lease_dir <path> ok|absent|symlink|not-dir|not-writable,
+//	        gpus <n> | gpus - <error>, logind <kill_user_processes> <linger>
 //
-// Logs prints raw log bytes; with follow its exit status is the job's, or 125
-// when the job is unknown or LOST.
+// Status prints, before its records, what the driver said: sections after
+// "@@sshq NAME" marker lines holding nvidia-smi's own output, the owners of
+// the GPUs' processes and the host facts, which gpu.ParseProbe reads
+// (nvidia-smi's lines are not records). Logs prints raw log bytes; with
+// follow its exit status is the job's, or 125 when the job is unknown or
+// LOST.
 //
 // # Limits
 //

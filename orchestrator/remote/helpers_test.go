@@ -2,8 +2,10 @@ package remote
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +19,43 @@ import (
 	"github.com/sshq/sshq/orchestrator/job"
 )
 
+// runTag ends every job uid the tests submit: jobs are found by their uid
+// across the whole machine (cancel's mark, markedPIDs), and another run of
+// these tests (another checkout) may be running beside this one. Tests name
+// jobs without it; the helpers add and strip it.
+var runTag = "t" + strconv.FormatInt(int64(os.Getpid()), 36)
+
+func tagged(uid string) string { return uid + "-" + runTag }
+
+func untagged(uid string) string { return strings.TrimSuffix(uid, "-"+runTag) }
+
+func taggedAll(uids []string) []string {
+	out := make([]string, len(uids))
+	for i, u := range uids {
+		out[i] = tagged(u)
+	}
+	return out
+}
+
+// jobDir is the job's directory on the node.
+func (n *testNode) jobDir(uid string) string {
+	return filepath.Join(n.home(), ".sshq", "jobs", tagged(uid))
+}
+
+// untag strips the run's tag from the uids a status report names.
+func untag(ns *NodeStatus) *NodeStatus {
+	for i := range ns.Leases {
+		ns.Leases[i].JobUID = untagged(ns.Leases[i].JobUID)
+	}
+	for i := range ns.Queue {
+		ns.Queue[i].JobUID = untagged(ns.Queue[i].JobUID)
+	}
+	for i := range ns.Running {
+		ns.Running[i].JobUID = untagged(ns.Running[i].JobUID)
+	}
+	return ns
+}
+
 // testNode is a fake node: its own HOME, tmux socket directory, lease
 // directory and simulated GPUs, used by running the package's command
 // strings with bash exactly as sshd would.
@@ -25,6 +64,9 @@ type testNode struct {
 	dir  string
 	gpus []gpusim.GPU
 	env  []string
+
+	// prefix goes before every command the client runs (a umask, say).
+	prefix string
 
 	mu   sync.Mutex
 	uids []string
@@ -63,7 +105,7 @@ func newNode(t *testing.T, gpus []gpusim.GPU) *testNode {
 		uids := append([]string(nil), n.uids...)
 		n.mu.Unlock()
 		if len(uids) > 0 {
-			n.run(Cancel(uids, 50*time.Millisecond), nil)
+			n.cl().Cancel(context.Background(), taggedAll(uids), 50*time.Millisecond)
 		}
 		n.run("tmux -L sshq kill-server", nil)
 		os.RemoveAll(dir)
@@ -73,22 +115,48 @@ func newNode(t *testing.T, gpus []gpusim.GPU) *testNode {
 
 func (n *testNode) home() string { return filepath.Join(n.dir, "home") }
 
-// run runs cmd as the node's login shell would: bash -c with the node env.
-func (n *testNode) run(cmd string, stdin []byte) (stdout, stderr string, rc int) {
-	c := exec.Command("bash", "-c", cmd)
+// Run runs cmd as sshd would run it for the node's login shell: bash -c
+// with the node env. It makes the node a Runner.
+func (n *testNode) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	c := exec.CommandContext(ctx, "bash", "-c", n.prefix+cmd)
 	c.Env = n.env
 	c.Dir = "/"
+	c.Stdout, c.Stderr = stdout, stderr
 	if stdin != nil {
-		c.Stdin = bytes.NewReader(stdin)
+		// Copied by hand, as sshpool does: Wait must not wait for a
+		// stdin that only ends when the caller has read the output.
+		w, err := c.StdinPipe()
+		if err != nil {
+			return -1, err
+		}
+		go func() {
+			io.Copy(w, stdin)
+			w.Close()
+		}()
 	}
-	var o, e bytes.Buffer
-	c.Stdout, c.Stderr = &o, &e
 	err := c.Run()
-	rc = 0
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
-		rc = ee.ExitCode()
-	} else if err != nil {
+		return ee.ExitCode(), nil
+	}
+	if err != nil {
+		return -1, err
+	}
+	return 0, nil
+}
+
+// cl is the node's client.
+func (n *testNode) cl() *Client { return New("testnode", n) }
+
+// run runs a raw shell command on the node.
+func (n *testNode) run(cmd string, stdin []byte) (stdout, stderr string, rc int) {
+	var o, e bytes.Buffer
+	var in io.Reader
+	if stdin != nil {
+		in = bytes.NewReader(stdin)
+	}
+	rc, err := n.Run(context.Background(), cmd, in, &o, &e)
+	if err != nil {
 		rc = -1
 	}
 	return o.String(), e.String(), rc
@@ -99,51 +167,75 @@ func spec(uid string, gpus int, run string) JobSpec {
 	return JobSpec{UID: uid, ID: 1, Name: uid, User: "tester", NumGPUs: gpus, Run: run}
 }
 
-func (n *testNode) submit(s JobSpec) {
+// trySubmit submits s and returns what Submit said.
+func (n *testNode) trySubmit(s JobSpec) (job.State, error) {
 	n.t.Helper()
-	cmd, stdin, err := Submit(s)
-	if err != nil {
-		n.t.Fatalf("Submit(%s): %v", s.UID, err)
-	}
 	n.mu.Lock()
 	n.uids = append(n.uids, s.UID)
 	n.mu.Unlock()
-	out, errOut, rc := n.run(cmd, stdin)
-	if rc != 0 {
-		n.t.Fatalf("submit %s: rc=%d stdout=%q stderr=%q", s.UID, rc, out, errOut)
+	s.UID = tagged(s.UID)
+	return n.cl().Submit(context.Background(), s)
+}
+
+func (n *testNode) submit(s JobSpec) {
+	n.t.Helper()
+	if _, err := n.trySubmit(s); err != nil {
+		n.t.Fatalf("submit %s: %v", s.UID, err)
 	}
 }
 
 func (n *testNode) jobs(uids ...string) map[string]JobStatus {
 	n.t.Helper()
-	out, errOut, rc := n.run(Jobs(uids), nil)
-	if rc != 0 {
-		n.t.Fatalf("jobs: rc=%d stderr=%q", rc, errOut)
-	}
-	m, err := ParseJobs([]byte(out))
+	m, err := n.cl().Jobs(context.Background(), taggedAll(uids))
 	if err != nil {
-		n.t.Fatalf("ParseJobs: %v\n%s", err, out)
+		n.t.Fatalf("jobs: %v", err)
 	}
-	return m
+	res := make(map[string]JobStatus, len(m))
+	for uid, js := range m {
+		js.UID = untagged(js.UID)
+		res[untagged(uid)] = js
+	}
+	return res
 }
 
 func (n *testNode) job(uid string) JobStatus { n.t.Helper(); return n.jobs(uid)[uid] }
 
+// node is the node's status report.
 func (n *testNode) node() *NodeStatus {
 	n.t.Helper()
-	out, errOut, rc := n.run(Node(), nil)
-	if rc != 0 {
-		n.t.Fatalf("node: rc=%d stderr=%q", rc, errOut)
-	}
-	ns, err := ParseNode([]byte(out))
+	ns, err := n.cl().Status(context.Background())
 	if err != nil {
-		n.t.Fatalf("ParseNode: %v\n%s", err, out)
+		n.t.Fatalf("status: %v", err)
 	}
-	return ns
+	return untag(ns)
+}
+
+func (n *testNode) cancel(grace time.Duration, uids ...string) map[string]CancelOutcome {
+	n.t.Helper()
+	m, _, err := n.cl().Cancel(context.Background(), taggedAll(uids), grace)
+	if err != nil {
+		n.t.Errorf("cancel %v: %v", uids, err)
+	}
+	res := make(map[string]CancelOutcome, len(m))
+	for uid, o := range m {
+		res[untagged(uid)] = o
+	}
+	return res
+}
+
+// logs returns the job's log (its last tail lines when tail >= 0) and, with
+// follow, the exit code Logs returned.
+func (n *testNode) logs(uid string, tail int, follow bool) (string, string, int) {
+	var o, e bytes.Buffer
+	code, err := n.cl().Logs(context.Background(), tagged(uid), tail, follow, &o, &e)
+	if err != nil {
+		n.t.Fatalf("logs %s: %v", uid, err)
+	}
+	return o.String(), e.String(), code
 }
 
 func (n *testNode) log(uid string) string {
-	out, _, _ := n.run(Logs(uid, -1, false), nil)
+	out, _, _ := n.logs(uid, -1, false)
 	return out
 }
 
@@ -227,6 +319,7 @@ func processGone(pid int) bool {
 
 // markedPIDs lists live processes carrying the job's SSHQ_JOB_UID mark.
 func markedPIDs(uid string) []int {
+	uid = tagged(uid)
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
 	want := []byte("SSHQ_JOB_UID=" + uid + "\x00")

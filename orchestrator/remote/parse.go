@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sshq/sshq/orchestrator/gpu"
 	"github.com/sshq/sshq/orchestrator/job"
 )
 
@@ -75,25 +76,61 @@ type Ticket struct {
 	AllowedGPUs []string // nil: any GPU
 }
 
-// NodeGPU is a GPU as the node's queue sees it.
+// GPUState is what the node's queue makes of a GPU.
+type GPUState string
+
+const (
+	// GPUFree: no lease holds it and no process computes on it.
+	GPUFree GPUState = "free"
+	// GPULeased: an sshq job holds its lease.
+	GPULeased GPUState = "leased"
+	// GPUForeign: no lease holds it and a process computes on it:
+	// someone's outside sshq, or an sshq job's straying off its own lease.
+	GPUForeign GPUState = "foreign"
+	// GPUUnusable: its lock file is not a regular file; no job is given it.
+	GPUUnusable GPUState = "unusable"
+)
+
+// NodeGPU is a GPU as the node's queue sees it. ForeignPIDs are the
+// processes on it that are not its lease holder's.
 type NodeGPU struct {
-	Index int
-	UUID  string
-	// State is "free", "leased", "foreign" (no lease holds it and a process
-	// computes on it: someone's outside sshq, or an sshq job's straying off
-	// its own lease) or "unusable" (its lock file is not a regular file).
-	// ForeignPIDs are the processes on it that are not its lease holder's.
-	State       string
+	Index       int
+	UUID        string
+	State       GPUState
 	ForeignPIDs []int
 }
 
-// NodeStatus is the node-wide picture from Node.
+// RunningJob is an sshq job running on a node, of any user, with or
+// without GPUs.
+type RunningJob struct {
+	JobUID string
+	JobID  int
+	// User is the submitting controller's local user (what the job's
+	// record says); NodeUser is the node account that owns the record (the
+	// file's owner, which no record can claim to be).
+	User     string
+	NodeUser string
+	Name     string
+	NumGPUs  int
+	Since    time.Time
+}
+
+// NodeStatus is the node-wide picture from Status.
 type NodeStatus struct {
+	// Host and Driver are the host facts and what nvidia-smi said, as
+	// gpu.ParseProbe reads them.
+	Host   gpu.Host
+	Driver gpu.Report
+	// GPUs, Leases and Queue are the queue's view; GPUs is empty when the
+	// queue could not look (Errors say why).
 	GPUs   []NodeGPU
 	Leases []Lease
 	Queue  []Ticket
-	// Errors are problems the node reported (nvidia-smi failing, a lease
-	// directory that is a symlink, a bad lock file).
+	// Running are the sshq jobs running on the node.
+	Running []RunningJob
+	// Errors are problems the node reported besides the driver's (a lease
+	// directory that is a symlink, a bad lock file, a queue lock held too
+	// long, a process list nvidia-smi could not give).
 	Errors []string
 }
 
@@ -143,8 +180,8 @@ func parseTime(s string) (time.Time, error) {
 	return time.UnixMilli(int64(math.Round(f * 1000))), nil
 }
 
-// ParseJobs parses the output of Jobs.
-func ParseJobs(out []byte) (map[string]JobStatus, error) {
+// parseJobs parses the output of the jobs action.
+func parseJobs(out []byte) (map[string]JobStatus, error) {
 	recs, err := records(out)
 	if err != nil {
 		return nil, err
@@ -237,19 +274,41 @@ func ParseJobs(out []byte) (map[string]JobStatus, error) {
 			if !j.Exited && !j.WrapperAlive {
 				j.State = job.Lost
 			}
+			// The exit record, written right after the last state, is what
+			// makes an end final: until it exists the job has not ended
+			// (its exit code would be lost to whoever took it as ended).
+			if !j.Exited && j.WrapperAlive && j.State.Terminal() {
+				j.History = j.History[:len(j.History)-1]
+				j.State = job.Running
+				if n := len(j.History); n > 0 {
+					j.State = j.History[n-1].State
+				}
+			}
 		}
 		res[uid] = *j
 	}
 	return res, nil
 }
 
-// ParseNode parses the output of Node.
-func ParseNode(out []byte) (*NodeStatus, error) {
+// parseStatus parses the output of the status action: the driver's
+// sections, then the queue's records. It never fails: what could not be
+// read is in the Report's State or in Errors.
+func parseStatus(out []byte) *NodeStatus {
+	ns := &NodeStatus{}
+	ns.Host, ns.Driver = gpu.ParseProbe(out)
+	if err := parseQueue(out, ns); err != nil {
+		ns.GPUs, ns.Leases, ns.Queue, ns.Running = nil, nil, nil, nil
+		ns.Errors = append(ns.Errors, "the node's queue report is unreadable: "+err.Error())
+	}
+	return ns
+}
+
+// parseQueue reads the queue's records of a status report into ns.
+func parseQueue(out []byte, ns *NodeStatus) error {
 	recs, err := records(out)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	ns := &NodeStatus{}
 	for _, r := range recs {
 		bad := func(why string) error {
 			return fmt.Errorf("node report: %s in %q", why, strings.Join(r, "\t"))
@@ -259,16 +318,16 @@ func ParseNode(out []byte) (*NodeStatus, error) {
 			ns.Errors = append(ns.Errors, strings.Join(r[1:], " "))
 		case "gpu":
 			if len(r) < 4 {
-				return nil, bad("short gpu record")
+				return bad("short gpu record")
 			}
 			idx, err := strconv.Atoi(r[1])
 			if err != nil {
-				return nil, bad("bad index")
+				return bad("bad index")
 			}
-			ns.GPUs = append(ns.GPUs, NodeGPU{Index: idx, UUID: r[2], State: r[3]})
+			ns.GPUs = append(ns.GPUs, NodeGPU{Index: idx, UUID: r[2], State: GPUState(r[3])})
 		case "foreign":
 			if len(r) < 3 {
-				return nil, bad("short foreign record")
+				return bad("short foreign record")
 			}
 			for i := range ns.GPUs {
 				if ns.GPUs[i].UUID != r[1] {
@@ -277,21 +336,21 @@ func ParseNode(out []byte) (*NodeStatus, error) {
 				for _, p := range strings.Split(r[2], ",") {
 					pid, err := strconv.Atoi(p)
 					if err != nil {
-						return nil, bad("bad pid")
+						return bad("bad pid")
 					}
 					ns.GPUs[i].ForeignPIDs = append(ns.GPUs[i].ForeignPIDs, pid)
 				}
 			}
 		case "lease":
 			if len(r) < 8 {
-				return nil, bad("short lease record")
+				return bad("short lease record")
 			}
 			l := Lease{UUID: r[1], Recorded: r[3] != "~"}
 			if l.Index, err = strconv.Atoi(r[2]); err != nil {
-				return nil, bad("bad index")
+				return bad("bad index")
 			}
 			if l.JobUID, err = DecodeField(r[3]); err != nil {
-				return nil, bad(err.Error())
+				return bad(err.Error())
 			}
 			// Owner records are any user's to write: a uid sshq never
 			// makes (escape sequences for the terminal of whoever runs
@@ -301,32 +360,32 @@ func ParseNode(out []byte) (*NodeStatus, error) {
 			}
 			if r[4] != "~" {
 				if l.JobID, err = strconv.Atoi(r[4]); err != nil {
-					return nil, bad("bad job id")
+					return bad("bad job id")
 				}
 			}
 			if l.User, err = DecodeField(r[5]); err != nil {
-				return nil, bad(err.Error())
+				return bad(err.Error())
 			}
 			if l.Name, err = DecodeField(r[6]); err != nil {
-				return nil, bad(err.Error())
+				return bad(err.Error())
 			}
 			if l.Since, err = parseTime(r[7]); err != nil {
-				return nil, bad(err.Error())
+				return bad(err.Error())
 			}
 			// Trailing fields are newer than the record: absent means unknown.
 			if len(r) > 8 {
 				if l.NodeUser, err = DecodeField(r[8]); err != nil {
-					return nil, bad(err.Error())
+					return bad(err.Error())
 				}
 			}
 			ns.Leases = append(ns.Leases, l)
 		case "ticket":
 			if len(r) < 8 {
-				return nil, bad("short ticket record")
+				return bad("short ticket record")
 			}
 			var t Ticket
 			if t.Position, err = strconv.Atoi(r[1]); err != nil {
-				return nil, bad("bad position")
+				return bad("bad position")
 			}
 			// Tickets are other users' files too; one sshq did not write
 			// is not passed on.
@@ -335,33 +394,51 @@ func ParseNode(out []byte) (*NodeStatus, error) {
 			}
 			t.JobUID = r[2]
 			if t.User, err = DecodeField(r[3]); err != nil {
-				return nil, bad(err.Error())
+				return bad(err.Error())
 			}
 			if t.Name, err = DecodeField(r[4]); err != nil {
-				return nil, bad(err.Error())
+				return bad(err.Error())
 			}
 			if t.NumGPUs, err = strconv.Atoi(r[5]); err != nil {
-				return nil, bad("bad GPU count")
+				return bad("bad GPU count")
 			}
 			if t.Since, err = parseTime(r[6]); err != nil {
-				return nil, bad(err.Error())
+				return bad(err.Error())
 			}
 			if r[7] != "*" && r[7] != "" {
 				t.AllowedGPUs = strings.Split(r[7], ",")
 			}
 			if len(r) > 8 {
 				if t.NodeUser, err = DecodeField(r[8]); err != nil {
-					return nil, bad(err.Error())
+					return bad(err.Error())
 				}
 			}
 			ns.Queue = append(ns.Queue, t)
+		case "running":
+			if len(r) < 8 {
+				return bad("short running record")
+			}
+			// Other users' records, checked on the node; a field that
+			// still does not decode is shown as unknown rather than
+			// costing the whole report.
+			j := RunningJob{JobUID: r[1]}
+			if checkUID(j.JobUID) != nil {
+				continue
+			}
+			j.JobID, _ = strconv.Atoi(r[2])
+			j.User, _ = DecodeField(r[3])
+			j.Name, _ = DecodeField(r[4])
+			j.NumGPUs, _ = strconv.Atoi(r[5])
+			j.Since, _ = parseTime(r[6])
+			j.NodeUser, _ = DecodeField(r[7])
+			ns.Running = append(ns.Running, j)
 		}
 	}
-	return ns, nil
+	return nil
 }
 
-// ParseCancel parses the output of Cancel.
-func ParseCancel(out []byte) (map[string]CancelOutcome, error) {
+// parseCancel parses the output of the cancel action.
+func parseCancel(out []byte) (map[string]CancelOutcome, error) {
 	recs, err := records(out)
 	if err != nil {
 		return nil, err
@@ -374,4 +451,125 @@ func ParseCancel(out []byte) (map[string]CancelOutcome, error) {
 		res[r[1]] = CancelOutcome(r[2])
 	}
 	return res, nil
+}
+
+// parseGPUInfo reads the gpu records of a place answer (so far).
+func parseGPUInfo(out []byte) []GPUInfo {
+	var gs []GPUInfo
+	begun := false
+	for _, l := range strings.Split(string(out), "\n") {
+		if !begun {
+			begun = strings.HasPrefix(l, "SSHQ-BEGIN ")
+			continue
+		}
+		r := strings.Split(l, "\t")
+		if r[0] != "gpu" || len(r) < 4 {
+			continue
+		}
+		idx, err := strconv.Atoi(r[1])
+		if err != nil || !isToken(r[2]) {
+			continue
+		}
+		gs = append(gs, GPUInfo{Index: idx, UUID: r[2], Name: r[3]})
+	}
+	return gs
+}
+
+// parseOffer parses the output of the place action for n requests.
+func parseOffer(out []byte, n int) (*Offer, error) {
+	recs, err := records(out)
+	if err != nil {
+		return nil, err
+	}
+	o := &Offer{CPUs: -1, MemTotalMiB: -1, Load1: -1, GPUs: parseGPUInfo(out)}
+	fits := make([]*Fit, n)
+	for _, r := range recs {
+		bad := func(why string) error {
+			return fmt.Errorf("node answer: %s in %q", why, strings.Join(r, "\t"))
+		}
+		switch r[0] {
+		case "error":
+			o.Errors = append(o.Errors, strings.Join(r[1:], " "))
+		case "host":
+			if len(r) < 4 {
+				return nil, bad("short host record")
+			}
+			if v, err := strconv.Atoi(r[1]); err == nil && v > 0 {
+				o.CPUs = v
+			}
+			if v, err := strconv.ParseInt(r[2], 10, 64); err == nil && v >= 0 {
+				o.MemTotalMiB = v / 1024
+			}
+			if v, err := strconv.ParseFloat(r[3], 64); err == nil && v >= 0 && v < 1e9 {
+				o.Load1 = v
+			}
+		case "fit":
+			if len(r) < 7 {
+				return nil, bad("short fit record")
+			}
+			i, err := strconv.Atoi(r[1])
+			if err != nil || i < 0 || i >= n {
+				return nil, bad("fit for no request")
+			}
+			f := &Fit{Verdict: Verdict(r[2])}
+			switch f.Verdict {
+			case FitsNow, Waits, Never:
+			default:
+				return nil, bad("unknown verdict")
+			}
+			for k, p := range []*int{&f.Eligible, &f.Free, &f.Ahead, &f.Demand} {
+				if *p, err = strconv.Atoi(r[3+k]); err != nil || *p < 0 {
+					return nil, bad("bad count")
+				}
+			}
+			fits[i] = f
+		}
+	}
+	for i, f := range fits {
+		if f == nil {
+			if len(o.Errors) > 0 {
+				// The node could not decide, and said why.
+				o.Fits = nil
+				return o, nil
+			}
+			return nil, fmt.Errorf("node answer: no verdict for request %d", i)
+		}
+		o.Fits = append(o.Fits, *f)
+	}
+	return o, nil
+}
+
+// parseCheck parses the output of the check action.
+func parseCheck(out []byte) (*NodeCheck, error) {
+	recs, err := records(out)
+	if err != nil {
+		return nil, err
+	}
+	nc := &NodeCheck{Tools: map[string]string{}, GPUs: -1}
+	for _, r := range recs {
+		switch {
+		case r[0] == "tool" && len(r) >= 3:
+			p := r[2]
+			if p == "-" {
+				p = ""
+			}
+			nc.Tools[r[1]] = p
+		case r[0] == "bash" && len(r) >= 2:
+			nc.BashVersion = r[1]
+		case r[0] == "kernel" && len(r) >= 2:
+			nc.Kernel = r[1]
+		case r[0] == "lease_dir" && len(r) >= 3:
+			nc.LeaseDir, nc.LeaseDirState = r[1], r[2]
+		case r[0] == "gpus" && len(r) >= 2:
+			if n, err := strconv.Atoi(r[1]); err == nil {
+				nc.GPUs = n
+			} else if len(r) >= 3 {
+				nc.GPUError = r[2]
+			}
+		case r[0] == "logind" && len(r) >= 3:
+			nc.KillUserProcesses = r[1] == "yes"
+			nc.Linger = r[2]
+		}
+	}
+	return nc, nil
 }

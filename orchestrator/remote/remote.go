@@ -11,11 +11,47 @@ import (
 	"github.com/sshq/sshq/sshpool"
 )
 
-// Script is the node-side protocol (node.sh). Every command this package
-// builds runs it as `bash -c Script sshq ACTION ARGS...`.
-//
-//go:embed node.sh
-var Script string
+// The node-side shell, one file per action (see the files' heads). A
+// command sends lib.sh, the files its action needs and the line that runs
+// it, as the script of `bash -c SCRIPT sshq ACTION ARGS...`.
+var (
+	//go:embed lib.sh
+	libSh string
+	//go:embed sched.sh
+	schedSh string
+	//go:embed submit.sh
+	submitSh string
+	//go:embed wrapper.sh
+	wrapperSh string
+	//go:embed jobs.sh
+	jobsSh string
+	//go:embed status.sh
+	statusSh string
+	//go:embed place.sh
+	placeSh string
+	//go:embed cancel.sh
+	cancelSh string
+	//go:embed logs.sh
+	logsSh string
+	//go:embed check.sh
+	checkSh string
+)
+
+// scripts maps each action to its script. Submit's is also the job's
+// wrapper (the node keeps a copy), hence wrapper.sh in it.
+var scripts = map[string]string{
+	"submit": script(schedSh, submitSh, wrapperSh),
+	"jobs":   script(schedSh, jobsSh),
+	"status": script(schedSh, statusSh),
+	"place":  script(schedSh, placeSh),
+	"cancel": script(schedSh, jobsSh, cancelSh),
+	"logs":   script(logsSh),
+	"check":  script(schedSh, checkSh),
+}
+
+func script(parts ...string) string {
+	return libSh + "\n" + strings.Join(parts, "\n") + "\nsshq_main \"$@\"\n"
+}
 
 // DefaultCancelGrace is how long Cancel lets a job handle SIGTERM (save a
 // checkpoint, flush logs) before it sends SIGKILL.
@@ -60,55 +96,15 @@ type JobSpec struct {
 	NodeIPs            []string
 }
 
-// Submit returns the command that creates the job on a node and starts its
-// wrapper in a detached tmux session, and the bytes to send as its stdin.
-// The command returns once the job holds its place in the node's queue
-// (state PENDING) or has failed; it exits non-zero with the reason on stderr
-// when the job could not be created (uid already used, missing workdir
-// cache, no tmux, a lease directory that is a symlink...). It may take
-// up to about 100s on a node whose queue is busy; when it fails after the
-// job's wrapper started, it has ended and removed the job first, so a
-// failed Submit never leaves a job running.
-//
-// The job's environment is, in order (later wins): spec.Env, spec.Secrets,
-// then the values sshq computes itself: SSHQ_JOB_ID, SSHQ_JOB_NAME,
-// SSHQ_NODE_RANK, SSHQ_NUM_NODES, SSHQ_NODE_IPS (newline-separated),
-// SSHQ_NUM_GPUS_PER_NODE and the SKYPILOT_ names for the same values plus
-// SKYPILOT_TASK_ID (= UID); on the node the wrapper adds
-// CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER=PCI_BUS_ID, PYTHONUNBUFFERED=1 and
-// SSHQ_JOB_UID.
-func Submit(spec JobSpec) (cmd string, stdin []byte, err error) {
-	if err := checkUID(spec.UID); err != nil {
+// submitCommand returns the command that creates the job on a node (see
+// Client.Submit) and the bytes to send as its stdin.
+func submitCommand(spec JobSpec) (cmd string, stdin []byte, err error) {
+	if err := spec.validate(); err != nil {
 		return "", nil, err
-	}
-	if spec.NumGPUs < 0 {
-		return "", nil, fmt.Errorf("job %s: NumGPUs %d is negative", spec.UID, spec.NumGPUs)
-	}
-	for _, u := range spec.AllowedGPUs {
-		if !isToken(u) {
-			return "", nil, fmt.Errorf("job %s: GPU uuid %q holds characters nvidia-smi never prints in a uuid", spec.UID, u)
-		}
-	}
-	if spec.WorkdirKey != "" && (!isToken(spec.WorkdirKey) || strings.Trim(spec.WorkdirKey, ".") == "") {
-		return "", nil, fmt.Errorf("job %s: workdir key %q must be letters, digits, '.', '-', '_' (it names a directory on the node)", spec.UID, spec.WorkdirKey)
-	}
-	for _, ip := range spec.NodeIPs {
-		if ip == "" || strings.ContainsAny(ip, "\n\x00") {
-			return "", nil, fmt.Errorf("job %s: node IP %q is empty or holds a newline", spec.UID, ip)
-		}
-	}
-	if strings.Contains(spec.Name, "\x00") || strings.Contains(spec.User, "\x00") {
-		return "", nil, fmt.Errorf("job %s: name or user holds a NUL byte", spec.UID)
-	}
-	if strings.Contains(spec.Setup, "\x00") || strings.Contains(spec.Run, "\x00") {
-		return "", nil, fmt.Errorf("job %s: setup or run script holds a NUL byte, which bash cannot run", spec.UID)
 	}
 	numNodes := spec.NumNodes
 	if numNodes == 0 {
 		numNodes = 1
-	}
-	if spec.NodeRank < 0 || spec.NodeRank >= numNodes {
-		return "", nil, fmt.Errorf("job %s: node rank %d is outside 0..%d", spec.UID, spec.NodeRank, numNodes-1)
 	}
 
 	allowed := strings.Join(spec.AllowedGPUs, ",")
@@ -165,6 +161,43 @@ func Submit(spec JobSpec) (cmd string, stdin []byte, err error) {
 	return command("submit", spec.UID), b, nil
 }
 
+// validate refuses a spec the node could not take as it is meant.
+func (spec JobSpec) validate() error {
+	if err := checkUID(spec.UID); err != nil {
+		return err
+	}
+	if spec.NumGPUs < 0 {
+		return fmt.Errorf("job %s: NumGPUs %d is negative", spec.UID, spec.NumGPUs)
+	}
+	for _, u := range spec.AllowedGPUs {
+		if !isToken(u) {
+			return fmt.Errorf("job %s: GPU uuid %q holds characters nvidia-smi never prints in a uuid", spec.UID, u)
+		}
+	}
+	if spec.WorkdirKey != "" && (!isToken(spec.WorkdirKey) || strings.Trim(spec.WorkdirKey, ".") == "") {
+		return fmt.Errorf("job %s: workdir key %q must be letters, digits, '.', '-', '_' (it names a directory on the node)", spec.UID, spec.WorkdirKey)
+	}
+	for _, ip := range spec.NodeIPs {
+		if ip == "" || strings.ContainsAny(ip, "\n\x00") {
+			return fmt.Errorf("job %s: node IP %q is empty or holds a newline", spec.UID, ip)
+		}
+	}
+	if strings.Contains(spec.Name, "\x00") || strings.Contains(spec.User, "\x00") {
+		return fmt.Errorf("job %s: name or user holds a NUL byte", spec.UID)
+	}
+	if strings.Contains(spec.Setup, "\x00") || strings.Contains(spec.Run, "\x00") {
+		return fmt.Errorf("job %s: setup or run script holds a NUL byte, which bash cannot run", spec.UID)
+	}
+	numNodes := spec.NumNodes
+	if numNodes == 0 {
+		numNodes = 1
+	}
+	if spec.NodeRank < 0 || spec.NodeRank >= numNodes {
+		return fmt.Errorf("job %s: node rank %d is outside 0..%d", spec.UID, spec.NodeRank, numNodes-1)
+	}
+	return nil
+}
+
 // exportLines renders vars as a file bash sources; each value is one
 // POSIX-quoted word, so it arrives byte-exact and nothing in it runs.
 func exportLines(vars []EnvVar, header string) (string, error) {
@@ -184,46 +217,8 @@ func exportLines(vars []EnvVar, header string) (string, error) {
 	return sb.String(), nil
 }
 
-// Cancel returns the command that ends the given jobs on a node: a pending
-// job leaves the queue, a running job's whole process tree (setsid children
-// and SIGHUP-ignoring ones included) gets SIGTERM, then SIGKILL after grace
-// (DefaultCancelGrace when 0), its GPU leases fall free with it, its state
-// becomes CANCELLED and its tmux session is closed last. For a job that
-// already ended it answers "done" and still kills what the job left
-// running. The command returns when every tree is gone; parse its output
-// with ParseCancel.
-func Cancel(uids []string, grace time.Duration) string {
-	if grace <= 0 {
-		grace = DefaultCancelGrace
-	}
-	return command("cancel", append([]string{strconv.FormatInt(grace.Milliseconds(), 10)}, uids...)...)
-}
-
-// Jobs returns the command that reports the given jobs; parse with
-// ParseJobs.
-func Jobs(uids []string) string { return command("jobs", uids...) }
-
-// Node returns the command that reports the node's GPUs as the queue sees
-// them, every lease held on it by any user and the queue; parse with
-// ParseNode.
-func Node() string { return command("node") }
-
-// Logs returns the command that prints a job's log: its last tailLines
-// lines (all of it when tailLines < 0). With follow it goes on printing what
-// the job writes until the job ends, then exits with the job's exit code, so
-// the caller streams stdout and takes the exit status as the job's. Exit
-// status 125 means the job is unknown on the node or ended without an exit
-// record (LOST); the reason is on stderr.
-func Logs(uid string, tailLines int, follow bool) string {
-	f := "0"
-	if follow {
-		f = "1"
-	}
-	return command("logs", uid, strconv.Itoa(tailLines), f)
-}
-
 func command(action string, args ...string) string {
-	return sshpool.Command(append([]string{"bash", "-c", Script, "sshq", action}, args...)...)
+	return sshpool.Command(append([]string{"bash", "-c", scripts[action], "sshq", action}, args...)...)
 }
 
 func checkUID(uid string) error {

@@ -2,6 +2,8 @@ package remote
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -48,16 +50,11 @@ func TestEnvAndNameArriveByteExact(t *testing.T) {
 	}
 	s.Secrets = []EnvVar{{"API_TOKEN", "s3cr3t'$(touch \"$HOME/pwned-secret\")"}}
 	s.Setup = `echo "setup sees token length ${#API_TOKEN}"`
-	cmd, stdin, err := Submit(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.uids = append(n.uids, s.UID)
 	// The job keeps the submitting session's umask, not the 077 sshq uses
 	// for its own job directory.
-	if out, errOut, rc := n.run("umask 027; "+cmd, stdin); rc != 0 {
-		t.Fatalf("submit: rc=%d %q %q", rc, out, errOut)
-	}
+	n.prefix = "umask 027; "
+	n.submit(s)
+	n.prefix = ""
 	st := n.waitState("env-1", job.Succeeded)
 	if um, _ := os.ReadFile(filepath.Join(n.home(), "umask.out")); strings.TrimSpace(string(um)) != "0027" {
 		t.Errorf("job umask %q, want 0027", um)
@@ -89,7 +86,7 @@ func TestEnvAndNameArriveByteExact(t *testing.T) {
 		"SKYPILOT_NUM_NODES":         "2",
 		"SKYPILOT_NODE_IPS":          "10.0.0.1\n10.0.0.2",
 		"SKYPILOT_NUM_GPUS_PER_NODE": "1",
-		"SKYPILOT_TASK_ID":           "env-1",
+		"SKYPILOT_TASK_ID":           tagged("env-1"),
 		"CUDA_DEVICE_ORDER":          "PCI_BUS_ID",
 		"CUDA_VISIBLE_DEVICES":       strconv.Itoa(st.GPUs[0].Index),
 		"PYTHONUNBUFFERED":           "1",
@@ -111,7 +108,7 @@ func TestEnvAndNameArriveByteExact(t *testing.T) {
 	if strings.TrimSpace(string(pwd)) != n.home() {
 		t.Errorf("job without workdir ran in %q, want $HOME %q", pwd, n.home())
 	}
-	jd := filepath.Join(n.home(), ".sshq", "jobs", "env-1")
+	jd := n.jobDir("env-1")
 	if _, err := os.Stat(filepath.Join(jd, "secrets.sh")); !os.IsNotExist(err) {
 		t.Errorf("secrets file still exists after the job ended (err=%v)", err)
 	}
@@ -141,7 +138,7 @@ func TestSubmitRejectsBadSpecs(t *testing.T) {
 		{UID: "ok", Run: "true", NumGPUs: -1},
 	}
 	for _, s := range bad {
-		if _, _, err := Submit(s); err == nil {
+		if _, _, err := submitCommand(s); err == nil {
 			t.Errorf("Submit(%+v) accepted a bad spec", s)
 		}
 	}
@@ -201,9 +198,9 @@ func TestExitCodesAndStates(t *testing.T) {
 		t.Errorf("big-1 log does not say why:\n%s", log)
 	}
 	// A uid is never reused.
-	cmd, stdin, _ := Submit(spec("ok-1", 0, "true"))
-	if _, errOut, rc := n.run(cmd, stdin); rc == 0 || !strings.Contains(errOut, "already exists") {
-		t.Errorf("resubmitting ok-1: rc=%d stderr=%q", rc, errOut)
+	var ne *NodeError
+	if _, err := n.trySubmit(spec("ok-1", 0, "true")); !errors.As(err, &ne) || !strings.Contains(ne.Msg, "already exists") {
+		t.Errorf("resubmitting ok-1: %v", err)
 	}
 }
 
@@ -451,13 +448,8 @@ wait`
 		return len(pids) == 4
 	})
 	begin := time.Now()
-	out, errOut, rc := n.run(Cancel([]string{"cx-1"}, 300*time.Millisecond), nil)
-	if rc != 0 {
-		t.Fatalf("cancel rc=%d %s", rc, errOut)
-	}
-	res, err := ParseCancel([]byte(out))
-	if err != nil || res["cx-1"] != "cancelled" {
-		t.Fatalf("cancel result %v %v\n%s", res, err, out)
+	if res := n.cancel(300*time.Millisecond, "cx-1"); res["cx-1"] != "cancelled" {
+		t.Fatalf("cancel result %v", res)
 	}
 	if d := time.Since(begin); d > 5*time.Second {
 		t.Errorf("cancel took %v", d)
@@ -480,8 +472,7 @@ wait`
 	n.submit(spec("cx-2", 1, "true"))
 	n.waitState("cx-2", job.Succeeded)
 	// Cancelling an ended or unknown job says so.
-	out, _, _ = n.run(Cancel([]string{"cx-2", "nope-1", "../x"}, time.Second), nil)
-	res, _ = ParseCancel([]byte(out))
+	res := n.cancel(time.Second, "cx-2", "nope-1", "../x")
 	if res["cx-2"] != "done" || res["nope-1"] != "missing" || len(res) != 3 {
 		t.Errorf("cancel of ended/unknown jobs: %v", res)
 	}
@@ -497,9 +488,10 @@ func TestCancelPendingLeavesTheQueue(t *testing.T) {
 	if js := n.jobs("cp-b", "cp-c"); js["cp-b"].QueuePosition != 1 || js["cp-c"].QueuePosition != 2 {
 		t.Fatalf("queue before cancel: %+v", js)
 	}
-	out, _, _ := n.run(Cancel([]string{"cp-b"}, time.Second), nil)
-	if res, _ := ParseCancel([]byte(out)); res["cp-b"] != "cancelled" {
-		t.Fatalf("cancel: %s", out)
+	// Cancel's answer says how the job ended: no second command needed.
+	res, js, err := n.cl().Cancel(context.Background(), []string{tagged("cp-b")}, time.Second)
+	if b := js[tagged("cp-b")]; err != nil || res[tagged("cp-b")] != "cancelled" || b.State != job.Cancelled || !b.Exited || b.ExitCode != 143 {
+		t.Fatalf("cancel: %v %+v %v", res, js, err)
 	}
 	st := n.job("cp-b")
 	if st.State != job.Cancelled || st.QueuePosition != 0 || len(st.GPUs) != 0 {
@@ -566,7 +558,7 @@ func TestKilledJobLeavesNoLease(t *testing.T) {
 // pane is what a user attaching to the job's tmux session sees, scrollback
 // included; "" once the session is gone.
 func (n *testNode) pane(uid string) (string, bool) {
-	out, _, rc := n.run("tmux -L sshq capture-pane -p -S - -t "+shellQuote(uid), nil)
+	out, _, rc := n.run("tmux -L sshq capture-pane -p -S - -t "+shellQuote(tagged(uid)), nil)
 	return out, rc == 0
 }
 
@@ -718,14 +710,13 @@ func TestWorkdirSnapshotIgnoresLaterSyncs(t *testing.T) {
 		t.Errorf("job saw a file synced after submit: %q", ls)
 	}
 	pwd, _ := os.ReadFile(filepath.Join(n.home(), "wd-pwd"))
-	if want := filepath.Join(n.home(), ".sshq", "jobs", "wd-b", "workdir"); strings.TrimSpace(string(pwd)) != want {
+	if want := filepath.Join(n.jobDir("wd-b"), "workdir"); strings.TrimSpace(string(pwd)) != want {
 		t.Errorf("job ran in %q, want %q", pwd, want)
 	}
 	s = spec("wd-c", 0, "true")
 	s.WorkdirKey = "missing"
-	cmd, stdin, _ := Submit(s)
-	if _, errOut, rc := n.run(cmd, stdin); rc == 0 || !strings.Contains(errOut, "sync the workdir") {
-		t.Errorf("submit with a missing cache: rc=%d %q", rc, errOut)
+	if _, err := n.trySubmit(s); err == nil || !strings.Contains(err.Error(), "sync the workdir") {
+		t.Errorf("submit with a missing cache: %v", err)
 	}
 }
 
@@ -733,7 +724,7 @@ func TestLogsFollowEndsWithTheJobsExitCode(t *testing.T) {
 	t.Parallel()
 	n := newNode(t, gpusim.T4x1("logs"))
 	n.submit(spec("lg-1", 1, `for i in 1 2 3 4 5; do echo "line $i"; sleep 0.1; done; printf 'no newline'; exit 3`))
-	out, _, rc := n.run(Logs("lg-1", 10, true), nil)
+	out, _, rc := n.logs("lg-1", 10, true)
 	if rc != 3 {
 		t.Errorf("follow exit status %d, want the job's 3", rc)
 	}
@@ -745,11 +736,11 @@ func TestLogsFollowEndsWithTheJobsExitCode(t *testing.T) {
 	if !strings.HasSuffix(out, "no newline") || strings.Count(out, "line 3\n") != 1 {
 		t.Errorf("follow output repeats or loses bytes:\n%q", out)
 	}
-	out, _, rc = n.run(Logs("lg-1", 2, false), nil)
+	out, _, rc = n.logs("lg-1", 2, false)
 	if rc != 0 || out != "line 5\nno newline" {
 		t.Errorf("tail 2: rc=%d %q", rc, out)
 	}
-	if _, errOut, rc := n.run(Logs("nope", 5, true), nil); rc != 125 || !strings.Contains(errOut, "no job") {
+	if _, errOut, rc := n.logs("nope", 5, true); rc != 125 || !strings.Contains(errOut, "no job") {
 		t.Errorf("logs of an unknown job: rc=%d %q", rc, errOut)
 	}
 }
@@ -762,9 +753,8 @@ func TestLeaseDirSymlinkIsRefused(t *testing.T) {
 	if err := os.Symlink(real, filepath.Join(n.dir, "leases")); err != nil {
 		t.Fatal(err)
 	}
-	cmd, stdin, _ := Submit(spec("sym-1", 1, "true"))
-	if _, errOut, rc := n.run(cmd, stdin); rc == 0 || !strings.Contains(errOut, "symlink") {
-		t.Errorf("submit with a symlinked lease dir: rc=%d %q", rc, errOut)
+	if _, err := n.trySubmit(spec("sym-1", 1, "true")); err == nil || !strings.Contains(err.Error(), "symlink") {
+		t.Errorf("submit with a symlinked lease dir: %v", err)
 	}
 	if ns := n.node(); len(ns.Errors) == 0 || !strings.Contains(ns.Errors[0], "symlink") {
 		t.Errorf("node report errors %v", ns.Errors)
@@ -794,17 +784,17 @@ func TestBadLockFileMakesOnlyItsGPUUnusable(t *testing.T) {
 func TestRecordsFraming(t *testing.T) {
 	t.Parallel()
 	out := "Welcome to node7!\nSSHQ-BEGIN 1\njob\tx-1\tfound\t0\t0\nstate\tx-1\tRUNNING\t1700000000.5\nSSHQ-END\n"
-	m, err := ParseJobs([]byte(out))
+	m, err := parseJobs([]byte(out))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if j := m["x-1"]; j.State != job.Lost || j.History[0].At.UnixMilli() != 1700000000500 {
 		t.Errorf("a RUNNING job with a dead wrapper and no exit: %+v", j)
 	}
-	if _, err := ParseJobs([]byte("SSHQ-BEGIN 1\njob\tx\tfound\t1\t1\n")); err == nil {
+	if _, err := parseJobs([]byte("SSHQ-BEGIN 1\njob\tx\tfound\t1\t1\n")); err == nil {
 		t.Error("a report cut short parsed")
 	}
-	if _, err := ParseJobs([]byte("SSHQ-BEGIN 2\nSSHQ-END\n")); err == nil || !strings.Contains(err.Error(), "protocol") {
+	if _, err := parseJobs([]byte("SSHQ-BEGIN 2\nSSHQ-END\n")); err == nil || !strings.Contains(err.Error(), "protocol") {
 		t.Errorf("another protocol version: %v", err)
 	}
 }
@@ -832,14 +822,15 @@ func TestCommandsQuoteTheirArguments(t *testing.T) {
 	t.Parallel()
 	// The script travels as one argument of bash -c; Linux caps one
 	// argument at 128 KiB (MAX_ARG_STRLEN).
-	if l := len(Node()); l > 100<<10 {
-		t.Errorf("a node command is %d bytes; keep node.sh well under 128 KiB", l)
+	for action := range scripts {
+		if l := len(command(action)); l > 100<<10 {
+			t.Errorf("the %s command is %d bytes; keep its script well under 128 KiB", action, l)
+		}
 	}
 	// A uid is validated on the node too: a hostile one reaches the script
 	// as one argument and is refused there.
 	n := newNode(t, gpusim.T4x1("quote"))
-	out, _, _ := n.run(Jobs([]string{"$(touch pwned)", "a b"}), nil)
-	m, err := ParseJobs([]byte(out))
+	m, err := n.cl().Jobs(context.Background(), []string{"$(touch pwned)", "a b"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -873,9 +864,9 @@ func TestNodeReportsTheLoginOfHolderAndWaiter(t *testing.T) {
 	n.submit(spec("login-b", 1, "true"))
 	n.waitState("login-b", job.Pending)
 
-	out, _, rc := n.run(Node(), nil)
+	out, _, rc := n.run(command("status"), nil)
 	if rc != 0 {
-		t.Fatalf("node: rc=%d", rc)
+		t.Fatalf("status: rc=%d", rc)
 	}
 	for _, l := range strings.Split(out, "\n") {
 		f := strings.Split(l, "\t")
@@ -883,9 +874,9 @@ func TestNodeReportsTheLoginOfHolderAndWaiter(t *testing.T) {
 			t.Errorf("%s record %q: want 9 fields ending in the encoded login %q", f[0], l, EncodeField(login))
 		}
 	}
-	ns, err := ParseNode([]byte(out))
-	if err != nil {
-		t.Fatal(err)
+	ns := untag(parseStatus([]byte(out)))
+	if len(ns.Errors) > 0 {
+		t.Fatal(ns.Errors)
 	}
 	if len(ns.Leases) != 1 || ns.Leases[0].JobUID != "login-a" || ns.Leases[0].NodeUser != login || ns.Leases[0].User != "tester" {
 		t.Errorf("leases %+v, want login-a held by node user %q for controller user tester", ns.Leases, login)
@@ -964,6 +955,12 @@ func TestRecordsOfOlderNodeScriptsStillRead(t *testing.T) {
 
 // Controllers read reports of either version: the login is a trailing field
 // that older node scripts do not send.
+// queueReport reads the queue's records of a status report.
+func queueReport(out []byte) (*NodeStatus, error) {
+	ns := &NodeStatus{}
+	return ns, parseQueue(out, ns)
+}
+
 func TestParseNodeLoginFieldIsOptional(t *testing.T) {
 	t.Parallel()
 	const head = "SSHQ-BEGIN 1\ngpu\t0\tGPU-a\tleased\ngpu\t1\tGPU-b\tfree\n"
@@ -972,7 +969,7 @@ func TestParseNodeLoginFieldIsOptional(t *testing.T) {
 	for _, tc := range []struct {
 		suffix, want string
 	}{{"", ""}, {"\t~", ""}, {"\talice", "alice"}, {"\t" + EncodeField("DOM\\bob smith"), "DOM\\bob smith"}, {"\tcarol\tfuture-field", "carol"}} {
-		ns, err := ParseNode([]byte(head + lease + tc.suffix + "\n" + ticket + tc.suffix + "\nSSHQ-END\n"))
+		ns, err := queueReport([]byte(head + lease + tc.suffix + "\n" + ticket + tc.suffix + "\nSSHQ-END\n"))
 		if err != nil {
 			t.Errorf("suffix %q: %v", tc.suffix, err)
 			continue
@@ -984,7 +981,7 @@ func TestParseNodeLoginFieldIsOptional(t *testing.T) {
 			t.Errorf("suffix %q: queue %+v, want node user %q", tc.suffix, ns.Queue, tc.want)
 		}
 	}
-	if _, err := ParseNode([]byte(head + lease + "\t%zz\nSSHQ-END\n")); err == nil {
+	if _, err := queueReport([]byte(head + lease + "\t%zz\nSSHQ-END\n")); err == nil {
 		t.Error("a lease with a badly encoded login parsed")
 	}
 }

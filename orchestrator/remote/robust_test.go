@@ -1,6 +1,8 @@
 package remote
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sshq/sshq/orchestrator/gpu"
 	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
 	"github.com/sshq/sshq/orchestrator/job"
 )
@@ -18,12 +21,13 @@ import (
 // life: a driver that hangs or half-fails, a busy queue lock, an NFS home,
 // jobs that leave daemons behind.
 
-// smiWrap wraps the simulated nvidia-smi: it counts calls, fails the
+// smiWrap wraps the simulated nvidia-smi: it logs each call (with the job
+// whose wrapper made it, "-" for none), fails the
 // process query while <node>/fail-apps exists and hangs (ignoring TERM, as
 // a process stuck in the driver does) while <node>/hang exists.
 const smiWrap = `#!/bin/bash
 d=$(dirname "$0")
-echo "$*" >> "$d/../smi-calls"
+echo "${SSHQ_JOB_UID:--} $*" >> "$d/../smi-calls"
 case "$*" in *--query-compute-apps*) [ -e "$d/../fail-apps" ] && { echo "Unable to determine the device handle for GPU 0000:3B:00.0: Unknown Error"; exit 15; } ;; esac
 if [ -e "$d/../hang" ]; then
 	echo $$ >> "$d/../hung-pids"
@@ -92,27 +96,14 @@ func (n *testNode) queueLock() string {
 	return filepath.Join(n.dir, "leases", "queue.lock")
 }
 
-func (n *testNode) rawSubmit(s JobSpec) (stdout, stderr string, rc int) {
-	n.t.Helper()
-	cmd, stdin, err := Submit(s)
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	n.mu.Lock()
-	n.uids = append(n.uids, s.UID)
-	n.mu.Unlock()
-	return n.run(cmd, stdin)
-}
-
 func TestSubmitWaitsOutABusyQueueLock(t *testing.T) {
 	t.Parallel()
 	n := newNode(t, gpusim.A100x2("busyq"))
 	// Longer than the 10s Submit once gave the wrapper: the job did run,
 	// while the controller, told it had failed, had forgotten it.
 	holdLock(t, n.queueLock(), 11*time.Second)
-	out, errOut, rc := n.rawSubmit(spec("bq-1", 1, `echo ran > "$HOME/ran"`))
-	if rc != 0 || !strings.Contains(out, "submitted\tbq-1\tPENDING") {
-		t.Fatalf("submit under a busy queue lock: rc=%d out=%q err=%q", rc, out, errOut)
+	if st, err := n.trySubmit(spec("bq-1", 1, `echo ran > "$HOME/ran"`)); err != nil || st != job.Pending {
+		t.Fatalf("submit under a busy queue lock: %q %v", st, err)
 	}
 	n.waitState("bq-1", job.Succeeded)
 }
@@ -123,12 +114,13 @@ func TestSubmitThatGivesUpLeavesNoJob(t *testing.T) {
 	n.setEnv("SSHQ_SUBMIT_WAIT", "2")
 	holder := holdLock(t, n.queueLock(), 6*time.Second)
 	begin := time.Now()
-	_, errOut, rc := n.rawSubmit(spec("gu-1", 1, `echo ran > "$HOME/ran"`))
-	if rc == 0 {
-		t.Fatalf("submit succeeded although the queue lock was held past its wait (%v)", time.Since(begin))
+	_, err := n.trySubmit(spec("gu-1", 1, `echo ran > "$HOME/ran"`))
+	var ne *NodeError
+	if !errors.As(err, &ne) {
+		t.Fatalf("submit did not fail as a refusal although the queue lock was held past its wait (%v): %v", time.Since(begin), err)
 	}
-	if !strings.Contains(errOut, "queue") {
-		t.Errorf("submit's error does not say why: %q", errOut)
+	if !strings.Contains(ne.Msg, "queue") {
+		t.Errorf("submit's error does not say why: %q", ne.Msg)
 	}
 	// What Submit reported must be true: nothing of the job is left to
 	// take the queue lock when it frees and run the job.
@@ -173,12 +165,12 @@ func TestHungNvidiaSmiHoldsNoLock(t *testing.T) {
 	if d := time.Since(begin); d > 8*time.Second {
 		t.Errorf("jobs and node took %v with a hung nvidia-smi", d)
 	}
-	if len(ns.Errors) == 0 || !strings.Contains(strings.Join(ns.Errors, " "), "nvidia-smi") {
+	if ns.Driver.State != gpu.StateError || !strings.Contains(ns.Driver.Message, "nvidia-smi") {
 		t.Errorf("node reports no nvidia-smi problem: %+v", ns)
 	}
 	// The waiter dies; its hung nvidia-smi lives on, but holds none of
 	// the node's locks.
-	b, err := os.ReadFile(filepath.Join(n.home(), ".sshq", "jobs", "hs-b", "wrapper.pid"))
+	b, err := os.ReadFile(filepath.Join(n.jobDir("hs-b"), "wrapper.pid"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,14 +283,13 @@ echo started`))
 	// A process of an ended job that escaped the cleanup goes on cancel,
 	// which still answers "done".
 	c := exec.Command("sleep", "300")
-	c.Env = append(os.Environ(), "SSHQ_JOB_UID=lo-1")
+	c.Env = append(os.Environ(), "SSHQ_JOB_UID="+tagged("lo-1"))
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer c.Process.Kill()
-	out, _, _ := n.run(Cancel([]string{"lo-1"}, 200*time.Millisecond), nil)
-	if res, _ := ParseCancel([]byte(out)); res["lo-1"] != "done" {
-		t.Errorf("cancel of the ended job: %q", out)
+	if res := n.cancel(200*time.Millisecond, "lo-1"); res["lo-1"] != "done" {
+		t.Errorf("cancel of the ended job: %v", res)
 	}
 	c.Wait()
 	if !processGone(c.Process.Pid) {
@@ -316,8 +307,7 @@ func TestCancelIsNeverSeenLost(t *testing.T) {
 		n.waitState(uid, job.Running)
 		done := make(chan string)
 		go func() {
-			out, _, _ := n.run(Cancel([]string{uid}, 100*time.Millisecond), nil)
-			done <- out
+			done <- fmt.Sprint(n.cancel(100*time.Millisecond, uid))
 		}()
 		var seen []job.State
 	poll:
@@ -352,9 +342,8 @@ while :; do sleep 0.02; done`))
 		_, err := os.Stat(filepath.Join(n.home(), "ready"))
 		return err == nil
 	})
-	out, _, _ := n.run(Cancel([]string{"lt-1"}, 2*time.Second), nil)
-	if res, _ := ParseCancel([]byte(out)); res["lt-1"] != "cancelled" {
-		t.Fatalf("cancel: %q", out)
+	if res := n.cancel(2*time.Second, "lt-1"); res["lt-1"] != "cancelled" {
+		t.Fatalf("cancel: %v", res)
 	}
 	if b, _ := os.ReadFile(filepath.Join(n.home(), "late")); !strings.Contains(string(b), "cleaned") {
 		t.Error("a process started after the first SIGTERM got no SIGTERM of its own, only the SIGKILL")
@@ -419,7 +408,7 @@ func TestTicketThatCannotBeWrittenFailsTheJob(t *testing.T) {
 	n := newNode(t, gpusim.T4x1("ticketfail"))
 	n.queueLock()
 	// What a full /tmp does to the ticket, in a form a test can make.
-	if err := os.Mkdir(filepath.Join(n.dir, "leases", "queue", ".new-tf-1"), 0o755); err != nil {
+	if err := os.Mkdir(filepath.Join(n.dir, "leases", "queue", ".new-"+tagged("tf-1")), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	n.submit(spec("tf-1", 1, `touch "$HOME/ran"`))
@@ -449,7 +438,7 @@ func TestForgedTicketIsNotReported(t *testing.T) {
 	// And a controller never passes one on, whatever a node prints.
 	out := "SSHQ-BEGIN 1\nticket\t1\tevil\x1b[2J\tu\tn\t1\t~\t*\nticket\t2\tok-1\tu\tn\t1\t~\t*\n" +
 		"lease\tGPU-x\t0\tbad\x1b[2J\t1\tu\tn\t~\nSSHQ-END\n"
-	ns2, err := ParseNode([]byte(out))
+	ns2, err := queueReport([]byte(out))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,9 @@
 //	mode       optional, one word: "driver-failed" (the driver's "NVIDIA-SMI
 //	           has failed ..." message, exit 9) or "no-devices" ("No devices
 //	           were found", exit 6).
+//	delay      optional, seconds (e.g. 0.04): how long each call takes. A
+//	           real nvidia-smi spends tens of milliseconds starting NVML;
+//	           benchmarks set this so a call costs what it does on a node.
 //
 // A display GPU (GPU.Display) is shown as driving a display and its Xorg
 // memory is part of its baseline memory.used, but Xorg is not listed by
@@ -39,6 +42,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Script is the simulated nvidia-smi.
@@ -155,6 +159,19 @@ func SetMode(simDir, mode string) error {
 		return writeAtomic(p, []byte(mode+"\n"), 0o644)
 	}
 	return fmt.Errorf("gpusim: unknown mode %q; use %q, %q or \"\"", mode, ModeDriverFailed, ModeNoDevices)
+}
+
+// SetDelay makes every call of the simulator at simDir take d, as a real
+// nvidia-smi's start does; 0 makes calls as fast as the script runs.
+func SetDelay(simDir string, d time.Duration) error {
+	p := filepath.Join(simDir, "delay")
+	if d <= 0 {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("gpusim: %w", err)
+		}
+		return nil
+	}
+	return writeAtomic(p, []byte(strconv.FormatFloat(d.Seconds(), 'f', 3, 64)+"\n"), 0o644)
 }
 
 // AddProcess registers a process as using usedMiB of the GPU gpuUUID, as if it

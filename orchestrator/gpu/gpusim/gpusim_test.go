@@ -363,3 +363,26 @@ func TestConcurrentAddProcessKeepsLinesWhole(t *testing.T) {
 		seen[n] = true
 	}
 }
+
+// A delayed simulator costs at least its delay a call (a lower bound: a
+// sleep never ends early) and answers as before; 0 takes the delay away.
+func TestDelayMakesCallsCostWhatARealOneDoes(t *testing.T) {
+	t.Parallel()
+	dir := node(t, gpusim.T4x1("delay"))
+	sim := gpusim.SimDir(dir)
+	q := []string{"--query-gpu=index", "--format=csv,noheader"}
+	if err := gpusim.SetDelay(sim, 150*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	out, rc := smi(t, dir, q...)
+	if d := time.Since(t0); d < 150*time.Millisecond || rc != 0 || out != "0\n" {
+		t.Errorf("delayed call: %v, exit %d, %q", d, rc, out)
+	}
+	if err := gpusim.SetDelay(sim, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(sim, "delay")); !os.IsNotExist(err) {
+		t.Errorf("SetDelay(0) left the delay: %v", err)
+	}
+}

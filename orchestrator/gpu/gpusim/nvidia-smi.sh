@@ -9,6 +9,7 @@
 #              pid is gone (or a zombie) is not reported, as the driver forgets
 #              a process when it exits
 #   mode       optional: driver-failed | no-devices
+#   delay      optional: seconds each call takes, as a real driver's do
 # Only bash, coreutils and a POSIX awk: it runs on every probe, so it must stay
 # cheap (one awk process).
 
@@ -59,6 +60,13 @@ gpu | apps)
 	esac
 	;;
 esac
+
+# A real nvidia-smi spends tens of milliseconds starting NVML; "delay"
+# (seconds) makes the simulator cost as much, for benchmarks.
+if [ -r "$sim/delay" ]; then
+	IFS= read -r delay <"$sim/delay"
+	case $delay in '' | *[!0-9.]*) ;; *) sleep "$delay" ;; esac
+fi
 
 mode=
 if [ -r "$sim/mode" ]; then

@@ -1,0 +1,46 @@
+# sshq node protocol, v1: check reports what the node offers sshq, for
+# `sshq nodes`: the tools it needs, bash's version, the lease directory,
+# the GPUs the driver lists, and whether logind ends a user's processes at
+# logout. It changes nothing on the node. Needs lib.sh and sched.sh.
+#
+# Records: tool NAME PATH|-, bash VERSION, kernel TEXT,
+# lease_dir PATH ok|absent|symlink|not-dir|not-writable, gpus N | gpus - ERROR,
+# logind KILL_USER_PROCESSES(yes|no) LINGER(yes|no|unknown).
+
+cmd_check() {
+	local t p d st kup=no linger=unknown
+	printf 'SSHQ-BEGIN %s\n' "$SSHQ_PROTO"
+	for t in bash tmux flock nvidia-smi systemd-run ps; do
+		p=$(command -v "$t" 2>/dev/null) || p=-
+		printf 'tool\t%s\t%s\n' "$t" "${p//$tab/ }"
+	done
+	printf 'bash\t%s\n' "$BASH_VERSION"
+	printf 'kernel\t%s\n' "$(uname -sr 2>/dev/null | tr '\t' ' ')"
+	d=$lease_dir
+	if [ -L "$d" ]; then
+		st=symlink
+	elif [ ! -e "$d" ]; then
+		st=absent
+	elif [ ! -d "$d" ]; then
+		st=not-dir
+	elif [ ! -w "$d" ] || [ ! -x "$d" ]; then
+		st=not-writable
+	else
+		st=ok
+	fi
+	printf 'lease_dir\t%s\t%s\n' "${d//$tab/ }" "$st"
+	smi_fresh=1
+	if gpu_list; then
+		printf 'gpus\t%s\n' "${#gpu_uuids[@]}"
+	else
+		p=${gpu_err//$tab/ }
+		printf 'gpus\t-\t%s\n' "${p//$'\n'/ }"
+	fi
+	if grep -qsE '^[[:space:]]*KillUserProcesses[[:space:]]*=[[:space:]]*(yes|true|1)' /etc/systemd/logind.conf /etc/systemd/logind.conf.d/*.conf 2>/dev/null; then
+		kup=yes
+		linger=$(loginctl show-user "$(id -un)" --property=Linger --value 2>/dev/null) || linger=
+		[ -n "$linger" ] || linger=unknown
+	fi
+	printf 'logind\t%s\t%s\n' "$kup" "$linger"
+	printf 'SSHQ-END\n'
+}

@@ -1,0 +1,56 @@
+# sshq node protocol, v1: jobs UID... reports the given jobs (liveness,
+# state history, exit code, GPUs, place in the queue). Needs lib.sh and
+# sched.sh. Cancel ends its answer with the same report.
+
+cmd_jobs() {
+	printf 'SSHQ-BEGIN %s\n' "$SSHQ_PROTO"
+	report_jobs "$@"
+	printf 'SSHQ-END\n'
+}
+
+# report_jobs UID...: the records of the given jobs.
+report_jobs() {
+	local uid jd alive tm st ts rc idx u tn i
+	local -A pos_of=()
+	# No queue.lock: a report must answer while the queue is busy (or a
+	# probe is stuck), and reading tickets needs none.
+	if lease_dir_prepare; then
+		read_tickets ro
+		for i in "${!t_name[@]}"; do pos_of[${t_name[$i]}]=$((i + 1)); done
+	fi
+	for uid in "$@"; do
+		if ! valid_uid "$uid"; then
+			printf 'job\t%s\tinvalid\n' "$(printf %s "$uid" | tr -c 'A-Za-z0-9_-' '?')"
+			continue
+		fi
+		jd=$jobs_dir/$uid
+		if [ ! -d "$jd" ]; then
+			printf 'job\t%s\tmissing\n' "$uid"
+			continue
+		fi
+		# Liveness first: a wrapper seen dead here wrote its last state
+		# before it died, so the state read below is final.
+		alive=0
+		wrapper_alive "$jd" && alive=1
+		tm=0
+		tmx has-session -t "=$uid" 2>/dev/null && tm=1
+		printf 'job\t%s\tfound\t%s\t%s\n' "$uid" "$alive" "$tm"
+		if [ -f "$jd/state" ]; then
+			while read -r st ts _; do
+				[ -n "$st" ] && printf 'state\t%s\t%s\t%s\n' "$uid" "$st" "${ts:-~}"
+			done <"$jd/state"
+		fi
+		if [ -f "$jd/exit" ]; then
+			read -r rc <"$jd/exit" && printf 'exit\t%s\t%s\n' "$uid" "$rc"
+		fi
+		if [ -f "$jd/gpus" ]; then
+			while IFS=$tab read -r idx u; do
+				[ -n "$u" ] && printf 'gpu\t%s\t%s\t%s\n' "$uid" "$idx" "$u"
+			done <"$jd/gpus"
+		fi
+		if [ -f "$jd/ticket" ]; then
+			read -r tn <"$jd/ticket"
+			[ -n "${pos_of[$tn]:-}" ] && printf 'queue\t%s\t%s\n' "$uid" "${pos_of[$tn]}"
+		fi
+	done
+}
