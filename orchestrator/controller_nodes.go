@@ -4,11 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
-
-	"github.com/sshq/sshq/orchestrator/job"
-	"github.com/sshq/sshq/orchestrator/store"
 )
 
 // StatusView is the cluster at a glance (`sshq status`).
@@ -63,72 +59,21 @@ func (c *Controller) Status(ctx context.Context) (*StatusView, error) {
 	if err != nil {
 		return nil, err
 	}
-	var cpuJobs map[string][]RunningJob
-	var wg sync.WaitGroup
-	wg.Go(func() { cpuJobs = c.runningWithoutGPUs(ctx, names) })
 	nodes := c.cluster(names).Status(ctx)
-	wg.Wait()
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("status interrupted (%w)", err)
 	}
 	v := &StatusView{Nodes: make([]NodeView, len(nodes))}
 	for i, n := range nodes {
-		running := holders(n)
-		if n.Reachable {
-			running = append(running, cpuJobs[n.Name]...)
-		}
-		v.Nodes[i] = NodeView{NodeStatus: n, Running: running}
+		v.Nodes[i] = NodeView{NodeStatus: n, Running: running(n)}
 	}
 	return v, nil
 }
 
-// runningWithoutGPUs are this controller's jobs that run on the nodes
-// without holding a GPU, by node. The store alone could be hours out of
-// date, so the nodes are asked about these jobs (one command per node that
-// has one; usually none), in parallel with the status probe.
-func (c *Controller) runningWithoutGPUs(ctx context.Context, names []string) map[string][]RunningJob {
-	if !c.hasStore() {
-		return nil
-	}
-	st, err := c.store()
-	if err != nil {
-		return nil
-	}
-	snap, err := st.Load()
-	if err != nil {
-		return nil
-	}
-	selected := map[string]bool{}
-	for _, n := range names {
-		selected[n] = true
-	}
-	ids := map[int]bool{}
-	for _, j := range snap.Jobs {
-		if !j.State.Terminal() && j.NumGPUs == 0 && selected[j.Node] {
-			ids[j.ID] = true
-		}
-	}
-	if len(ids) == 0 {
-		return nil
-	}
-	jobs := snap.Jobs
-	if views, _, err := c.cluster(nil).Reconcile(ctx, st, func(j *store.Job) bool { return ids[j.ID] }); err == nil {
-		jobs = jobs[:0:0]
-		for _, v := range views {
-			jobs = append(jobs, v.Job)
-		}
-	}
-	out := map[string][]RunningJob{}
-	for _, j := range jobs {
-		if ids[j.ID] && (j.State == job.Running || j.State == job.SettingUp) {
-			out[j.Node] = append(out[j.Node], RunningJob{JobID: j.ID, JobUID: j.UID, Name: j.Name, User: j.User, GPUs: []int{}})
-		}
-	}
-	return out
-}
-
-// holders are the jobs holding the node's GPUs, each once.
-func holders(n NodeStatus) []RunningJob {
+// running are the jobs running on the node, each once: the GPU holders
+// with the GPUs they hold, then the jobs the node reports running
+// without a GPU (of any user).
+func running(n NodeStatus) []RunningJob {
 	out := []RunningJob{}
 	at := map[string]int{}
 	for _, g := range n.GPUs {
@@ -142,6 +87,13 @@ func holders(n NodeStatus) []RunningJob {
 			out = append(out, RunningJob{JobID: g.Holder.JobID, JobUID: g.Holder.JobUID, Name: g.Holder.Name, User: g.Holder.User, GPUs: []int{}})
 		}
 		out[i].GPUs = append(out[i].GPUs, g.Index)
+	}
+	for _, j := range n.Jobs {
+		if _, ok := at[j.JobUID]; ok || j.NumGPUs > 0 {
+			continue
+		}
+		at[j.JobUID] = len(out)
+		out = append(out, RunningJob{JobID: j.JobID, JobUID: j.JobUID, Name: j.Name, User: j.User, GPUs: []int{}})
 	}
 	return out
 }
@@ -181,26 +133,6 @@ func (v *NodesView) Err() error {
 	return nil
 }
 
-// nodeCheckScript reports, one `key value` per line, what a node offers
-// sshq. It must run on any POSIX shell and never fail as a whole.
-const nodeCheckScript = `for t in bash tmux flock nvidia-smi systemd-run; do
-  if p=$(command -v "$t" 2>/dev/null); then echo "have_$t $p"; else echo "have_$t -"; fi
-done
-d=${SSHQ_LEASE_DIR:-/tmp/sshq-leases}
-echo "lease_dir $d"
-if [ -L "$d" ]; then echo "lease_dir_state symlink"
-elif [ -d "$d" ]; then if [ -w "$d" ]; then echo "lease_dir_state ok"; else echo "lease_dir_state not-writable"; fi
-else echo "lease_dir_state absent"; fi
-if command -v nvidia-smi >/dev/null 2>&1; then
-  n=$(nvidia-smi --query-gpu=uuid --format=csv,noheader 2>/dev/null | grep -c '^GPU-')
-  echo "gpus $n"
-fi
-echo "kernel $(uname -sr)"
-if grep -qsE '^[[:space:]]*KillUserProcesses[[:space:]]*=[[:space:]]*(yes|true|1)' /etc/systemd/logind.conf /etc/systemd/logind.conf.d/*.conf 2>/dev/null; then
-  l=$(loginctl show-user "$(id -un)" --property=Linger --value 2>/dev/null)
-  echo "kill_user_processes ${l:-unknown}"
-fi`
-
 // Nodes connects to every selected node in parallel and checks what sshq
 // needs there.
 func (c *Controller) Nodes(ctx context.Context) (*NodesView, error) {
@@ -225,55 +157,20 @@ func (c *Controller) Nodes(ctx context.Context) (*NodesView, error) {
 		ctx, cancel := context.WithTimeout(ctx, n.Timeout()+10*time.Second)
 		defer cancel()
 		start := time.Now()
-		res, err := c.pool.Run(ctx, name, nodeCheckScript, nil)
+		chk, err := c.cluster(nil).Node(name).Check(ctx)
 		if err != nil {
 			r.Error = err.Error()
 			return
 		}
 		r.Reachable = true
 		r.LatencyMS = time.Since(start).Milliseconds()
-		kv := map[string]string{}
-		for _, line := range strings.Split(string(res.Stdout), "\n") {
-			k, v, _ := strings.Cut(line, " ")
-			kv[k] = v
-		}
-		readiness(r, kv)
+		r.GPUs = max(chk.GPUs, 0)
+		r.Tmux, r.Flock, r.NvidiaSMI = chk.Has("tmux"), chk.Has("flock"), chk.Has("nvidia-smi")
+		r.Problems = chk.Problems()
+		r.Ready = chk.Ready()
 	})
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("node check interrupted (%w)", err)
 	}
 	return &NodesView{Nodes: results}, nil
-}
-
-// readiness is the rule of what a node needs to run sshq jobs, applied to
-// what nodeCheckScript reported.
-func readiness(r *NodeCheck, kv map[string]string) {
-	r.Tmux, r.Flock, r.NvidiaSMI = kv["have_tmux"] != "-", kv["have_flock"] != "-", kv["have_nvidia-smi"] != "-"
-	fmt.Sscan(kv["gpus"], &r.GPUs)
-	if kv["have_bash"] == "-" {
-		r.Problems = append(r.Problems, "bash missing: install bash")
-	}
-	if !r.Tmux {
-		r.Problems = append(r.Problems, "tmux missing: `sudo apt-get install -y tmux`")
-	}
-	if !r.Flock {
-		r.Problems = append(r.Problems, "flock missing: `sudo apt-get install -y util-linux`")
-	}
-	if !r.NvidiaSMI {
-		r.Problems = append(r.Problems, "nvidia-smi not on PATH: CPU-only node (install the NVIDIA driver for GPU jobs)")
-	} else if r.GPUs == 0 {
-		r.Problems = append(r.Problems, "nvidia-smi finds no GPU: run `nvidia-smi` on the node to see why")
-	}
-	switch kv["lease_dir_state"] {
-	case "symlink":
-		r.Problems = append(r.Problems, fmt.Sprintf("lease dir %s is a symlink: sshq refuses it; remove it or set SSHQ_LEASE_DIR", kv["lease_dir"]))
-	case "not-writable":
-		r.Problems = append(r.Problems, fmt.Sprintf("lease dir %s is not writable: `chmod 1777 %s`", kv["lease_dir"], kv["lease_dir"]))
-	}
-	killsJobs := false
-	if linger, ok := kv["kill_user_processes"]; ok && linger != "yes" {
-		killsJobs = true
-		r.Problems = append(r.Problems, "logind kills a user's processes at logout (KillUserProcesses=yes) and you have no linger: jobs would die with your ssh sessions; run `loginctl enable-linger` on the node")
-	}
-	r.Ready = !killsJobs && r.Tmux && r.Flock && kv["have_bash"] != "-" && kv["lease_dir_state"] != "symlink" && kv["lease_dir_state"] != "not-writable"
 }

@@ -2,8 +2,6 @@ package orchestrator
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -116,89 +114,11 @@ func nodeState(t *testing.T, ctrl *Controller, id int) job.State {
 		t.Fatal(err)
 	}
 	uid := s.Job(id).UID
-	res, err := ctrl.pool.Run(ctxT(t), "box", remote.Jobs([]string{uid}), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, err := remote.ParseJobs(res.Stdout)
+	js, err := remote.New("box", ctrl.pool.Node("box")).Jobs(ctxT(t), []string{uid})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return js[uid].State
-}
-
-// cancel must tell the truth about each job: one that had already
-// succeeded is reported so (not as cancelled, not with the state the
-// store last saw), one that runs is cancelled.
-func TestCancelReportsEachJobsTrueOutcome(t *testing.T) {
-	t.Parallel()
-	ctrl, _ := testController(t)
-	done := launch(t, ctrl, "quick", "", "true")
-	runs := launch(t, ctrl, "long", "1", "sleep 1000")
-	for deadline := time.Now().Add(time.Minute); nodeState(t, ctrl, done) != job.Succeeded || nodeState(t, ctrl, runs) != job.Running; {
-		if time.Now().After(deadline) {
-			t.Fatal("the jobs never got going")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if s, _ := ctrl.st.Load(); s.Job(done).State.Terminal() {
-		t.Fatalf("the store already knows job %d ended; the test needs it stale", done)
-	}
-	v, err := ctrl.Cancel(ctxT(t), CancelRequest{Refs: []string{"quick", fmt.Sprint(runs)}, Grace: time.Second})
-	if err != nil || v.Err != nil {
-		t.Fatal(err, v.Err)
-	}
-	if len(v.Jobs) != 2 {
-		t.Fatalf("outcomes: %+v", v.Jobs)
-	}
-	q, r := v.Jobs[0], v.Jobs[1]
-	if q.ID != done || q.Outcome != CancelDone || q.State != job.Succeeded || q.ExitCode == nil || *q.ExitCode != 0 {
-		t.Errorf("the job that had succeeded: %+v, want done, SUCCEEDED, exit code 0", q)
-	}
-	if r.ID != runs || r.Outcome != CancelCancelled || r.State != job.Cancelled {
-		t.Errorf("the running job: %+v, want cancelled, CANCELLED", r)
-	}
-	if got := nodeState(t, ctrl, runs); got != job.Cancelled {
-		t.Errorf("the running job is %s on its node", got)
-	}
-}
-
-func TestNodeReadinessRules(t *testing.T) {
-	t.Parallel()
-	ok := map[string]string{"have_bash": "/bin/bash", "have_tmux": "/usr/bin/tmux", "have_flock": "/usr/bin/flock",
-		"have_nvidia-smi": "/usr/bin/nvidia-smi", "gpus": "2", "lease_dir": "/tmp/sshq-leases", "lease_dir_state": "ok"}
-	with := func(k, v string) map[string]string {
-		m := map[string]string{}
-		for a, b := range ok {
-			m[a] = b
-		}
-		m[k] = v
-		return m
-	}
-	for _, tc := range []struct {
-		name    string
-		kv      map[string]string
-		ready   bool
-		problem string
-	}{
-		{"all there", ok, true, ""},
-		{"no tmux", with("have_tmux", "-"), false, "tmux missing"},
-		{"no flock", with("have_flock", "-"), false, "flock missing"},
-		{"no bash", with("have_bash", "-"), false, "bash missing"},
-		{"CPU-only", with("have_nvidia-smi", "-"), true, "CPU-only node"},
-		{"no GPU found", with("gpus", "0"), true, "finds no GPU"},
-		{"lease dir symlink", with("lease_dir_state", "symlink"), false, "is a symlink"},
-		{"lease dir read-only", with("lease_dir_state", "not-writable"), false, "chmod 1777"},
-		{"logind kills jobs", with("kill_user_processes", "no"), false, "enable-linger"},
-		{"logind with linger", with("kill_user_processes", "yes"), true, ""},
-	} {
-		r := NodeCheck{Problems: []string{}}
-		readiness(&r, tc.kv)
-		got := fmt.Sprint(r.Problems)
-		if r.Ready != tc.ready || (tc.problem == "" && len(r.Problems) > 0) || !strings.Contains(got, tc.problem) {
-			t.Errorf("%s: ready %v, problems %s; want ready %v and %q", tc.name, r.Ready, got, tc.ready, tc.problem)
-		}
-	}
 }
 
 func TestWaitExitCodeRule(t *testing.T) {

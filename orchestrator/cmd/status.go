@@ -102,7 +102,7 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 	free, total, waiting, running, noGPU := 0, 0, 0, 0, 0
 	for _, n := range v.Nodes {
 		if !n.Reachable {
-			fmt.Fprintf(&b, "%s  %s  %s\n\n", st.Bold(n.Name), st.Paint(ui.Red, "down"), n.Error)
+			fmt.Fprintf(&b, "%s  %s  %s\n\n", st.Bold(n.Name), st.Paint(ui.Red, "down"), ui.Safe(n.Error))
 			continue
 		}
 		running += len(n.Running)
@@ -113,7 +113,7 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 			if msg == "" {
 				msg = string(n.GPUState)
 			}
-			fmt.Fprintf(&b, "  no GPUs: %s\n", msg)
+			fmt.Fprintf(&b, "  no GPUs: %s\n", ui.Safe(msg))
 		} else {
 			var rows [][]string
 			for _, g := range n.GPUs {
@@ -124,24 +124,24 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 					free++
 				case "leased":
 					if g.Holder != nil {
-						holder = st.Paint(ui.Blue, fmt.Sprintf("#%d %s (%s)", g.Holder.JobID, g.Holder.Name, orDash(g.Holder.User)))
+						holder = st.Paint(ui.Blue, fmt.Sprintf("#%d %s (%s)", g.Holder.JobID, ui.Safe(g.Holder.Name), ui.Safe(orDash(g.Holder.User))))
 					} else {
 						holder = st.Paint(ui.Blue, "leased")
 					}
 				case "foreign":
 					var ps []string
 					for _, p := range g.Processes {
-						ps = append(ps, fmt.Sprintf("pid %d %s", p.PID, orDash(p.User)))
+						ps = append(ps, fmt.Sprintf("pid %d %s", p.PID, ui.Safe(orDash(p.User))))
 					}
 					holder = st.Paint(ui.Yellow, "foreign: "+strings.Join(ps, ", "))
 				default:
-					holder = st.Paint(ui.Red, g.State)
+					holder = st.Paint(ui.Red, ui.Safe(g.State))
 				}
 				util := "-"
 				if g.UtilizationPct != nil {
 					util = fmt.Sprintf("%d%%", *g.UtilizationPct)
 				}
-				rows = append(rows, []string{fmt.Sprint(g.Index), g.Name, ui.MiB(g.MemoryUsedMiB) + " / " + ui.MiB(g.MemoryTotalMiB), util, holder})
+				rows = append(rows, []string{fmt.Sprint(g.Index), ui.Safe(g.Name), ui.MiB(g.MemoryUsedMiB) + " / " + ui.MiB(g.MemoryTotalMiB), util, holder})
 			}
 			b.WriteString(indent(st.Table([]string{"GPU", "MODEL", "MEMORY", "UTIL", "HOLDER"}, rows), "  "))
 		}
@@ -149,7 +149,7 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 			var rows [][]string
 			for _, q := range n.Queue {
 				waiting++
-				rows = append(rows, []string{fmt.Sprint(q.Position), q.Name, orDash(q.User), fmt.Sprint(q.NumGPUs), humanSince(q.Since)})
+				rows = append(rows, []string{fmt.Sprint(q.Position), ui.Safe(q.Name), ui.Safe(orDash(q.User)), fmt.Sprint(q.NumGPUs), humanSince(q.Since)})
 			}
 			b.WriteString("  waiting:\n")
 			b.WriteString(indent(st.Table([]string{"POS", "JOB", "USER", "GPUS", "WAITING"}, rows), "  "))
@@ -158,14 +158,14 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 		for _, j := range n.Running {
 			if len(j.GPUs) == 0 {
 				noGPU++
-				cpu = append(cpu, fmt.Sprintf("#%d %s (%s)", j.JobID, j.Name, orDash(j.User)))
+				cpu = append(cpu, fmt.Sprintf("#%d %s (%s)", j.JobID, ui.Safe(j.Name), ui.Safe(orDash(j.User))))
 			}
 		}
 		if len(cpu) > 0 {
 			fmt.Fprintf(&b, "  running without GPUs: %s\n", st.Paint(ui.Blue, strings.Join(cpu, ", ")))
 		}
 		for _, w := range n.Warnings {
-			fmt.Fprintf(&b, "  %s %s\n", st.Paint(ui.Yellow, "warning:"), w)
+			fmt.Fprintf(&b, "  %s %s\n", st.Paint(ui.Yellow, "warning:"), ui.Safe(w))
 		}
 		b.WriteString("\n")
 	}

@@ -76,3 +76,43 @@ func TestQueueGPUsColumnIsUnambiguous(t *testing.T) {
 		}
 	}
 }
+
+// Another user's job name, process user, nvidia-smi message and warning
+// are theirs to choose: none of it may reach this user's terminal raw (an
+// escape sequence, a newline forging a GPU row), in plain or table output.
+// --json keeps the exact bytes.
+func TestStatusNeverPrintsNodeTextRaw(t *testing.T) {
+	t.Parallel()
+	evil := "x\x1b]0;pwned\x07\x1b[2J\nGPU 9 NVIDIA H100 0M / 80G 0% free"
+	view := &orchestrator.StatusView{Nodes: []orchestrator.NodeView{{
+		NodeStatus: orchestrator.NodeStatus{Name: "box", Reachable: true, CPUs: 8,
+			GPUs: []orchestrator.GPUStatus{
+				gpu(0, "leased", &orchestrator.Holder{JobID: 3, JobUID: "c-3", Name: evil, User: evil}),
+				{Index: 1, UUID: "GPU-b", Name: evil, State: "foreign", Processes: []orchestrator.GPUProcess{{PID: 9, User: evil}}},
+			},
+			Queue:    []orchestrator.QueueEntry{{Position: 1, JobUID: "d-1", Name: evil, User: evil, NumGPUs: 1}},
+			Warnings: []string{"nvidia-smi said: " + evil},
+		},
+		Running: []orchestrator.RunningJob{{JobID: 7, JobUID: "d-7", Name: evil, User: evil, GPUs: []int{}}},
+	}, {NodeStatus: orchestrator.NodeStatus{Name: "down", Error: evil}}}}
+	for _, args := range [][]string{{"status"}, {"status", "--json"}} {
+		h := newHarness(t)
+		h.fake.status = func(context.Context) (*orchestrator.StatusView, error) { return view, nil }
+		h.run(args...)
+		out := h.out.String()
+		if args[len(args)-1] == "--json" {
+			if !strings.Contains(out, `x\u001b]0;pwned\u0007\u001b[2J\nGPU 9`) {
+				t.Errorf("--json must keep the exact name:\n%s", out)
+			}
+			continue
+		}
+		if strings.ContainsAny(out, "\x1b\x07") {
+			t.Errorf("status printed a raw escape:\n%q", out)
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(strings.TrimSpace(l), "GPU 9") || strings.HasPrefix(strings.TrimSpace(l), "9 ") {
+				t.Errorf("a node's text forged a line: %q\n%s", l, out)
+			}
+		}
+	}
+}
