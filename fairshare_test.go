@@ -503,10 +503,21 @@ func TestFairTwoControllersTwoUsers(t *testing.T) {
 		if users["a"] == users["b"] || users["a"] == "root" || users["b"] == "root" {
 			t.Errorf("jobs ran as %v, want one distinct non-root user per controller", users)
 		}
-		// The lease directory was created by a user's job, shared: 1777.
-		fi, err := os.Stat(filepath.Join(c.Node("box").Dir, "tmp", "sshq-leases"))
-		if err != nil || fi.Mode().Perm() != 0o777 || fi.Mode()&os.ModeSticky == 0 {
-			t.Errorf("lease dir: %v %v, want drwxrwxrwt", fi.Mode(), err)
+		// No directory is shared: each user's records are in a
+		// directory of their own beside the lease directory, in the
+		// root-owned sticky tmp.
+		if _, err := os.Lstat(filepath.Join(c.Node("box").Dir, "tmp", "sshq-leases")); err == nil {
+			t.Error("a shared lease directory was created; its creator would control everyone's records")
+		}
+		for _, name := range []string{users["a"], users["b"]} {
+			u, err := user.Lookup(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Stat(filepath.Join(c.Node("box").Dir, "tmp", "sshq-leases.u"+u.Uid))
+			if err != nil || fi.Mode().Perm() != 0o755 || fmt.Sprint(fi.Sys().(*syscall.Stat_t).Uid) != u.Uid {
+				t.Errorf("%s's lease records directory: %v, want drwxr-xr-x owned by %s", name, err, name)
+			}
 		}
 	}
 }

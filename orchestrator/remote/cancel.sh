@@ -2,10 +2,10 @@
 # pending job leaves the queue, a running one's processes get SIGTERM, then
 # SIGKILL after the grace period; its wrapper records the end. The answer
 # ends with the jobs' report (as jobs gives it), so the controller learns
-# how they ended in the same command. Needs lib.sh, sched.sh and jobs.sh.
+# how they ended in the same command. Needs lib.sh, lease.sh and jobs.sh.
 
 cmd_cancel() {
-	local grace=$1 uid jd st tn deadline any round p spare
+	local grace=$1 uid jd st deadline any round p spare
 	local -a targets=() sweep=()
 	local -A termed=()
 	shift
@@ -88,14 +88,9 @@ cmd_cancel() {
 			sleep 0.1
 		done
 		# A wrapper that could not record the end leaves it to us, before
-		# it is killed.
+		# it is killed (its records go with its keeper).
 		if [ ! -f "$jd/exit" ]; then
-			rm -f -- "$jd/secrets.sh"
-			if [ -f "$jd/ticket" ]; then
-				read -r tn <"$jd/ticket"
-				[ -n "$tn" ] && valid_ticket "$tn" && rm -f -- "$lease_dir/queue/$tn"
-				rm -f -- "$jd/ticket"
-			fi
+			rm -f -- "$jd/secrets.sh" "$jd/ticket"
 			printf 'CANCELLED %s\n' "$(now)" >>"$jd/state"
 			printf '137\n' >"$jd/exit.tmp" && mv -f -- "$jd/exit.tmp" "$jd/exit"
 		fi

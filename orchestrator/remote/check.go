@@ -10,10 +10,19 @@ type NodeCheck struct {
 	Tools       map[string]string `json:"tools"`
 	BashVersion string            `json:"bash_version"`
 	Kernel      string            `json:"kernel"`
-	// LeaseDir is the shared lease directory; LeaseDirState is ok, absent
-	// (it is made on first use), symlink, not-dir or not-writable.
+	// LeaseDir is the node's lease directory ($SSHQ_LEASE_DIR, default
+	// /tmp/sshq-leases). LeaseDirState is ok, or unsafe when there is no
+	// place for lease records that another user could not tamper with
+	// (LeaseDirError says what to do); older nodes said absent, symlink,
+	// not-dir or not-writable. LeaseMode is "provisioned" when root made
+	// the lease directory (the optional admin step), "shared" when each
+	// user's records go beside it in its root-owned parent (/tmp);
+	// LeaseRecords is where this user's records go.
 	LeaseDir      string `json:"lease_dir"`
 	LeaseDirState string `json:"lease_dir_state"`
+	LeaseMode     string `json:"lease_mode,omitempty"`
+	LeaseRecords  string `json:"lease_records,omitempty"`
+	LeaseDirError string `json:"lease_dir_error,omitempty"`
 	// GPUs is how many GPUs the driver lists, -1 when it could not say
 	// (GPUError says why: no nvidia-smi, a failing driver).
 	GPUs     int    `json:"gpus"`
@@ -23,6 +32,11 @@ type NodeCheck struct {
 	KillUserProcesses bool   `json:"kill_user_processes"`
 	Linger            string `json:"linger,omitempty"`
 }
+
+// Provisioned reports whether the node's admin made its lease directory
+// (README: shared nodes): without it each user's records sit in the lease
+// directory's parent, which is as safe but visible to tmp cleaners.
+func (c *NodeCheck) Provisioned() bool { return c.LeaseMode == "provisioned" }
 
 // Has reports whether the node has the tool.
 func (c *NodeCheck) Has(tool string) bool { return c.Tools[tool] != "" }
@@ -45,7 +59,8 @@ func (c *NodeCheck) KillsJobs() bool { return c.KillUserProcesses && c.Linger !=
 // A node without GPUs is ready for CPU jobs.
 func (c *NodeCheck) Ready() bool {
 	return c.Has("bash") && c.bashOK() && c.Has("tmux") && c.Has("flock") && !c.KillsJobs() &&
-		c.LeaseDirState != "symlink" && c.LeaseDirState != "not-writable" && c.LeaseDirState != "not-dir"
+		c.LeaseDirState != "symlink" && c.LeaseDirState != "not-writable" && c.LeaseDirState != "not-dir" &&
+		c.LeaseDirState != "unsafe"
 }
 
 // Problems says what is wrong or missing, each with what to do.
@@ -78,6 +93,8 @@ func (c *NodeCheck) Problems() []string {
 		p = append(p, fmt.Sprintf("lease dir %s is not writable: `chmod 1777 %s`", c.LeaseDir, c.LeaseDir))
 	case "not-dir":
 		p = append(p, fmt.Sprintf("lease dir %s is not a directory: remove it or set SSHQ_LEASE_DIR", c.LeaseDir))
+	case "unsafe":
+		p = append(p, "no safe place for GPU lease records: "+c.LeaseDirError)
 	}
 	if c.KillsJobs() {
 		p = append(p, "logind kills a user's processes at logout (KillUserProcesses=yes) and you have no linger: jobs would die with your ssh sessions; run `loginctl enable-linger` on the node")

@@ -1,11 +1,15 @@
 # sshq node protocol, v1: check reports what the node offers sshq, for
 # `sshq nodes`: the tools it needs, bash's version, the lease directory,
 # the GPUs the driver lists, and whether logind ends a user's processes at
-# logout. It changes nothing on the node. Needs lib.sh and sched.sh.
+# logout. It changes nothing on the node. Needs lib.sh, lease.sh and
+# sched.sh.
 #
 # Records: tool NAME PATH|-, bash VERSION, kernel TEXT,
-# lease_dir PATH ok|absent|symlink|not-dir|not-writable, gpus N | gpus - ERROR,
+# lease_dir PATH ok|unsafe MODE WHERE WHY, gpus N | gpus - ERROR,
 # logind KILL_USER_PROCESSES(yes|no) LINGER(yes|no|unknown).
+# MODE is provisioned (root made the lease directory: the admin step) or
+# shared (records go beside it, in its parent), none when neither is safe
+# (WHY says what to do); WHERE is the directory the records go in.
 
 cmd_check() {
 	local t p d st kup=no linger=unknown
@@ -17,19 +21,12 @@ cmd_check() {
 	printf 'bash\t%s\n' "$BASH_VERSION"
 	printf 'kernel\t%s\n' "$(uname -sr 2>/dev/null | tr '\t' ' ')"
 	d=$lease_dir
-	if [ -L "$d" ]; then
-		st=symlink
-	elif [ ! -e "$d" ]; then
-		st=absent
-	elif [ ! -d "$d" ]; then
-		st=not-dir
-	elif [ ! -w "$d" ] || [ ! -x "$d" ]; then
-		st=not-writable
-	else
-		st=ok
-	fi
-	printf 'lease_dir\t%s\t%s\n' "${d//$tab/ }" "$st"
+	st=ok
+	lease_where || st=unsafe
+	p=${lease_err//$tab/ }
+	printf 'lease_dir\t%s\t%s\t%s\t%s\t%s\n' "${d//$tab/ }" "$st" "$lease_mode" "${w_dir:--}" "${p:--}"
 	smi_fresh=1
+	probe_timeout=$report_probe_timeout
 	if gpu_list; then
 		printf 'gpus\t%s\n' "${#gpu_uuids[@]}"
 	else

@@ -22,28 +22,38 @@ func TestCheckSaysWhatTheNodeOffers(t *testing.T) {
 			t.Errorf("%s not found: %+v", tool, nc.Tools)
 		}
 	}
-	if nc.GPUs != 2 || nc.LeaseDirState != "absent" || !strings.HasPrefix(nc.BashVersion, "5") && !strings.HasPrefix(nc.BashVersion, "4") ||
+	if nc.GPUs != 2 || nc.LeaseDirState != "ok" || nc.LeaseMode != "shared" || nc.Provisioned() || !strings.HasPrefix(nc.BashVersion, "5") && !strings.HasPrefix(nc.BashVersion, "4") ||
 		!nc.Ready() || len(nc.Problems()) != 0 || nc.Kernel == "" {
 		t.Errorf("a ready node: %+v, problems %q", nc, nc.Problems())
 	}
-	if _, err := os.Stat(filepath.Join(n.dir, "leases")); err == nil {
-		t.Error("check created the lease directory; it must change nothing")
+	if m, _ := filepath.Glob(filepath.Join(n.dir, "leases*")); len(m) > 0 {
+		t.Errorf("check created %v; it must change nothing", m)
+	}
+	// The admin step: root made the lease directory.
+	if os.Geteuid() == 0 {
+		os.Mkdir(filepath.Join(n.dir, "leases"), 0o755)
+		os.Chmod(filepath.Join(n.dir, "leases"), os.ModeSticky|0o777)
+		if nc, err := n.cl().Check(context.Background()); err != nil || !nc.Provisioned() || !nc.Ready() {
+			t.Errorf("a node with a provisioned lease directory: %+v %v", nc, err)
+		}
+		os.Remove(filepath.Join(n.dir, "leases"))
 	}
 
-	// A CPU-only node is ready, and says why it has no GPUs; a symlinked
-	// lease directory makes it not ready.
+	// A CPU-only node is ready, and says why it has no GPUs; a lease
+	// directory with no safe place for records makes it not ready.
 	n.setEnv("PATH", "/usr/local/bin:/usr/bin:/bin")
-	if err := os.Symlink(n.dir, filepath.Join(n.dir, "leases")); err != nil {
-		t.Fatal(err)
-	}
+	open := filepath.Join(n.dir, "open")
+	os.Mkdir(open, 0o777)
+	os.Chmod(open, 0o777)
+	n.setEnv("SSHQ_LEASE_DIR", filepath.Join(open, "leases"))
 	nc, err = n.cl().Check(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := strings.Join(nc.Problems(), "\n")
-	if nc.Has("nvidia-smi") || nc.GPUs != -1 || !strings.Contains(p, "CPU-only") || nc.LeaseDirState != "symlink" ||
-		!strings.Contains(p, "symlink") || nc.Ready() {
-		t.Errorf("a CPU-only node with a symlinked lease dir: %+v, problems %q", nc, p)
+	if nc.Has("nvidia-smi") || nc.GPUs != -1 || !strings.Contains(p, "CPU-only") || nc.LeaseDirState != "unsafe" ||
+		!strings.Contains(p, "no safe place") || nc.Ready() {
+		t.Errorf("a CPU-only node with no safe place for lease records: %+v, problems %q", nc, p)
 	}
 
 	// Without bash, or with one too old, the node says only that.

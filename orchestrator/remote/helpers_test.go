@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -345,4 +346,33 @@ func syscallKill(pid int) {
 	if p, err := os.FindProcess(pid); err == nil {
 		p.Signal(os.Kill)
 	}
+}
+
+// records lists the names of the node user's lease records of a kind ("w"
+// waiting, "r" running) in the node's lease namespace (see lease.sh).
+func (n *testNode) records(kind string) []string {
+	m, _ := filepath.Glob(filepath.Join(n.dir, "leases.u*", kind+".*"))
+	var out []string
+	for _, p := range m {
+		out = append(out, filepath.Base(p))
+	}
+	return out
+}
+
+// recordDir is the node user's lease records directory.
+func (n *testNode) recordDir() string {
+	return filepath.Join(n.dir, "leases.u"+strconv.Itoa(os.Geteuid()))
+}
+
+// lockID names path's inode as /proc/locks does (MAJ:MIN:INODE).
+func lockID(t *testing.T, path string) string {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	dev := uint64(st.Dev)
+	maj := (dev>>8)&0xfff | (dev>>32)&^0xfff
+	min := dev&0xff | (dev>>12)&^0xff
+	return fmt.Sprintf("%02x:%02x:%d", maj, min, st.Ino)
 }

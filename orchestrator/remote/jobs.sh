@@ -1,6 +1,6 @@
 # sshq node protocol, v1: jobs UID... reports the given jobs (liveness,
 # state history, exit code, GPUs, place in the queue). Needs lib.sh and
-# sched.sh. Cancel ends its answer with the same report.
+# lease.sh. Cancel ends its answer with the same report.
 
 cmd_jobs() {
 	printf 'SSHQ-BEGIN %s\n' "$SSHQ_PROTO"
@@ -12,12 +12,14 @@ cmd_jobs() {
 report_jobs() {
 	local uid jd alive tm st ts rc idx u tn i
 	local -A pos_of=()
-	# No queue.lock: a report must answer while the queue is busy (or a
-	# probe is stuck), and reading tickets needs none.
-	if lease_dir_prepare; then
-		read_tickets ro
+	# The queue is read only when a job of these waits in it.
+	for uid in "$@"; do
+		valid_uid "$uid" && [ -f "$jobs_dir/$uid/ticket" ] || continue
+		lease_where
+		lease_scan all clean
 		for i in "${!t_name[@]}"; do pos_of[${t_name[$i]}]=$((i + 1)); done
-	fi
+		break
+	done
 	for uid in "$@"; do
 		if ! valid_uid "$uid"; then
 			printf 'job\t%s\tinvalid\n' "$(printf %s "$uid" | tr -c 'A-Za-z0-9_-' '?')"

@@ -44,8 +44,11 @@ jobs_dir=$sshq_home/jobs
 lease_dir=${SSHQ_LEASE_DIR:-/tmp/sshq-leases}
 poll=${SSHQ_POLL_INTERVAL:-2}
 # probe_timeout bounds one GPU probe (nvidia-smi twice, ps once), in whole
-# seconds: a driver that hangs must not hold queue.lock, and so the node.
+# seconds, for a waiting job; a report (status, place, check) gives the
+# driver report_probe_timeout, so that a hung driver reads as such within
+# the controller's connect timeout and a few seconds.
 probe_timeout=${SSHQ_PROBE_TIMEOUT:-20}
+report_probe_timeout=${SSHQ_REPORT_PROBE_TIMEOUT:-5}
 tab=$'\t'
 
 die() { # die CODE MESSAGE
@@ -101,91 +104,14 @@ enc() {
 	done
 }
 
-# ---------------------------------------------------------------- lease dir
-
-# The lease directory is shared by every user of the node, so it is mode 1777
-# (sticky: nobody removes another's files). A symlink there would let its
-# owner redirect every lock, so it is refused, as is any lock file that is
-# not a plain file. Shared files are created with O_EXCL (noclobber), which
-# never follows a symlink, and mode 0666 so the next user can use them.
-lease_err=
-
-ensure_shared_dir() {
-	local d=$1
-	if [ -L "$d" ]; then
-		lease_err="lease directory $d is a symlink; sshq refuses it because the link's owner would control every GPU lease. Remove it, or set SSHQ_LEASE_DIR to a real directory"
-		return 1
-	fi
-	if [ ! -e "$d" ]; then
-		mkdir -m 1777 "$d" 2>/dev/null
-	fi
-	if [ -L "$d" ] || [ ! -d "$d" ]; then
-		lease_err="lease directory $d is not a directory (or could not be created); remove it or set SSHQ_LEASE_DIR"
-		return 1
-	fi
-	# Only the sticky bit is visible to test: a directory that has it was
-	# made 1777 by sshq (or on purpose), and needs no chmod (a fork).
-	if [ -O "$d" ] && [ ! -k "$d" ]; then
-		chmod 1777 "$d" 2>/dev/null
-	fi
-	if [ ! -w "$d" ] || [ ! -x "$d" ]; then
-		lease_err="lease directory $d is not writable by $(id -un); its owner must run: chmod 1777 $d"
-		return 1
-	fi
-}
-
-ensure_shared_file() {
-	local f=$1
-	if [ ! -e "$f" ] && [ ! -L "$f" ]; then
-		(
-			umask 000
-			set -C
-			: >"$f"
-		) 2>/dev/null
-	fi
-	if [ -L "$f" ] || [ ! -f "$f" ]; then
-		lease_err="$f is not a regular file (a symlink or something else); sshq will not lock through it. Remove it"
-		return 1
-	fi
-}
-
-lease_dir_prepare() {
-	ensure_shared_dir "$lease_dir" &&
-		ensure_shared_dir "$lease_dir/queue" &&
-		ensure_shared_file "$lease_dir/queue.lock"
-}
-
-# lock_free FILE: true when nobody holds FILE's flock. The probe opens the
-# file read-only (no O_CREAT: fs.protected_regular forbids that on another
-# user's file in a sticky directory) and, if it gets the lock, drops it at
-# once. Callers hold queue.lock, so a probe never makes a waiter's try-lock
-# fail. A file that cannot be opened counts as held.
-lock_free() {
-	flock -n 9 9<"$1" 2>/dev/null
-}
-
-# queue_lock / queue_unlock serialize every decision about GPUs on the node.
-qfd=
-queue_lock() {
-	exec {qfd}<"$lease_dir/queue.lock" || return 1
-	if ! flock -w "${1:-60}" "$qfd"; then
-		exec {qfd}<&-
-		return 1
-	fi
-}
-queue_unlock() {
-	[ -n "$qfd" ] && exec {qfd}<&-
-	qfd=
-}
-
 # ---------------------------------------------------------------- nvidia-smi
 
 # bounded SECONDS CMD...: run CMD (stdout and stderr) into bounded_out, its
 # exit status into bounded_rc; returns 1 when CMD fails, 124 when it has
 # not ended within SECONDS. CMD runs with every fd above 2 closed: bash
 # never sets close-on-exec on `exec {fd}<`, and a hung nvidia-smi (or ps)
-# that inherited queue.lock, a ticket or wrapper.lock would hold them after
-# its caller gave up or died, stalling every job on the node. A command
+# that inherited the keeper's pipe or wrapper.lock would hold them after its
+# caller gave up or died, keeping a dead job's GPUs leased. A command
 # still running at the deadline is abandoned, not waited for (one stuck in
 # the kernel cannot be killed and timeout(1) would wait for it): its
 # subshell is told to SIGKILL it, and it holds nothing of ours any more.
@@ -255,25 +181,26 @@ to_ms() {
 # smi NAME ARGS...: the one way sshq runs nvidia-smi. Its output (stdout and
 # stderr) lands in smi_out, its exit status in smi_rc (124: it hung), and
 # smi returns 1 with smi_err set when it failed. The call is bounded by
-# probe_deadline (see probe_begin). Every waiter probes once a poll, all
-# under queue.lock: so that 40 waiters do not run nvidia-smi 80 times a poll,
-# each call taking up to a second on a busy driver, an answer is reused by
-# the same user for one poll interval. The cache is the user's own file in
-# the lease directory (.smi-NAME-EUID), trusted only when this user owns it
-# (another user could write anything in a file of theirs), replaced by
-# rename. A call that hung is remembered as such for probe_timeout, so the
-# next callers report it at once instead of each holding queue.lock for the
-# whole timeout and leaving a stuck process. With smi_fresh set (status) the
-# driver itself is asked, so what a user sees is the present, and the cache
-# is refreshed for the waiters; only a remembered hang spares it the wait.
+# probe_deadline (see probe_begin). So that 40 waiters do not run nvidia-smi
+# 80 times a poll, each call taking up to a second on a busy driver, an
+# answer is reused by the same user for one poll interval. The cache is a
+# file in the user's own records directory (.smi-NAME, see lease.sh),
+# replaced by rename; without one (a user who never ran a GPU job there)
+# nothing is cached. A call that hung is remembered as such for
+# probe_timeout, so the next callers report it at once instead of each
+# waiting the whole timeout and leaving a stuck process. With smi_fresh set
+# (status) the driver itself is asked, so what a user sees is the present,
+# and the cache is refreshed for the waiters; only a remembered hang spares
+# it the wait.
 smi_out= smi_rc=0 smi_err= smi_fresh=
 smi() {
-	local name=$1 f ts kind rc rest tmp ttl
+	local name=$1 f= ts kind rc rest tmp ttl
 	shift
 	smi_out= smi_rc=0 smi_err=
-	f=$lease_dir/.smi-$name-$EUID
+	{ [ -n "$my_dir" ] && [ -d "$my_dir" ]; } || my_dir_find
+	[ -n "$my_dir" ] && f=$my_dir/.smi-$name
 	ms_now
-	if [ -f "$f" ] && [ ! -L "$f" ] && [ -O "$f" ] && IFS=' ' read -r ts kind rc rest <"$f" 2>/dev/null; then
+	if [ -n "$f" ] && [ -f "$f" ] && [ ! -L "$f" ] && [ -O "$f" ] && IFS=' ' read -r ts kind rc rest <"$f" 2>/dev/null; then
 		case $ts in '' | *[!0-9]*) ts=0 ;; esac
 		case $rc in '' | *[!0-9]*) rc=1 ;; esac
 		to_ms "$poll"
@@ -313,6 +240,7 @@ smi() {
 		kind=fail
 		;;
 	esac
+	[ -n "$f" ] || { [ "$kind" = ok ]; return; }
 	tmp=$f.$$
 	{ [ -e "$tmp" ] || [ -L "$tmp" ]; } && rm -f -- "$tmp" 2>/dev/null
 	if (
@@ -327,8 +255,7 @@ smi() {
 
 # probe_begin starts one probe of the GPUs: its nvidia-smi and ps calls
 # together get probe_timeout seconds (SSHQ_PROBE_TIMEOUT, default 20), so a
-# driver that hangs fails the probe instead of holding queue.lock, and so
-# the node.
+# driver that hangs fails the probe instead of holding the job.
 probe_deadline=0
 probe_begin() {
 	case $probe_timeout in '' | *[!0-9]* | 0) probe_timeout=20 ;; esac
@@ -364,9 +291,6 @@ apps_query() {
 wrapper_alive() {
 	[ -f "$1/wrapper.lock" ] && ! flock -n 9 9<>"$1/wrapper.lock" 2>/dev/null
 }
-
-# valid_ticket NAME: a ticket name as the wrapper makes it, never a path.
-valid_ticket() { valid_uid "$1"; }
 
 # job_pids UID [PID...]: every process of ours whose environment carries
 # the job's mark, but the PIDs and the caller. The mark survives setsid,

@@ -539,6 +539,14 @@ func parseOffer(out []byte, n int) (*Offer, error) {
 	return o, nil
 }
 
+// dash is s, or "" for the "-" a node writes for nothing.
+func dash(s string) string {
+	if s == "-" {
+		return ""
+	}
+	return s
+}
+
 // parseCheck parses the output of the check action.
 func parseCheck(out []byte) (*NodeCheck, error) {
 	recs, err := records(out)
@@ -560,6 +568,9 @@ func parseCheck(out []byte) (*NodeCheck, error) {
 			nc.Kernel = r[1]
 		case r[0] == "lease_dir" && len(r) >= 3:
 			nc.LeaseDir, nc.LeaseDirState = r[1], r[2]
+			if len(r) >= 6 {
+				nc.LeaseMode, nc.LeaseRecords, nc.LeaseDirError = r[3], dash(r[4]), dash(r[5])
+			}
 		case r[0] == "gpus" && len(r) >= 2:
 			if n, err := strconv.Atoi(r[1]); err == nil {
 				nc.GPUs = n

@@ -1,7 +1,7 @@
 # sshq node protocol, v1: place SPEC... is a launch's question to a node:
 # would a job of this shape start here now, wait in the queue, or never fit?
 # The node answers by the queue's own rule (plan, as try_start decides), so
-# the controller never re-implements it. Needs lib.sh and sched.sh.
+# the controller never re-implements it. Needs lib.sh, lease.sh and sched.sh.
 #
 # SPEC is NEED:ALLOWED, one per shape the job may take (a task may accept
 # several GPU types). ALLOWED is '*' (any GPU) or '?': the node lists its
@@ -12,7 +12,7 @@
 # asked at all.
 
 cmd_place() {
-	local spec need al i any_gpu= ask= line r u eligible free ahead demand verdict
+	local spec need al i t any_gpu= ask= line r u eligible free ahead demand verdict
 	local -a needs=() alloweds=()
 	for spec in "$@"; do
 		need=${spec%%:*} al=${spec#*:}
@@ -24,16 +24,26 @@ cmd_place() {
 	host_info
 	printf 'SSHQ-BEGIN %s\n' "$SSHQ_PROTO"
 	printf 'host\t%s\t%s\t%s\n' "${h_nproc:-~}" "${h_mem_total:-~}" "${h_load%% *}"
+	# A node that would refuse the job says so now, so that placement
+	# tries another.
+	for t in tmux flock; do
+		if ! command -v $t >/dev/null 2>&1; then
+			report_error "$t is not installed on this node (or not on PATH); sshq needs it for every job"
+			printf 'SSHQ-END\n'
+			return 0
+		fi
+	done
 	if [ -z "$any_gpu" ]; then
 		for i in "${!needs[@]}"; do printf 'fit\t%s\tnow\t0\t0\t0\t0\n' "$i"; done
 		printf 'SSHQ-END\n'
 		return 0
 	fi
-	if ! lease_dir_prepare; then
+	if ! lease_where; then
 		report_error "$lease_err"
 		printf 'SSHQ-END\n'
 		return 0
 	fi
+	probe_timeout=$report_probe_timeout
 	gpu_list
 	r=$?
 	[ $r = 0 ] || report_error "$gpu_err"
@@ -51,17 +61,15 @@ cmd_place() {
 			alloweds[i]=$line
 		done
 	fi
-	if [ $r = 0 ]; then
-		if ! queue_lock 30; then
-			report_error "queue lock $lease_dir/queue.lock is held for over 30s"
-			printf 'SSHQ-END\n'
-			return 0
-		fi
-		gpu_use
+	lease_scan all
+	if [ $r = 0 ] && [ -n "$scan_unknown" ]; then
+		report_error "${scan_errs[0]}"
+		r=2
+	elif [ $r = 0 ]; then
+		gpu_leases
+		gpu_procs
 		r=$?
 		[ $r = 0 ] || report_error "$gpu_err"
-		read_tickets
-		queue_unlock
 	fi
 	ahead=${#t_name[@]} demand=0
 	for i in "${!t_n[@]}"; do demand=$((demand + t_n[i])); done

@@ -17,6 +17,8 @@ import (
 var (
 	//go:embed lib.sh
 	libSh string
+	//go:embed lease.sh
+	leaseSh string
 	//go:embed sched.sh
 	schedSh string
 	//go:embed submit.sh
@@ -40,13 +42,13 @@ var (
 // scripts maps each action to its script. Submit's is also the job's
 // wrapper (the node keeps a copy), hence wrapper.sh in it.
 var scripts = map[string]string{
-	"submit": script(schedSh, submitSh, wrapperSh),
-	"jobs":   script(schedSh, jobsSh),
-	"status": script(schedSh, statusSh),
-	"place":  script(schedSh, placeSh),
-	"cancel": script(schedSh, jobsSh, cancelSh),
+	"submit": script(leaseSh, schedSh, submitSh, wrapperSh),
+	"jobs":   script(leaseSh, jobsSh),
+	"status": script(leaseSh, schedSh, statusSh),
+	"place":  script(leaseSh, schedSh, placeSh),
+	"cancel": script(leaseSh, jobsSh, cancelSh),
 	"logs":   script(logsSh),
-	"check":  script(schedSh, checkSh),
+	"check":  script(leaseSh, schedSh, checkSh),
 }
 
 func script(parts ...string) string {

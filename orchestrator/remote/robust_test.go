@@ -90,51 +90,43 @@ func holdLock(t *testing.T, path string, d time.Duration) *exec.Cmd {
 	return c
 }
 
-func (n *testNode) queueLock() string {
-	n.t.Helper()
-	n.node() // creates the lease directory
-	return filepath.Join(n.dir, "leases", "queue.lock")
-}
-
-func TestSubmitWaitsOutABusyQueueLock(t *testing.T) {
+func TestSubmitWaitsOutASlowDriver(t *testing.T) {
 	t.Parallel()
-	n := newNode(t, gpusim.A100x2("busyq"))
+	n := newNode(t, gpusim.A100x2("slowsmi"))
 	// Longer than the 10s Submit once gave the wrapper: the job did run,
 	// while the controller, told it had failed, had forgotten it.
-	holdLock(t, n.queueLock(), 11*time.Second)
-	if st, err := n.trySubmit(spec("bq-1", 1, `echo ran > "$HOME/ran"`)); err != nil || st != job.Pending {
-		t.Fatalf("submit under a busy queue lock: %q %v", st, err)
+	gpusim.SetDelay(gpusim.SimDir(n.dir), 11*time.Second)
+	if st, err := n.trySubmit(spec("sd-1", 1, `echo ran > "$HOME/ran"`)); err != nil || st != job.Pending {
+		t.Fatalf("submit while nvidia-smi takes 11s: %q %v", st, err)
 	}
-	n.waitState("bq-1", job.Succeeded)
+	gpusim.SetDelay(gpusim.SimDir(n.dir), 0)
+	n.waitState("sd-1", job.Succeeded)
 }
 
 func TestSubmitThatGivesUpLeavesNoJob(t *testing.T) {
 	t.Parallel()
 	n := newNode(t, gpusim.A100x2("giveup"))
 	n.setEnv("SSHQ_SUBMIT_WAIT", "2")
-	holder := holdLock(t, n.queueLock(), 6*time.Second)
+	gpusim.SetDelay(gpusim.SimDir(n.dir), 6*time.Second)
 	begin := time.Now()
 	_, err := n.trySubmit(spec("gu-1", 1, `echo ran > "$HOME/ran"`))
 	var ne *NodeError
 	if !errors.As(err, &ne) {
-		t.Fatalf("submit did not fail as a refusal although the queue lock was held past its wait (%v): %v", time.Since(begin), err)
+		t.Fatalf("submit did not fail as a refusal although the wrapper took longer than its wait (%v): %v", time.Since(begin), err)
 	}
 	if !strings.Contains(ne.Msg, "queue") {
 		t.Errorf("submit's error does not say why: %q", ne.Msg)
 	}
 	// What Submit reported must be true: nothing of the job is left to
-	// take the queue lock when it frees and run the job.
+	// join the queue once the driver answers, and run.
 	if left := markedPIDs("gu-1"); len(left) > 0 {
 		t.Errorf("processes of the failed submit live on: %v", left)
 	}
-	holder.Process.Kill()
-	holder.Wait()
+	gpusim.SetDelay(gpusim.SimDir(n.dir), 0)
 	if st := n.job("gu-1"); st.Found {
 		t.Errorf("the failed job is still on the node: %+v", st)
 	}
-	if e, _ := os.ReadDir(filepath.Join(n.dir, "leases", "queue")); len(e) > 0 {
-		t.Errorf("tickets left: %v", e)
-	}
+	waitFor(t, "the failed job's records to go", func() bool { return len(n.records("w"))+len(n.records("r")) == 0 })
 	n.submit(spec("gu-2", 2, "true"))
 	n.waitState("gu-2", job.Succeeded)
 	if _, err := os.Stat(filepath.Join(n.home(), "ran")); err == nil {
@@ -142,15 +134,15 @@ func TestSubmitThatGivesUpLeavesNoJob(t *testing.T) {
 	}
 }
 
-func TestHungNvidiaSmiHoldsNoLock(t *testing.T) {
+func TestHungNvidiaSmiHoldsNothing(t *testing.T) {
 	t.Parallel()
 	g := gpusim.A100x2("hung")
 	n := newNode(t, g)
 	wrapSmi(t, n)
 	n.setEnv("SSHQ_PROBE_TIMEOUT", "1")
-	n.submit(spec("hs-a", 2, blockUntil("a")))
+	n.submit(spec("hs-a", 1, blockUntil("a")))
 	n.waitState("hs-a", job.Running)
-	n.submit(spec("hs-b", 1, "true"))
+	n.submit(spec("hs-b", 2, "true"))
 	n.touch("hang")
 	waitFor(t, "a probe to hang", func() bool {
 		_, err := os.Stat(filepath.Join(n.dir, "hung-pids"))
@@ -168,8 +160,8 @@ func TestHungNvidiaSmiHoldsNoLock(t *testing.T) {
 	if ns.Driver.State != gpu.StateError || !strings.Contains(ns.Driver.Message, "nvidia-smi") {
 		t.Errorf("node reports no nvidia-smi problem: %+v", ns)
 	}
-	// The waiter dies; its hung nvidia-smi lives on, but holds none of
-	// the node's locks.
+	// The waiter dies; its hung nvidia-smi lives on, but holds nothing of
+	// the job's: its keeper ends, and its record goes.
 	b, err := os.ReadFile(filepath.Join(n.jobDir("hs-b"), "wrapper.pid"))
 	if err != nil {
 		t.Fatal(err)
@@ -178,10 +170,7 @@ func TestHungNvidiaSmiHoldsNoLock(t *testing.T) {
 		p, _ := strconv.Atoi(f)
 		syscall.Kill(p, syscall.SIGKILL)
 	}
-	lk := filepath.Join(n.dir, "leases", "queue.lock")
-	waitFor(t, "queue.lock to be free after the waiter died", func() bool {
-		return exec.Command("flock", "-n", lk, "true").Run() == nil
-	})
+	waitFor(t, "the dead waiter's record to go", func() bool { return len(n.records("w")) == 0 })
 	os.Remove(filepath.Join(n.dir, "hang"))
 	n.submit(spec("hs-c", 0, "true"))
 	n.waitState("hs-c", job.Succeeded)
@@ -353,24 +342,6 @@ while :; do sleep 0.02; done`))
 	}
 }
 
-func TestJobsAnswersWhileTheQueueLockIsHeld(t *testing.T) {
-	t.Parallel()
-	n := newNode(t, gpusim.T4x1("jobsnolock"))
-	n.submit(spec("jn-a", 1, blockUntil("a")))
-	n.waitState("jn-a", job.Running)
-	n.submit(spec("jn-b", 1, "true"))
-	holdLock(t, n.queueLock(), 60*time.Second)
-	begin := time.Now()
-	js := n.jobs("jn-a", "jn-b")
-	if d := time.Since(begin); d > 5*time.Second {
-		t.Errorf("jobs took %v while queue.lock was held", d)
-	}
-	if js["jn-b"].State != job.Pending || js["jn-b"].QueuePosition != 1 || js["jn-a"].State != job.Running {
-		t.Errorf("jobs while queue.lock is held: %+v", js)
-	}
-	n.release("a")
-}
-
 func TestWaitersShareOneProbe(t *testing.T) {
 	t.Parallel()
 	n := newNode(t, gpusim.T4x1("share"))
@@ -403,34 +374,57 @@ func TestWaitersShareOneProbe(t *testing.T) {
 	}
 }
 
+// fullFS mounts a small tmpfs at dir (root only) and returns a function
+// that fills it, as a full /tmp is.
+func fullFS(t *testing.T, dir string) func() {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a file system to fill needs root (CI runs as root)")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k,mode=1777", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return func() {
+		exec.Command("dd", "if=/dev/zero", "of="+filepath.Join(dir, "fill"), "bs=4k").Run()
+	}
+}
+
 func TestTicketThatCannotBeWrittenFailsTheJob(t *testing.T) {
 	t.Parallel()
 	n := newNode(t, gpusim.T4x1("ticketfail"))
-	n.queueLock()
-	// What a full /tmp does to the ticket, in a form a test can make.
-	if err := os.Mkdir(filepath.Join(n.dir, "leases", "queue", ".new-"+tagged("tf-1")), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	full := filepath.Join(n.dir, "full")
+	fill := fullFS(t, full)
+	n.setEnv("SSHQ_LEASE_DIR", filepath.Join(full, "sshq-leases"))
+	n.submit(spec("tf-0", 1, "true"))
+	n.waitState("tf-0", job.Succeeded)
+	fill()
 	n.submit(spec("tf-1", 1, `touch "$HOME/ran"`))
 	n.waitState("tf-1", job.FailedSetup)
-	if l := n.log("tf-1"); !strings.Contains(l, "ticket") {
+	if l := n.log("tf-1"); !strings.Contains(l, "full") {
 		t.Errorf("log does not say why: %q", l)
 	}
 	if _, err := os.Stat(filepath.Join(n.home(), "ran")); err == nil {
-		t.Error("the job ran without a ticket")
+		t.Error("the job ran without a place in the queue")
 	}
 }
 
 func TestForgedTicketIsNotReported(t *testing.T) {
 	t.Parallel()
 	n := newNode(t, gpusim.T4x1("forged"))
-	n.queueLock()
-	f := filepath.Join(n.dir, "leases", "queue", "1-x")
-	rec := "evil\x1b]0;pwned\x07\tmallory\tjob\t1\t1700000000.000\t*\tmallory\n"
+	n.submit(spec("fg-0", 0, "true"))
+	n.waitState("fg-0", job.Succeeded)
+	lk := filepath.Join(n.dir, "forged.lock")
+	os.WriteFile(lk, nil, 0o600)
+	holdLock(t, lk, 60*time.Second) // a live record, as far as anyone can tell
+	f := filepath.Join(n.recordDir(), "w.1700000000000000000.evil")
+	rec := "w\tevil\x1b]0;pwned\x07\t1\tmallory\tjob\t1\t1700000000.000\t*\t-\t1\t1\t" + lockID(t, lk) + "\n"
 	if err := os.WriteFile(f, []byte(rec), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	holdLock(t, f, 60*time.Second) // a live ticket, as far as anyone can tell
 	ns := n.node()
 	if len(ns.Queue) != 0 {
 		t.Errorf("a ticket with a forged uid is reported: %+v", ns.Queue)

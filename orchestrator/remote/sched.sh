@@ -1,6 +1,7 @@
 # sshq node protocol, v1: the queue's view of the GPUs and its one rule,
-# shared by the wrapper (try_start), the launch probe (cmd_place) and the
-# status report. Needs lib.sh.
+# shared by the wrapper (queue_wait), the launch probe (cmd_place) and the
+# status report, and the wrapper's side of the queue. Needs lib.sh and
+# lease.sh.
 
 # ---------------------------------------------------------------- GPUs
 
@@ -13,7 +14,7 @@
 # deadline (probe_begin).
 gpu_err= gpu_missing= gpu_raw= gpu_rc=0
 declare -a gpu_uuids
-declare -A gpu_idx gpu_name gpu_state owner foreign_pids bad_lock user_of
+declare -A gpu_idx gpu_name gpu_state owner foreign_pids user_of
 gpu_list() {
 	local idx uuid name rest ok=0
 	gpu_uuids=() gpu_idx=() gpu_name=()
@@ -43,45 +44,67 @@ gpu_list() {
 	fi
 }
 
-# gpu_use finds out, for the GPUs of gpu_list, which are in use:
-# gpu_state[uuid] = free | leased | foreign | unusable, owner[uuid] (the raw
-# owner record of a held lease), foreign_pids[uuid], bad_lock[uuid] (why a
-# GPU is unusable) and user_of[pid] for the processes nvidia-smi lists
-# (apps_raw and apps_rc keep its answer). A GPU is free when no lease holds
-# it and no process computes on it. A process on a GPU is foreign unless it
-# belongs to that GPU's own lease holder: one of a job that strays off its
-# lease (NVML, a container given every GPU, a reset CUDA_VISIBLE_DEVICES)
-# occupies the GPU it uses like any other, or two jobs would share it.
-# Returns 2 with gpu_err set when which processes use the GPUs is not known
-# (gpu_state then comes from the leases alone): no GPU may then be taken as
-# free. Must run under queue.lock: probing a lease's lock must never make a
-# waiter's try-lock fail; with "nolocks" (a report that could not take
-# queue.lock) the leases are not looked at.
-apps_raw= apps_rc=0
-gpu_use() {
-	local nolocks=${1:-} uuid idx f rec apps pid rest
-	gpu_state=() owner=() foreign_pids=() bad_lock=() user_of=()
-	apps_raw= apps_rc=0
+# gpu_leases sets, for the GPUs of gpu_list, gpu_state[uuid] = free or
+# leased and owner[uuid] (the holder as in_holder_tree and status read it:
+# uid id user name since pid sid index login) from the live records
+# lease_scan read, and from the leases of the previous version's wrappers
+# (a flock on <lease dir>/<uuid>.lock, its holder in <uuid>.owner), so that
+# jobs started before an upgrade keep their GPUs.
+gpu_leases() {
+	local uuid i f u id us jn si pid sid rest dev maj min
+	local -a old=()
+	local -A held_old=()
+	gpu_state=() owner=() foreign_pids=() user_of=()
 	for uuid in ${gpu_uuids[@]+"${gpu_uuids[@]}"}; do
-		idx=${gpu_idx[$uuid]}
-		f=$lease_dir/$uuid.lock
-		if [ -z "$nolocks" ] && { [ -e "$f" ] || [ -L "$f" ]; }; then
-			if [ -L "$f" ] || [ ! -f "$f" ]; then
-				gpu_state[$uuid]=unusable
-				bad_lock[$uuid]="$f is not a regular file; sshq will not lease GPU $idx through it. Remove it"
-				continue
-			fi
-			if ! lock_free "$f"; then
-				gpu_state[$uuid]=leased
-				rec=
-				[ -f "$lease_dir/$uuid.owner" ] && IFS= read -r rec <"$lease_dir/$uuid.owner"
-				owner[$uuid]=$rec
-				continue
-			fi
+		i=${leased_by[$uuid]:-}
+		if [ -z "$i" ]; then
+			gpu_state[$uuid]=free
+			f=$lease_dir/$uuid.lock
+			[ -f "$f" ] && [ ! -L "$f" ] && [ ! -L "$lease_dir" ] && old+=("$f")
+			continue
 		fi
-		gpu_state[$uuid]=free
+		gpu_state[$uuid]=leased
+		owner[$uuid]="${r_uid[$i]}$tab${r_id[$i]}$tab${r_user[$i]}$tab${r_name[$i]}$tab${r_since[$i]}$tab${r_pid[$i]:-~}$tab${r_sid[$i]:-~}$tab${gpu_idx[$uuid]}$tab${r_login[$i]}"
 	done
+	[ ${#old[@]} -gt 0 ] || return 0
+	[ -n "$scan_locks" ] || IFS= read -r -d '' scan_locks </proc/locks
+	while read -r dev i f; do
+		maj=$(((dev >> 8) & 0xfff | (dev >> 32) & ~0xfff))
+		min=$((dev & 0xff | (dev >> 12) & ~0xff))
+		printf -v i '%02x:%02x:%s' "$maj" "$min" "$i"
+		[[ $scan_locks == *" $i "* ]] && held_old[$f]=1
+	done < <(stat -c '%d %i %n' -- "${old[@]}" 2>/dev/null)
+	for f in "${!held_old[@]}"; do
+		uuid=${f##*/}
+		uuid=${uuid%.lock}
+		gpu_state[$uuid]=leased
+		u= id= us= jn= si= pid= sid= rest= lg=
+		f=${f%.lock}.owner
+		[ -f "$f" ] && [ ! -L "$f" ] &&
+			IFS=$tab read -r u id us jn si pid sid rest < <(grep -D skip -a -s -m1 -e '' -- "$f")
+		valid_uid "$u" || u='~'
+		case $id in '' | *[!0-9]*) id='~' ;; esac
+		field_ok "$us" || us='~'
+		field_ok "$jn" || jn='~'
+		case $si in '' | *[!0-9.]*) si='~' ;; esac
+		# Who wrote a shared owner file is not known: no login.
+		owner[$uuid]="$u$tab$id$tab$us$tab$jn$tab$si$tab${pid:-~}$tab${sid:-~}$tab${gpu_idx[$uuid]}$tab~"
+	done
+}
 
+# gpu_procs asks the driver which processes compute on which GPU: a free
+# GPU that one uses becomes foreign (foreign_pids[uuid]), and user_of[pid]
+# names the owners of those processes (apps_raw and apps_rc keep its
+# answer). A process on a GPU is foreign unless it belongs to that GPU's
+# own lease holder: one of a job that strays off its lease (NVML, a
+# container given every GPU, a reset CUDA_VISIBLE_DEVICES) occupies the GPU
+# it uses like any other, or two jobs would share it. Returns 2 with gpu_err
+# set when which processes use the GPUs is not known: no GPU may then be
+# taken as free.
+apps_raw= apps_rc=0
+gpu_procs() {
+	local uuid pid rest apps
+	apps_raw= apps_rc=0
 	# Not knowing which processes compute where is not "none": a GPU a
 	# foreign process uses would be handed out.
 	if ! apps_query; then
@@ -119,18 +142,20 @@ gpu_use() {
 	return 0
 }
 
-# probe_gpus is gpu_list then gpu_use: 0 when every GPU's state is known, 1
-# when the GPUs are not (gpu_err), 2 when their processes are not.
+# probe_gpus is lease_scan (done by the caller), gpu_list, gpu_leases and
+# gpu_procs: 0 when every GPU's state is known, 1 when the GPUs are not
+# (gpu_err), 2 when their processes are not.
 probe_gpus() {
 	gpu_list || return 1
-	gpu_use
+	gpu_leases
+	gpu_procs
 }
 
 # in_holder_tree PID OWNER_RECORD: PID is one of the lease holder's own
 # processes. It is when it shares the wrapper's session (tmux made the
 # wrapper a session leader), descends from the wrapper, or (for our own
 # processes, whose environ we may read) carries the holder's SSHQ_JOB_UID
-# mark. Uses ppid_of/sid_of of gpu_use.
+# mark. Uses ppid_of/sid_of of gpu_procs.
 in_holder_tree() {
 	local p=$1 n=0 mark o_uid o_id o_user o_name o_since o_pid o_sid o_rest
 	IFS=$tab read -r o_uid o_id o_user o_name o_since o_pid o_sid o_rest <<<"$2"
@@ -146,42 +171,6 @@ in_holder_tree() {
 }
 
 # ---------------------------------------------------------------- queue
-
-# read_tickets lists live tickets in FIFO order into t_name/t_uid/t_user/
-# t_jname/t_n/t_since/t_allowed/t_login. A ticket is live while its wrapper
-# holds a flock on it: a wrapper that died (even by SIGKILL, even another
-# user's) leaves a ticket nobody holds, which is skipped, and removed when the
-# sticky bit lets us. A ticket whose uid is not a valid job uid was not
-# written by sshq (tickets are other users' files) and is skipped: its text
-# must not reach anyone's terminal. Run under queue.lock to decide; with
-# "ro" (a report) it only reads, and needs no lock: a live ticket is locked
-# from before it is named until after it is removed, so the probe never
-# sees one unlocked.
-declare -a t_name t_uid t_user t_jname t_n t_since t_allowed t_login
-read_tickets() {
-	local ro=${1:-} f u us jn n si al lg rest
-	t_name=() t_uid=() t_user=() t_jname=() t_n=() t_since=() t_allowed=() t_login=()
-	for f in "$lease_dir"/queue/*; do
-		[ -f "$f" ] && [ ! -L "$f" ] || continue
-		if lock_free "$f"; then
-			[ -z "$ro" ] && rm -f -- "$f" 2>/dev/null
-			continue
-		fi
-		u= us= jn= n= si= al= lg=
-		# lg (the login) is absent from tickets of older node scripts.
-		IFS=$tab read -r u us jn n si al lg rest <"$f" 2>/dev/null
-		case $n in '' | *[!0-9]*) continue ;; esac
-		valid_uid "$u" || continue
-		t_name+=("${f##*/}")
-		t_uid+=("$u")
-		t_user+=("${us:-~}")
-		t_jname+=("${jn:-~}")
-		t_n+=("$n")
-		t_since+=("${si:-~}")
-		t_allowed+=("${al:-*}")
-		t_login+=("${lg:-~}")
-	done
-}
 
 allowed_has() { # allowed_has LIST UUID; LIST is "*" or comma-separated uuids
 	[ "$1" = '*' ] && return 0
@@ -225,33 +214,57 @@ take_from_avail() {
 }
 
 # plan ME NEED ALLOWED: the queue's rule, for a job asking NEED GPUs that
-# ALLOWED accepts whose ticket is the ME-th (0-based) of read_tickets, or
-# the number of tickets for a job that has none yet. avail holds the GPUs
-# free now, in index order. FIFO by ticket with safe backfill: walking the
-# queue from the head, each older waiter that fits in what is free reserves
-# its GPUs first (taking, where it can, GPUs this job cannot use); a head
-# that does not fit reserves every free GPU it could use. The job fits only
-# in what remains. So a younger job passes an older one only with GPUs left
-# over after the head's request, and the head is never delayed. Returns 0
-# with picked set when the job fits; avail is left holding what the older
-# waiters did not reserve.
+# ALLOWED accepts whose ticket is the ME-th (0-based) of the waiting records
+# (t_*), or the number of them for a job that has none yet. avail holds the
+# GPUs free now, in index order. FIFO by ticket with safe backfill: walking
+# the queue from the head, each older waiter that fits in what is free
+# reserves its GPUs first (taking, where it can, GPUs this job cannot use);
+# a head that does not fit reserves every free GPU it could use. The job
+# fits only in what remains. So a younger job passes an older one only with
+# GPUs left over after the head's request, and the head is never delayed.
+# Waiters are other users' records, so two kinds are passed over: one that
+# can never fit (more GPUs than the node has of those it may use: it holds
+# nothing), and, with plan_watch set (a waiter deciding), one this waiter
+# has seen fit for longer than a poll interval and a second without taking
+# its GPUs (its wrapper is not deciding: it must not hold the queue).
+# Returns 0 with picked set when the job fits; avail is left holding what
+# the older waiters did not reserve.
+declare -A fit_seen=()
+plan_watch=
 plan() {
-	local me=$1 need=$2 allowed=$3 i u
+	local me=$1 need=$2 allowed=$3 i u e head=1 grace
+	to_ms "$poll"
+	grace=$((ms_val + 1000))
+	ms_now
 	for ((i = 0; i < me; i++)); do
+		e=0
+		for u in ${gpu_uuids[@]+"${gpu_uuids[@]}"}; do
+			allowed_has "${t_allowed[$i]}" "$u" && e=$((e + 1))
+		done
+		[ "${t_n[$i]}" -le $e ] || continue
 		if pick "${t_n[$i]}" "${t_allowed[$i]}" "$allowed"; then
+			if [ -n "$plan_watch" ]; then
+				u=${fit_seen[${t_name[$i]}]:-}
+				if [ -z "$u" ]; then
+					fit_seen[${t_name[$i]}]=$now_ms
+				elif [ $((now_ms - u)) -gt $grace ]; then
+					continue
+				fi
+			fi
 			take_from_avail
-		elif [ $i = 0 ]; then
+		elif [ -n "$head" ]; then
 			picked=()
 			for u in ${avail[@]+"${avail[@]}"}; do
-				allowed_has "${t_allowed[0]}" "$u" && picked+=("$u")
+				allowed_has "${t_allowed[$i]}" "$u" && picked+=("$u")
 			done
 			take_from_avail
 		fi
+		head=
 	done
 	pick "$need" "$allowed" ''
 }
 
-# free_gpus puts the GPUs gpu_use found free into avail, in index order.
+# free_gpus puts the GPUs found free into avail, in index order.
 free_gpus() {
 	local u
 	avail=()
@@ -260,57 +273,193 @@ free_gpus() {
 	done
 }
 
-# ---------------------------------------------------------------- running jobs
+# ---------------------------------------------------------------- waiting
 
-# Every job that runs (from the moment it starts until it ends, with or
-# without GPUs) has a record in $lease_dir/running/<uid>, "uid id user name
-# num_gpus since", which its wrapper flocks while it lives (its processes
-# inherit the lock, as they do the leases). A record nobody holds is stale
-# and skipped. The record is another user's file: its fields are checked,
-# and whose job it is comes from the file's owner, never from its text.
+# The wrapper's side of the queue (action wrapper; uses its uid, jd,
+# ngpus, allowed, jlog and finish). A job asking for GPUs joins (queue_join:
+# its lock and keeper, its waiting record w.<ns>.<job>) and waits
+# (queue_wait), deciding every poll interval with no lock of any kind: it
+# reads the running records, and only when a GPU it may use is free of
+# them the queue and the driver too. To start it claims: it writes its
+# running record naming the GPUs (r.<job>), waits `settle` (long enough
+# for any keeper to have written back a record someone deleted), and reads
+# the running records again. Two claims of one GPU cannot both see nothing,
+# since each reads after it wrote: the younger withdraws at once, the older
+# after a second settle unless the younger has gone, so one wins. A job
+# asking for no GPU writes only a running record, for status.
+ticket= since= my_sid= never= last_err=
+declare -a leased=()
 
-# read_running lists the live records into r_uid/r_id/r_user/r_name/r_n/
-# r_since/r_login; stale ones of this user are removed.
-declare -a r_uid r_id r_user r_name r_n r_since r_login
-read_running() {
-	local f u id us jn n si rest
-	local -a files=()
-	r_uid=() r_id=() r_user=() r_name=() r_n=() r_since=() r_login=()
-	for f in "$lease_dir"/running/*; do
-		[ -f "$f" ] && [ ! -L "$f" ] || continue
-		if lock_free "$f"; then
-			[ -O "$f" ] && rm -f -- "$f" 2>/dev/null
-			continue
-		fi
-		u= id= us= jn= n= si=
-		IFS=$tab read -r u id us jn n si rest <"$f" 2>/dev/null
-		valid_uid "$u" || continue
-		case $id in '' | *[!0-9]*) id='~' ;; esac
-		case $n in '' | *[!0-9]*) n=0 ;; esac
-		case $si in '' | *[!0-9.]*) si='~' ;; esac
-		field_ok "$us" || us='~'
-		field_ok "$jn" || jn='~'
-		files+=("$f")
-		r_uid+=("$u") r_id+=("$id") r_user+=("$us") r_name+=("$jn") r_n+=("$n") r_since+=("$si")
-	done
-	[ ${#files[@]} -gt 0 ] || return 0
-	# One stat for all; per file only when one vanished meanwhile.
-	local -a owners=()
-	mapfile -t owners < <(stat -c %U -- "${files[@]}" 2>/dev/null)
-	if [ ${#owners[@]} -ne ${#files[@]} ]; then
-		owners=()
-		for f in "${files[@]}"; do
-			owners+=("$(stat -c %U -- "$f" 2>/dev/null)")
-		done
+# rec_write KIND NAME [GPUS]: this job's record, also kept in the job
+# directory for the keeper to write back.
+rec_write() {
+	local line
+	printf -v line '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$1" "$uid" "$SSHQ_M_ID" "$SSHQ_M_USER" \
+		"$SSHQ_M_NAME" "$ngpus" "$since" "$allowed" "${3:--}" "$$" "${my_sid:-~}" "$my_lock"
+	if ! printf '%s\n' "$line" >"$jd/rec.$1"; then
+		lease_err="cannot write $jd/rec.$1 (is the file system full?)"
+		return 1
 	fi
-	for f in "${owners[@]}"; do
-		enc "$f"
-		r_login+=("$enc_out")
+	rec_put "$2" "$line" || return 1
+	keeper_tell "rec $2"
+}
+
+note_err() {
+	[ "$1" != "$last_err" ] && jlog "$1"
+	last_err=$1
+}
+
+queue_join() {
+	local fit=0 u ns
+	my_sid=$(ps -o sid= -p $$ 2>/dev/null) || my_sid=
+	my_sid=${my_sid// /}
+	if ! lease_where || ! keeper_start; then
+		jlog "$lease_err"
+		return 1
+	fi
+	probe_begin
+	if ! gpu_list; then
+		jlog "$gpu_err"
+		return 1
+	fi
+	for u in ${gpu_uuids[@]+"${gpu_uuids[@]}"}; do allowed_has "$allowed" "$u" && fit=$((fit + 1)); done
+	if [ $fit -lt "$ngpus" ]; then
+		jlog "the job needs $ngpus GPU(s) but this node has only $fit it may use; it can never start here"
+		return 1
+	fi
+	since=$(now)
+	# Nanoseconds, 19 digits: the queue's order is the names' byte order.
+	ns=${EPOCHREALTIME:-}
+	ns=${ns//[!0-9]/}
+	if [ ${#ns} -eq 16 ]; then ns=${ns}000; else ns=$(date +%s%N); fi
+	ticket=w.$ns.$uid
+	if ! rec_write w "$ticket"; then
+		jlog "$lease_err"
+		return 1
+	fi
+	if ! printf '%s\n' "$ticket" >"$jd/ticket"; then
+		jlog "cannot write $jd/ticket (is the file system full?)"
+		return 1
+	fi
+}
+
+queue_wait() {
+	local noted=
+	while :; do
+		if cancelled || [ -n "$got_signal" ]; then finish CANCELLED 143; fi
+		try_start && return 0
+		if [ -n "$never" ]; then
+			jlog "$never"
+			finish FAILED_SETUP 3
+		fi
+		if [ -z "$noted" ]; then
+			jlog "waiting for $ngpus GPU(s) in the node's queue"
+			noted=1
+		fi
+		nap "$poll"
 	done
 }
 
-# field_ok FIELD: FIELD is as EncodeField writes them, so it can reach
-# nobody's terminal as anything but text.
-field_ok() {
-	case $1 in '' | *[!A-Za-z0-9._%~-]*) return 1 ;; esac
+# try_start: one decision, by the queue's rule (plan); claims the GPUs it
+# picks. Sets never when the node no longer has the GPUs the job asks for.
+try_start() {
+	local i u me fit=0 free=
+	lease_scan run
+	if [ -n "$scan_unknown" ]; then
+		note_err "${scan_errs[0]}; still waiting"
+		return 1
+	fi
+	probe_begin
+	if ! gpu_list; then
+		note_err "$gpu_err; still waiting"
+		return 1
+	fi
+	for u in ${gpu_uuids[@]+"${gpu_uuids[@]}"}; do
+		allowed_has "$allowed" "$u" || continue
+		fit=$((fit + 1))
+		[ -n "${leased_by[$u]+x}" ] || free=1
+	done
+	if [ $fit -lt "$ngpus" ]; then
+		never="the job needs $ngpus GPU(s) but this node now has only $fit it may use (nvidia-smi lists ${#gpu_uuids[@]}); it can never start here"
+		return 1
+	fi
+	[ -n "$free" ] || return 1
+	lease_scan all clean
+	[ -z "$scan_unknown" ] || return 1
+	gpu_leases
+	me=${#t_name[@]}
+	for i in "${!t_name[@]}"; do
+		[ "${t_name[$i]}" = "$ticket" ] && me=$i && break
+	done
+	free_gpus
+	plan "$me" "$ngpus" "$allowed" || return 1
+	if ! gpu_procs; then
+		note_err "$gpu_err; still waiting"
+		return 1
+	fi
+	free_gpus
+	plan_watch=1
+	plan "$me" "$ngpus" "$allowed" || {
+		plan_watch=
+		return 1
+	}
+	plan_watch=
+	claim
+}
+
+# claim: make picked this job's, or withdraw (see above).
+claim() {
+	local i g round conflict older gl=${picked[*]}
+	gl=${gl// /,}
+	if ! rec_write r "r.$uid" "$gl"; then
+		note_err "$lease_err; still waiting"
+		return 1
+	fi
+	for round in 1 2; do
+		nap "$settle"
+		lease_scan run
+		conflict= older=
+		for i in "${!r_uid[@]}"; do
+			[ "${r_uid[$i]}" = "$uid" ] && continue
+			for g in ${r_gpus[$i]//,/ }; do
+				case ",$gl," in *",$g,"*) ;; *) continue ;; esac
+				conflict=1
+				if [[ ${r_since[$i]} < $since ]] || { [ "${r_since[$i]}" = "$since" ] && [[ ${r_uid[$i]} < $uid ]]; }; then
+					older=1
+				fi
+			done
+		done
+		if [ -z "$conflict" ]; then
+			rec_drop "$ticket"
+			rm -f -- "$jd/ticket"
+			ticket=
+			leased=("${picked[@]}")
+			return 0
+		fi
+		[ -n "$older" ] && break
+	done
+	rec_drop "r.$uid"
+	keeper_tell "rec $ticket"
+	return 1
+}
+
+# record_running: a job without GPUs has no record yet: it gets one, for
+# status, and runs without one when that fails (the log says why).
+record_running() {
+	[ "$ngpus" -gt 0 ] && return 0
+	since=$(now)
+	if ! lease_where || ! keeper_start || ! rec_write r "r.$uid" -; then
+		jlog "$lease_err; \`sshq status\` will not show this job"
+	fi
+	return 0
+}
+
+# lease_end: the job's records go; its GPUs with its last process.
+lease_end() {
+	if [ -n "$ticket" ]; then
+		rec_drop "$ticket"
+		rm -f -- "$jd/ticket"
+		ticket=
+	fi
+	keeper_stop
 }

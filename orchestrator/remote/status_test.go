@@ -195,14 +195,19 @@ func TestStatusCountsJobsThatHoldNoGPU(t *testing.T) {
 	n.waitState("cj-cpu", job.Running)
 	n.waitState("cj-gpu", job.Running)
 
-	// A record that claims another owner, held live, and a stale one.
-	running := filepath.Join(n.dir, "leases", "running")
-	forged := filepath.Join(running, "cj-forged")
-	if err := os.WriteFile(forged, []byte("cj-forged\t9\tmallory\tevil\x1b[2J\t0\t1700000000.000\troot\n"), 0o644); err != nil {
+	// A record that claims another owner and carries an escape, held
+	// live, and one whose lock nobody holds.
+	lk := filepath.Join(n.dir, "forged.lock")
+	os.WriteFile(lk, nil, 0o600)
+	holdLock(t, lk, 60e9)
+	forged := "r\tcj-forged\t9\tmallory\tevil\x1b[2J\t0\t1700000000.000\t*\t-\t1\t1\t" + lockID(t, lk) + "\troot\n"
+	if err := os.WriteFile(filepath.Join(n.recordDir(), "r.cj-forged"), []byte(forged), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	holdLock(t, forged, 60e9)
-	if err := os.WriteFile(filepath.Join(running, "cj-stale"), []byte("cj-stale\t8\tu\tn\t0\t1700000000.000\n"), 0o644); err != nil {
+	stale := filepath.Join(n.dir, "stale.lock")
+	os.WriteFile(stale, nil, 0o600)
+	rec := "r\tcj-stale\t8\tu\tn\t0\t1700000000.000\t*\t-\t1\t1\t" + lockID(t, stale) + "\n"
+	if err := os.WriteFile(filepath.Join(n.recordDir(), "r.cj-stale"), []byte(rec), 0o644); err != nil {
 		t.Fatal(err)
 	}
 

@@ -1,18 +1,18 @@
 # sshq node protocol, v1: submit UID, the job's files NUL-separated on
 # stdin. Creates the job, starts its wrapper (wrapper.sh) in a detached tmux
 # session and returns once the job holds its place in the queue. Needs
-# lib.sh, sched.sh and wrapper.sh (the job's wrapper is this very script).
+# lib.sh, lease.sh, sched.sh and wrapper.sh (the job's wrapper is this very
+# script).
 
 # Payload on stdin: NUL-separated pairs NAME\0CONTENT\0 for the files below,
 # written as they are (no field is ever interpreted here).
 submit_files='meta.sh env.sh secrets.sh setup.sh run.sh'
 
 cmd_submit() {
-	local uid=$1 jd name content f key src first tcmd waited user_umask
+	local uid=$1 jd name content f key src first tcmd waited user_umask meta
 	valid_uid "$uid" || die 2 "invalid job uid '$uid' (letters, digits, '-' and '_' only)"
 	command -v tmux >/dev/null 2>&1 || die 3 "tmux is not installed on this node (or not on PATH=$PATH); sshq runs every job in a tmux session"
 	command -v flock >/dev/null 2>&1 || die 3 "flock (util-linux) is not installed on this node; sshq needs it for GPU leases"
-	lease_dir_prepare || die 3 "$lease_err"
 	user_umask=$(umask)
 	umask 077 # the job directory holds secrets
 	mkdir -p "$jobs_dir" || die 3 "cannot create $jobs_dir"
@@ -37,10 +37,17 @@ cmd_submit() {
 			die 2 "submit payload lacks $f"
 		}
 	done
-	key=$(
+	meta=$(
 		. "$jd/meta.sh"
-		printf '%s' "${SSHQ_M_WORKDIR:-}"
+		printf '%s %s' "${SSHQ_M_NGPUS:-0}" "${SSHQ_M_WORKDIR:-}"
 	)
+	key=${meta#* }
+	# Only a job that asks for GPUs needs the lease records: one without
+	# runs even where they cannot be kept.
+	if [ "${meta%% *}" != 0 ] && { ! lease_where || ! my_dir_ensure; }; then
+		rm -rf -- "$jd"
+		die 3 "$lease_err"
+	fi
 	if [ -n "$key" ]; then
 		src=$sshq_home/workdirs/$key
 		if [ ! -d "$src" ]; then
@@ -101,9 +108,8 @@ cmd_submit() {
 	fi
 	# Wait until the wrapper has its ticket (so the order of submissions is
 	# the queue order) or has failed: its first state line says which. Once
-	# it holds wrapper.lock it is on its way, and may wait up to 60s for
-	# queue.lock and probe_timeout for nvidia-smi: it is given that, within
-	# the controller's 2 minutes. Past that, or if it dies without a word,
+	# it holds wrapper.lock it is on its way, and may wait probe_timeout for
+	# nvidia-smi: it is given that, within the controller's 2 minutes. Past that, or if it dies without a word,
 	# the job is ended here before Submit says it failed, so it never runs
 	# behind the back of a controller that has forgotten it.
 	local t0=$SECONDS seen= limit
@@ -120,7 +126,7 @@ cmd_submit() {
 			abort_submit "the wrapper did not start within 20s"
 		fi
 		if [ $((SECONDS - t0)) -ge "$limit" ]; then
-			abort_submit "the wrapper did not get a place in the node's queue within ${limit}s (queue.lock held that long, or nvidia-smi hanging?)"
+			abort_submit "the wrapper did not get a place in the node's queue within ${limit}s (nvidia-smi hanging?)"
 		fi
 		nap 0.01
 	done
@@ -129,10 +135,11 @@ cmd_submit() {
 }
 
 # abort_submit REASON: make a failed submit true: the job is marked
-# cancelled, every process of it killed, its ticket and (once its wrapper is
-# gone) its directory removed, then Submit fails.
+# cancelled, every process of it killed (its keeper then removes its
+# record) and, once its wrapper is gone, its directory removed; then Submit
+# fails.
 abort_submit() {
-	local round tn
+	local round
 	: >"$jd/cancel"
 	for round in 1 2 3 4 5 6 7 8 9 10; do
 		signal_job KILL "$uid" || break
@@ -143,11 +150,6 @@ abort_submit() {
 		wrapper_alive "$jd" || break
 		sleep 0.1
 	done
-	if [ -f "$jd/ticket" ]; then
-		read -r tn <"$jd/ticket"
-		[ -n "$tn" ] && valid_ticket "$tn" && rm -f -- "$lease_dir/queue/$tn"
-	fi
-	rm -f -- "$lease_dir/queue/.new-$uid" 2>/dev/null
 	if wrapper_alive "$jd"; then
 		rm -f -- "$jd/secrets.sh"
 		printf 'CANCELLED %s\n' "$(now)" >>"$jd/state"

@@ -1,12 +1,11 @@
 # sshq node protocol, v1: the wrapper (action wrapper JOBDIR), which runs a
 # job in its tmux session with no controller anywhere: takes its place in
 # the queue, waits for its GPUs, runs setup and run, records how it ended.
-# Needs lib.sh and sched.sh.
+# Needs lib.sh, lease.sh and sched.sh (the queue: queue_join, queue_wait).
 
 # Files in its job directory: meta.sh (identity, from the controller),
 # state (lines "STATE unix_ts"), log, exit, gpus, ticket, cancel.
-jd= uid= got_signal= ticket= tfd= wfd= rfd= running= my_login= disp_pid=
-declare -a lease_fds
+jd= uid= got_signal= wfd= disp_pid=
 
 jlog() { printf 'sshq: %s\n' "$*" >>"$jd/log"; }
 set_state() {
@@ -20,11 +19,7 @@ set_state() {
 finish() {
 	sweep_leftovers
 	rm -f -- "$jd/secrets.sh"
-	if [ -n "$ticket" ]; then
-		rm -f -- "$lease_dir/queue/$ticket"
-		rm -f -- "$jd/ticket"
-	fi
-	[ -n "$running" ] && rm -f -- "$running"
+	lease_end
 	set_state "$1"
 	printf '%s\n' "$2" >"$jd/exit.tmp" && mv -f -- "$jd/exit.tmp" "$jd/exit"
 	exit 0
@@ -78,95 +73,6 @@ sweep_leftovers() {
 # runs only the mark counts (a stray signal to the wrapper alone changes
 # nothing); while it waits, any SIGTERM/SIGHUP also ends the wait.
 cancelled() { [ -e "$jd/cancel" ]; }
-
-# try_start: one decision, under queue.lock, by the queue's rule (plan);
-# leases the chosen GPUs on success.
-try_start() {
-	local i me=-1 u f fd
-	probe_gpus || {
-		[ "$gpu_err" != "${last_err:-}" ] && jlog "$gpu_err; still waiting"
-		last_err=$gpu_err
-		return 1
-	}
-	for u in "${!bad_lock[@]}"; do
-		[ -z "${warned[$u]:-}" ] && jlog "${bad_lock[$u]}"
-		warned[$u]=1
-	done
-	read_tickets
-	free_gpus
-	for i in "${!t_name[@]}"; do
-		[ "${t_name[$i]}" = "$ticket" ] && me=$i && break
-	done
-	[ $me -ge 0 ] || me=${#t_name[@]} # our ticket vanished: behave as the last
-	plan "$me" "$ngpus" "$allowed" || return 1
-	lease_fds=()
-	for u in "${picked[@]}"; do
-		f=$lease_dir/$u.lock
-		if ! ensure_shared_file "$f"; then
-			jlog "$lease_err"
-			release_leases
-			return 1
-		fi
-		exec {fd}<"$f" || {
-			release_leases
-			return 1
-		}
-		if ! flock -n "$fd"; then
-			exec {fd}<&-
-			release_leases
-			return 1
-		fi
-		lease_fds+=("$fd")
-	done
-	leased=(${picked[@]+"${picked[@]}"})
-	return 0
-}
-
-release_leases() {
-	local fd
-	for fd in ${lease_fds[@]+"${lease_fds[@]}"}; do exec {fd}<&-; done
-	lease_fds=()
-}
-
-# write_owner UUID: the record `sshq status` shows for a held lease. Written
-# through dd with nocreat+nofollow, so a symlink planted as the owner file
-# cannot redirect the write into someone's file. The login is last: older
-# readers stop before it. No field may be empty (tab is IFS whitespace, so
-# an empty field would shift the rest), hence "~" for an unknown session.
-write_owner() {
-	local f=$lease_dir/$1.owner
-	ensure_shared_file "$f" || return 1
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$uid" "$SSHQ_M_ID" "$SSHQ_M_USER" "$SSHQ_M_NAME" \
-		"$(now)" "$$" "${my_sid:-~}" "${gpu_idx[$1]}" "$my_login" |
-		dd of="$f" conv=nocreat oflag=nofollow status=none 2>/dev/null
-}
-
-# record_running: the job's record in $lease_dir/running (see read_running),
-# made under a temporary name, locked, then renamed, so no reader ever sees
-# it unlocked and takes it for a stale one. Its lock fd stays open, and the
-# job's processes inherit it. Without a record the job still runs; status
-# just cannot count it, and the log says why.
-record_running() {
-	local d=$lease_dir/running tmp
-	if ! ensure_shared_dir "$d"; then
-		jlog "$lease_err; \`sshq status\` will not show this job"
-		return 0
-	fi
-	tmp=$d/.new-$uid
-	rm -f -- "$tmp" 2>/dev/null
-	if ! (
-		umask 022
-		set -C
-		printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$uid" "$SSHQ_M_ID" "$SSHQ_M_USER" "$SSHQ_M_NAME" "$ngpus" "$(now)" >"$tmp"
-	) 2>/dev/null || ! exec {rfd}<"$tmp" || ! flock -n "$rfd" || ! mv -f -- "$tmp" "$d/$uid" 2>/dev/null; then
-		[ -n "$rfd" ] && exec {rfd}<&-
-		rfd=
-		rm -f -- "$tmp" 2>/dev/null
-		jlog "cannot record this job in $d; \`sshq status\` will not show it"
-		return 0
-	fi
-	running=$d/$uid
-}
 
 # run_phase SCRIPT: run a user script with the job's environment in a fresh
 # bash. The task's variables are sourced there, not here, so no name a user
@@ -256,96 +162,13 @@ cmd_wrapper() {
 	# ended; the flag also ends a wait in the queue.
 	trap 'got_signal=1' TERM INT HUP
 	export PYTHONUNBUFFERED=1
-	declare -A warned=()
-	declare -a leased=()
-	local i u since line cvd noted=
+	local u cvd
 
-	if ! lease_dir_prepare; then
-		jlog "$lease_err"
-		finish FAILED_SETUP 3
-	fi
+	# A job asking for GPUs waits for them in the node's queue (sched.sh).
 	if [ "$ngpus" -gt 0 ]; then
-		my_sid=$(ps -o sid= -p $$ 2>/dev/null) || my_sid=
-		my_sid=${my_sid// /}
-		# The account the job runs as on this node: what status shows as
-		# its holder (the controller's own user name may be "root" on every
-		# laptop).
-		my_login=$(id -un 2>/dev/null) || my_login=
-		enc "$my_login"
-		my_login=$enc_out
-		queue_lock 60 || {
-			jlog "cannot lock $lease_dir/queue.lock"
-			finish FAILED_SETUP 3
-		}
-		probe_gpus
-		if [ $? = 1 ]; then
-			queue_unlock
-			jlog "$gpu_err"
-			finish FAILED_SETUP 3
-		fi
-		local fit=0
-		for u in "${gpu_uuids[@]}"; do allowed_has "$allowed" "$u" && fit=$((fit + 1)); done
-		if [ $fit -lt "$ngpus" ]; then
-			queue_unlock
-			jlog "the job needs $ngpus GPU(s) but this node has only $fit it may use; it can never start here"
-			finish FAILED_SETUP 3
-		fi
-		# The ticket is created under a temporary name, locked, then renamed:
-		# no reader ever sees it unlocked and takes it for a dead one.
-		since=$(now)
-		local tmp="$lease_dir/queue/.new-$uid" name
-		# Nanoseconds, 19 digits, as every version names tickets: the
-		# queue's order is their names' byte order.
-		name=${EPOCHREALTIME:-}
-		name=${name//[!0-9]/}
-		if [ ${#name} -eq 16 ]; then name=${name}000; else name=$(date +%s%N); fi
-		name=$name-$uid
-		# Readable by all: other users' waiters probe its lock and read it.
-		# Every step is checked: a ticket that is empty (full /tmp) or
-		# unlocked would put the job out of the queue's order.
-		rm -f -- "$tmp" 2>/dev/null
-		if ! (
-			umask 022
-			set -C
-			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$uid" "$SSHQ_M_USER" "$SSHQ_M_NAME" "$ngpus" "$since" "$allowed" "$my_login" >"$tmp"
-		) 2>/dev/null || ! exec {tfd}<"$tmp" || ! flock -n "$tfd" || ! mv -f -- "$tmp" "$lease_dir/queue/$name"; then
-			[ -n "$tfd" ] && exec {tfd}<&-
-			rm -f -- "$tmp" 2>/dev/null
-			queue_unlock
-			jlog "cannot create this job's ticket in $lease_dir/queue (is the file system full?)"
-			finish FAILED_SETUP 3
-		fi
-		ticket=$name
-		if ! printf '%s\n' "$ticket" >"$jd/ticket"; then
-			queue_unlock
-			jlog "cannot write $jd/ticket (is the file system full?)"
-			finish FAILED_SETUP 3
-		fi
+		queue_join || finish FAILED_SETUP 3
 		set_state PENDING
-		queue_unlock
-
-		while :; do
-			if cancelled || [ -n "$got_signal" ]; then
-				exec {tfd}<&-
-				finish CANCELLED 143
-			fi
-			if queue_lock 60; then
-				if try_start; then
-					for u in "${leased[@]}"; do write_owner "$u"; done
-					rm -f -- "$lease_dir/queue/$ticket" "$jd/ticket"
-					ticket=
-					exec {tfd}<&-
-					queue_unlock
-					break
-				fi
-				queue_unlock
-			fi
-			if [ -z "$noted" ]; then
-				jlog "waiting for $ngpus GPU(s) in the node's queue"
-				noted=1
-			fi
-			sleep "$poll"
-		done
+		queue_wait
 	else
 		set_state PENDING
 	fi

@@ -1,0 +1,412 @@
+# sshq node protocol, v1: the lease records, the only thing the users of a
+# node share. Needs lib.sh.
+#
+# Each user keeps their records in a directory of their own (mode 0755),
+# which no other unprivileged user can change, placed directly in a
+# directory only root controls: the lease directory D ($SSHQ_LEASE_DIR,
+# default /tmp/sshq-leases) when root owns it (the optional admin step, see
+# README), as D/u<uid>; else in D's parent (/tmp: root's and sticky), as
+# <parent>/<basename of D>.u<uid>. A name someone else took first gets a
+# suffix (u<uid>.<random>): a directory counts as uid's only when uid owns
+# it, so squatting a name gains nothing. Readers look in both places, so
+# users who see D differently still see each other. A user's directory:
+#
+#	<job>.lock       mode 0600: the job's lock, held (flock) by its keeper
+#	                 for as long as the job or any of its processes live.
+#	                 Only its owner can open it: nobody else can hold it,
+#	                 fake it or block on it
+#	w.<ns>.<job>     the job waits in the queue; ns (19 digits, when it
+#	                 joined) orders the queue
+#	r.<job>          the job holds (or is claiming) the GPUs it lists, or
+#	                 runs without GPUs
+#	.new-*, .smi-*   the user's own temporaries and nvidia-smi answers
+#
+# A record is one tab-separated line: kind job id user name n since allowed
+# gpus pid sid lock, where lock is the job's lock as /proc/locks names it
+# (MAJ:MIN:INODE). A record counts only while /proc/locks shows that lock
+# held: a dead job's record is ignored wherever it lies and whoever wrote it,
+# and a deleted lock file or record ends no lease (the inode stays locked,
+# the keeper writes the record back within a guard tick). Records are read
+# by one grep that skips FIFOs and devices (it opens with O_NONBLOCK); names
+# sshq never makes are ignored; whose record it is comes from the owner of
+# its directory, never from its text.
+
+lease_err= lease_mode=none
+declare -a ns_dirs=() ns_prefixes=()
+w_dir= w_prefix= my_dir=
+guard_tick=0.25 # how often a keeper checks its record is still there
+settle=0.75     # a claim waits this long (3 ticks) before it is trusted
+
+# lease_where finds where records are read (ns_dirs with ns_prefixes) and
+# where this user writes them (w_dir, w_prefix; lease_mode provisioned or
+# shared), or sets lease_err when no place is safe: a directory whose owner
+# is another unprivileged user could hide or remove everyone's records.
+lease_where() {
+	local d=${lease_dir%/} p b du= da= pu= pa= m
+	local -a st=()
+	ns_dirs=() ns_prefixes=() w_dir= w_prefix= lease_mode=none lease_err=
+	[ -n "$d" ] || d=/
+	p=${d%/*}
+	[ -n "$p" ] || p=/
+	b=${d##*/}
+	if [ -d "$d" ] && [ ! -L "$d" ]; then
+		mapfile -t st < <(stat -c '%u %a' -- "$d" "$p/." 2>/dev/null)
+		[ ${#st[@]} = 2 ] && du=${st[0]% *} da=${st[0]#* } pu=${st[1]% *} pa=${st[1]#* }
+	elif [ -d "$p" ]; then
+		mapfile -t st < <(stat -c '%u %a' -- "$p/." 2>/dev/null)
+		[ ${#st[@]} = 1 ] && pu=${st[0]% *} pa=${st[0]#* }
+	fi
+	case $da in '' | *[!0-7]*) da= ;; esac
+	case $pa in '' | *[!0-7]*) pa= ;; esac
+	if [ "$du" = 0 ] && [ -n "$da" ]; then
+		ns_dirs+=("$d") ns_prefixes+=(u)
+		m=$((8#$da))
+		if { [ $((m & 01000)) != 0 ] || [ $((m & 022)) = 0 ]; } && [ -w "$d" ] && [ -x "$d" ]; then
+			w_dir=$d w_prefix=u lease_mode=provisioned
+		fi
+	fi
+	if [ -n "$pa" ]; then
+		ns_dirs+=("$p") ns_prefixes+=("$b.u")
+		m=$((8#$pa))
+		if [ -z "$w_dir" ] && { [ "$pu" = 0 ] || [ "$pu" = "$EUID" ]; } &&
+			{ [ $((m & 01000)) != 0 ] || [ $((m & 022)) = 0 ]; } && [ -w "$p" ] && [ -x "$p" ]; then
+			w_dir=$p w_prefix=$b.u lease_mode=shared
+		fi
+	fi
+	[ -n "$w_dir" ] && return 0
+	if [ -z "$pa" ]; then
+		lease_err="no directory $p for sshq's lease records; create it, or set SSHQ_LEASE_DIR to a path in an existing directory"
+	else
+		lease_err="sshq has no safe place for its lease records: $d is not a directory root owns, and its parent $p (owner uid $pu, mode $pa) is not root's or yours with the sticky bit, or is not writable for $(id -un 2>/dev/null). Ask the node's admin to create $d (README: shared nodes), or set SSHQ_LEASE_DIR to a path in a directory only you can write"
+	fi
+	return 1
+}
+
+# my_dir_find / my_dir_ensure: this user's own records directory (my_dir),
+# found, or made (mode 0755) under a name of its own when another user took
+# the usual one.
+my_dir_find() {
+	local f
+	my_dir=
+	[ -n "$w_dir" ] || return 1
+	for f in "$w_dir/$w_prefix$EUID" "$w_dir/$w_prefix$EUID".*; do
+		if [ -d "$f" ] && [ ! -L "$f" ] && [ -O "$f" ]; then
+			my_dir=$f
+			return 0
+		fi
+	done
+	return 1
+}
+my_dir_ensure() {
+	[ -n "$my_dir" ] && [ -d "$my_dir" ] && [ ! -L "$my_dir" ] && return 0
+	[ -n "$w_dir" ] || lease_where || return 1
+	my_dir_find && return 0
+	mkdir -m 755 -- "$w_dir/$w_prefix$EUID" 2>/dev/null
+	my_dir_find && return 0
+	if my_dir=$(mktemp -d -- "$w_dir/$w_prefix$EUID.XXXXXX" 2>/dev/null) && chmod 755 -- "$my_dir"; then
+		return 0
+	fi
+	my_dir=
+	lease_err="cannot make a directory for $(id -un 2>/dev/null)'s lease records in $w_dir (is the file system full?)"
+	return 1
+}
+
+# rec_put NAME LINE: this user's record NAME, written to a temporary of our
+# own (only we can create names in our directory) and renamed into place.
+rec_put() {
+	local tmp try
+	for try in 1 2; do
+		my_dir_ensure || return 1
+		tmp=$my_dir/.new-$$-$RANDOM
+		if (
+			umask 022
+			set -C
+			printf '%s\n' "$2" >"$tmp"
+		) 2>/dev/null && mv -f -- "$tmp" "$my_dir/$1" 2>/dev/null; then
+			return 0
+		fi
+		rm -f -- "$tmp" 2>/dev/null
+		my_dir=
+	done
+	lease_err="cannot write the lease record $1 in $w_dir (is the file system full?)"
+	return 1
+}
+
+# rec_drop NAME: remove this user's record NAME, wherever our directory is.
+rec_drop() {
+	[ -n "$1" ] || return 0
+	{ [ -n "$my_dir" ] && [ -e "$my_dir/$1" ]; } || my_dir_find || return 0
+	rm -f -- "$my_dir/$1" 2>/dev/null
+}
+
+# ---------------------------------------------------------------- reading
+
+# users_scan lists the user directories: u_dir, u_uid (the uid in the name,
+# which owns it) and u_login (the owner's name). One stat for all.
+declare -a u_dir=() u_uid=() u_login=()
+users_scan() {
+	local i d pre n u l
+	local -a cand=() cnum=()
+	local -A own_u=() own_l=()
+	u_dir=() u_uid=() u_login=()
+	for i in "${!ns_dirs[@]}"; do
+		pre=${ns_prefixes[$i]}
+		for d in "${ns_dirs[$i]}/$pre"[0-9]*; do
+			[ -d "$d" ] && [ ! -L "$d" ] || continue
+			n=${d##*/}
+			n=${n#"$pre"}
+			n=${n%%.*}
+			case $n in '' | *[!0-9]*) continue ;; esac
+			cand+=("$d") cnum+=("$n")
+		done
+	done
+	[ ${#cand[@]} -gt 0 ] || return 0
+	while read -r u l n; do
+		own_u[$n]=$u own_l[$n]=$l
+	done < <(stat -c '%u %U %n' -- "${cand[@]}" 2>/dev/null)
+	for i in "${!cand[@]}"; do
+		d=${cand[$i]}
+		[ "${own_u[$d]:-x}" = "${cnum[$i]}" ] || continue
+		enc "${own_l[$d]}"
+		u_dir+=("$d") u_uid+=("${cnum[$i]}") u_login+=("$enc_out")
+	done
+}
+
+# lease_scan [run] [clean]: the live records, from every user: running
+# ones in r_* (and leased_by[uuid], the index of the record holding it),
+# waiting ones, in queue order, in t_* (not with "run"). With "clean" this
+# user's dead records are removed. scan_unknown is set (scan_errs say why)
+# when a user's directory cannot be read: who holds what is then not known.
+declare -a t_name t_uid t_user t_jname t_n t_since t_allowed t_login
+declare -a r_uid r_id r_user r_name r_n r_since r_login r_gpus r_pid r_sid
+declare -A leased_by
+declare -a scan_errs
+scan_unknown= scan_locks=
+lease_scan() {
+	local only=${1:-} clean=${2:-} i d f line sorted=1 lastdir=
+	local -a files=() order=()
+	local -a w_name=() w_uid=() w_user=() w_jname=() w_n=() w_since=() w_allowed=() w_login=() w_di=()
+	local -A fdir=() live_run=()
+	t_name=() t_uid=() t_user=() t_jname=() t_n=() t_since=() t_allowed=() t_login=()
+	r_uid=() r_id=() r_user=() r_name=() r_n=() r_since=() r_login=() r_gpus=() r_pid=() r_sid=()
+	leased_by=() scan_errs=() scan_unknown= scan_locks=
+	[ ${#ns_dirs[@]} -gt 0 ] || lease_where
+	users_scan
+	for i in "${!u_dir[@]}"; do
+		d=${u_dir[$i]}
+		if [ ! -r "$d" ] || [ ! -x "$d" ]; then
+			scan_unknown=1
+			scan_errs+=("the sshq records of node user ${u_login[$i]} ($d) cannot be read, so which GPUs their jobs hold is unknown: no GPU counts as free until they are readable (chmod 755 $d)")
+			continue
+		fi
+		for f in "$d"/r.*; do
+			[ -f "$f" ] && [ ! -L "$f" ] && files+=("$f") && fdir[$f]=$i
+		done
+		[ "$only" = run ] && continue
+		for f in "$d"/w.*; do
+			[ -f "$f" ] && [ ! -L "$f" ] && files+=("$f") && fdir[$f]=$i
+		done
+	done
+	[ ${#files[@]} -gt 0 ] || return 0
+	IFS= read -r -d '' scan_locks </proc/locks
+	while IFS= read -r -d '' f && IFS= read -r line; do
+		rec_take "$f" "$line" "${fdir[$f]:-}"
+	done < <(grep -D skip -a -s -m1 -H -Z -e '' -- "${files[@]}")
+	# The queue's order is the names' (w.<ns>.<job>), across users; a
+	# waiter whose running record is live is starting, no longer waiting.
+	for i in "${!w_name[@]}"; do
+		[ -n "${live_run[${w_uid[$i]}]:-}" ] && continue
+		order+=("${w_name[$i]} $i")
+		[ -n "$lastdir" ] && [ "$lastdir" != "${w_di[$i]}" ] && sorted=
+		lastdir=${w_di[$i]}
+	done
+	[ -n "$sorted" ] || mapfile -t order < <(printf '%s\n' "${order[@]}" | sort)
+	for f in ${order[@]+"${order[@]}"}; do
+		i=${f##* }
+		t_name+=("${w_name[$i]}") t_uid+=("${w_uid[$i]}") t_user+=("${w_user[$i]}") t_jname+=("${w_jname[$i]}")
+		t_n+=("${w_n[$i]}") t_since+=("${w_since[$i]}") t_allowed+=("${w_allowed[$i]}") t_login+=("${w_login[$i]}")
+	done
+}
+
+# rec_take FILE LINE DIRINDEX: one record, checked field by field (it is
+# another user's text); part of lease_scan, whose arrays it fills.
+rec_take() {
+	local f=$1 b=${1##*/} di=$3 k u id us jn n si al gp pid sid lk x
+	local -a F
+	[ -n "$di" ] || return 0
+	local - IFS=$tab
+	set -f
+	F=($2)
+	[ ${#F[@]} -ge 12 ] || return 0
+	k=${F[0]} u=${F[1]} id=${F[2]} us=${F[3]} jn=${F[4]} n=${F[5]} si=${F[6]} al=${F[7]} gp=${F[8]} pid=${F[9]} sid=${F[10]} lk=${F[11]}
+	valid_uid "$u" || return 0
+	case $k:$b in
+	"r:r.$u") ;;
+	w:w.*)
+		x=${b#w.}
+		[ "${x#*.}" = "$u" ] || return 0
+		x=${x%%.*}
+		case $x in *[!0-9]*) return 0 ;; esac
+		[ ${#x} = 19 ] || return 0
+		;;
+	*) return 0 ;;
+	esac
+	[[ $lk =~ ^[0-9a-f]+:[0-9a-f]+:[0-9]+$ ]] || return 0
+	if [[ $scan_locks != *" $lk "* ]]; then
+		[ -n "$clean" ] && [ "${u_uid[$di]}" = "$EUID" ] && rm -f -- "$f" 2>/dev/null
+		return 0
+	fi
+	case $id in '' | *[!0-9]*) id='~' ;; esac
+	case $n in '' | *[!0-9]*) return 0 ;; esac
+	[ ${#n} -le 4 ] || return 0
+	case $si in '' | *[!0-9.]*) si='~' ;; esac
+	field_ok "$us" || us='~'
+	field_ok "$jn" || jn='~'
+	case $al in '*') ;; *) list_ok "$al" || return 0 ;; esac
+	case $gp in -) gp= ;; *) list_ok "$gp" || return 0 ;; esac
+	case $pid in '' | *[!0-9]*) pid= ;; esac
+	case $sid in '' | *[!0-9]*) sid= ;; esac
+	if [ "$k" = r ]; then
+		live_run[$u]=1
+		IFS=,
+		for x in $gp; do
+			[ -n "${leased_by[$x]+x}" ] || leased_by[$x]=${#r_uid[@]}
+		done
+		r_uid+=("$u") r_id+=("$id") r_user+=("$us") r_name+=("$jn") r_n+=("$n") r_since+=("$si")
+		r_login+=("${u_login[$di]}") r_gpus+=("$gp") r_pid+=("$pid") r_sid+=("$sid")
+		return 0
+	fi
+	# A waiter asking for no GPU is not one sshq makes.
+	[ "$n" -gt 0 ] || return 0
+	w_name+=("$b") w_uid+=("$u") w_user+=("$us") w_jname+=("$jn") w_n+=("$n") w_since+=("$si")
+	w_allowed+=("$al") w_login+=("${u_login[$di]}") w_di+=("$di")
+}
+
+# list_ok LIST: comma-separated tokens as nvidia-smi prints uuids.
+list_ok() {
+	case $1 in '' | ,* | *, | *,,* | *[!A-Za-z0-9_,-]*) return 1 ;; esac
+}
+
+# field_ok FIELD: FIELD is as EncodeField writes them, so it can reach
+# nobody's terminal as anything but text.
+field_ok() {
+	case $1 in '' | *[!A-Za-z0-9._%~-]*) return 1 ;; esac
+}
+
+# ---------------------------------------------------------------- the keeper
+
+# A job's keeper is `flock -n <job>.lock bash wrapper.sh keeper JOBDIR`: the
+# lock lives as long as flock(1), and so its pid in /proc/locks (where a
+# lock whose taker has exited may not be shown, in a container). It reads a
+# pipe whose write end the wrapper holds and every process of the job
+# inherits: when the last of them is gone, it reads EOF, removes the job's
+# record and exits, and the lock goes with it. Until then it checks every
+# guard tick that the record is still there, and writes it back when a tmp
+# cleaner or `rm -rf /tmp/*` took it. It carries no job mark, so cancel and
+# the end-of-job sweep leave it to end by itself, and runs in a session of
+# its own, so the hangup a dying wrapper's terminal sends does not end it
+# before its job's last process.
+kfd= kpid= my_lock=
+keeper_start() {
+	local lk i st pid lid
+	[ -n "$kfd" ] && return 0
+	my_dir_ensure || return 1
+	lk=$my_dir/$uid.lock
+	rm -f -- "$lk" "$jd/keeper" 2>/dev/null
+	if ! (
+		umask 077
+		set -C
+		: >"$lk"
+	) 2>/dev/null; then
+		lease_err="cannot create the job's lock $lk (is the file system full?)"
+		return 1
+	fi
+	exec {kfd}> >(
+		for f in /proc/$BASHPID/fd/*; do
+			n=${f##*/}
+			case $n in '' | *[!0-9]*) continue ;; esac
+			[ "$n" -gt 2 ] && exec {n}>&-
+		done
+		exec env -u SSHQ_JOB_UID setsid flock -n -- "$lk" "$BASH" "$jd/wrapper.sh" keeper "$jd" >/dev/null 2>&1
+	) || {
+		lease_err="cannot start the job's lock keeper"
+		return 1
+	}
+	for ((i = 0; i < 500; i++)); do
+		[ -s "$jd/keeper" ] && break
+		nap 0.01
+	done
+	st= pid= lid=
+	[ -s "$jd/keeper" ] && read -r st pid lid <"$jd/keeper"
+	if [ "$st" != ok ]; then
+		exec {kfd}>&-
+		kfd=
+		lease_err="the job's lock keeper did not start (${st:+$st $pid $lid}); sshq needs flock(1) and a /proc/locks that shows its locks"
+		return 1
+	fi
+	kpid=$pid my_lock=$lid
+}
+
+# keeper_tell LINE: "rec NAME", the record the keeper guards now.
+keeper_tell() {
+	[ -n "$kfd" ] || return 0
+	trap '' PIPE
+	printf '%s\n' "$1" >&"$kfd" 2>/dev/null
+	trap - PIPE
+}
+
+# keeper_stop: the wrapper's end of the pipe closes; the keeper ends (and
+# the lease with it) once no process of the job holds it, which the wrapper
+# waits for briefly so that an ended job holds no GPU.
+keeper_stop() {
+	local i
+	[ -n "$kfd" ] || return 0
+	exec {kfd}>&-
+	kfd=
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$kpid" 2>/dev/null || return 0
+		nap 0.02
+	done
+	jlog "a process of the job still holds its lock ($my_lock): its GPUs stay leased until it ends"
+}
+
+cmd_keeper() {
+	jd=$1
+	local line st i=0 lid= name= pid=$PPID a b c d e f rest touched=$SECONDS
+	while [ -z "$lid" ] && [ $i -lt 200 ]; do
+		while read -r a b c d e f rest; do
+			[ "$b" = FLOCK ] && [ "$e" = "$pid" ] && lid=$f && break
+		done </proc/locks
+		[ -n "$lid" ] || nap 0.01
+		i=$((i + 1))
+	done
+	if [ -z "$lid" ]; then
+		printf 'fail no-lock-in-/proc/locks %s\n' "$pid" >"$jd/keeper.tmp" && mv -f -- "$jd/keeper.tmp" "$jd/keeper"
+		exit 1
+	fi
+	printf 'ok %s %s\n' "$pid" "$lid" >"$jd/keeper.tmp" && mv -f -- "$jd/keeper.tmp" "$jd/keeper"
+	lease_where
+	while :; do
+		IFS= read -r -t "$guard_tick" line
+		st=$?
+		if [ $st = 0 ]; then
+			case $line in 'rec '*) name=${line#rec } ;; none) name= ;; esac
+			continue
+		fi
+		[ $st -gt 128 ] || break
+		[ -n "$name" ] || continue
+		if [ -z "$my_dir" ] || [ ! -e "$my_dir/$name" ]; then
+			my_dir_find && [ -e "$my_dir/$name" ] && continue
+			line=
+			[ -f "$jd/rec.${name:0:1}" ] && IFS= read -r line <"$jd/rec.${name:0:1}"
+			[ -n "$line" ] && rec_put "$name" "$line"
+		elif [ $((SECONDS - touched)) -ge 3600 ]; then
+			# A tmp cleaner ages files by their times: a job may run
+			# for weeks.
+			touch -c -- "$my_dir/$name" 2>/dev/null
+			touched=$SECONDS
+		fi
+	done
+	[ -n "$name" ] && rec_drop "$name"
+	exit 0
+}
