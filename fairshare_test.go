@@ -9,8 +9,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -266,11 +264,8 @@ func TestFairTwoGPUsSixJobsNeverShare(t *testing.T) {
 	}
 }
 
-// nodeUsers makes count new Unix users able to ssh into n, each with its own
-// HOME and tmux directory on the node, sharing one lease directory that none
-// of them owns in advance (it is created, 1777, by whoever submits first, in
-// a sticky world-writable directory like /tmp). It returns an ssh alias per
-// user. Needs root; the users are removed when the test ends.
+// nodeUsers makes count new Unix users able to ssh into n (see
+// sshtest.Cluster.AddUsers) and returns an ssh alias per user.
 func nodeUsers(t *testing.T, c *sshtest.Cluster, n *sshtest.Node, count int) []string {
 	t.Helper()
 	return nodeUsersWithShell(t, c, n, count, "/bin/bash")
@@ -279,95 +274,9 @@ func nodeUsers(t *testing.T, c *sshtest.Cluster, n *sshtest.Node, count int) []s
 // nodeUsersWithShell is nodeUsers with the users' login shell chosen.
 func nodeUsersWithShell(t *testing.T, c *sshtest.Cluster, n *sshtest.Node, count int, shell string) []string {
 	t.Helper()
-	// The node lives under t.TempDir(), whose directories are 0700: open the
-	// path for the new users, and let them read the one authorized_keys file
-	// sshd consults for everyone.
-	for d := n.Dir; d != filepath.Dir(d) && d != filepath.Clean(os.TempDir()); d = filepath.Dir(d) {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, p := range []string{filepath.Join(n.Dir, "authorized_keys"), n.BinDir, n.SimDir} {
-		fi, err := os.Stat(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.Chmod(p, fi.Mode().Perm()|0o055)
-	}
-	shared := filepath.Join(n.Dir, "tmp")
-	if err := os.Mkdir(shared, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(shared, os.ModeSticky|0o777); err != nil {
-		t.Fatal(err)
-	}
-	n.Env["SSHQ_LEASE_DIR"] = filepath.Join(shared, "sshq-leases")
-
-	var conf strings.Builder
-	var aliases, names []string
-	t.Cleanup(func() {
-		c.Close() // their processes first: userdel refuses a user still running
-		for _, u := range names {
-			if out, err := exec.Command("userdel", "-f", u).CombinedOutput(); err != nil {
-				t.Errorf("userdel %s: %v %s", u, err, out)
-			}
-		}
-	})
-	for i := range count {
-		b := make([]byte, 4)
-		rand.Read(b)
-		name := "sq" + hex.EncodeToString(b)
-		dir := filepath.Join(n.Dir, "users", name)
-		home, tmux := filepath.Join(dir, "home"), filepath.Join(dir, "tmux")
-		// -p '*': no password, but not locked ("!"), which sshd without PAM refuses.
-		if out, err := exec.Command("useradd", "-M", "-d", home, "-s", shell, "-p", "*", name).CombinedOutput(); err != nil {
-			t.Fatalf("useradd: %v %s", err, out)
-		}
-		names = append(names, name)
-		u, err := user.Lookup(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		for _, d := range []string{home, tmux} {
-			if err := os.MkdirAll(d, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Chown(d, uid, gid); err != nil {
-				t.Fatal(err)
-			}
-		}
-		os.Chmod(filepath.Join(dir), 0o755)
-		os.Chmod(filepath.Dir(dir), 0o755)
-		// The first SetEnv that applies wins, whole: the user's block lists
-		// the node's environment with its own HOME and TMUX_TMPDIR.
-		env := map[string]string{}
-		for k, v := range n.Env {
-			env[k] = v
-		}
-		env["HOME"], env["TMUX_TMPDIR"] = home, tmux
-		var kv []string
-		for k, v := range env {
-			kv = append(kv, k+"="+v)
-		}
-		sort.Strings(kv)
-		fmt.Fprintf(&conf, "Match User %s\n  SetEnv %s\n", name, strings.Join(kv, " "))
-		alias := fmt.Sprintf("%s-u%d", n.Name, i+1)
-		aliases = append(aliases, alias)
-		if err := c.AddHost(fmt.Sprintf("Host %s\n  HostName %s\n  Port %d\n  User %s\n", alias, n.Addr, n.Port, name)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// sshtest puts SSHDExtra first, before the global keywords that a Match
-	// block may not hold; a Match inside an Include ends with its file.
-	inc := filepath.Join(n.Dir, "users.conf")
-	if err := os.WriteFile(inc, []byte(conf.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	n.SSHDExtra = "Include " + inc
-	if err := n.Restart(); err != nil {
-		t.Fatal(err)
+	var aliases []string
+	for _, u := range c.AddUsers(t, n, count, shell) {
+		aliases = append(aliases, u.Alias)
 	}
 	return aliases
 }

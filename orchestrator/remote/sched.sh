@@ -243,21 +243,21 @@ plan() {
 		done
 		[ "${t_n[$i]}" -le $e ] || continue
 		if pick "${t_n[$i]}" "${t_allowed[$i]}" "$allowed"; then
-			if [ -n "$plan_watch" ]; then
-				u=${fit_seen[${t_name[$i]}]:-}
-				if [ -z "$u" ]; then
-					fit_seen[${t_name[$i]}]=$now_ms
-				elif [ $((now_ms - u)) -gt $grace ]; then
-					continue
-				fi
+			u=${fit_seen[${t_name[$i]}]:-}
+			if [ -n "$plan_watch" ] && [ -n "$u" ] && [ $((now_ms - u)) -gt "$grace" ]; then
+				continue
 			fi
+			[ "$plan_watch" = watch ] && [ -z "$u" ] && fit_seen[${t_name[$i]}]=$now_ms
 			take_from_avail
-		elif [ -n "$head" ]; then
-			picked=()
-			for u in ${avail[@]+"${avail[@]}"}; do
-				allowed_has "${t_allowed[$i]}" "$u" && picked+=("$u")
-			done
-			take_from_avail
+		else
+			[ "$plan_watch" = watch ] && unset "fit_seen[${t_name[$i]}]"
+			if [ -n "$head" ]; then
+				picked=()
+				for u in ${avail[@]+"${avail[@]}"}; do
+					allowed_has "${t_allowed[$i]}" "$u" && picked+=("$u")
+				done
+				take_from_avail
+			fi
 		fi
 		head=
 	done
@@ -392,18 +392,14 @@ try_start() {
 		[ "${t_name[$i]}" = "$ticket" ] && me=$i && break
 	done
 	free_gpus
+	plan_watch=watch
 	plan "$me" "$ngpus" "$allowed" || return 1
 	if ! gpu_procs; then
 		note_err "$gpu_err; still waiting"
 		return 1
 	fi
 	free_gpus
-	plan_watch=1
-	plan "$me" "$ngpus" "$allowed" || {
-		plan_watch=
-		return 1
-	}
-	plan_watch=
+	plan "$me" "$ngpus" "$allowed" || return 1
 	claim
 }
 
