@@ -3,10 +3,11 @@
 // they print. Nothing is installed on nodes: each command is `bash -c
 // SCRIPT sshq ACTION ARGS...` (built with sshpool.Command, every argument
 // one quoted word), where SCRIPT is lib.sh (shared helpers, the one
-// nvidia-smi wrapper), sched.sh where the action reads the queue or the
-// GPUs (the queue's rule), and the action's own file: submit.sh (with
-// wrapper.sh, which the job keeps as its wrapper), jobs.sh, status.sh,
-// place.sh, cancel.sh, logs.sh, check.sh. Client does no SSH itself: it
+// nvidia-smi wrapper), lease.sh (the lease records every user shares) where
+// the action reads them, sched.sh where it reads the queue or the GPUs (the
+// queue's rule, and the wrapper's side of it), and the action's own file:
+// submit.sh (with wrapper.sh, which the job keeps as its wrapper), jobs.sh,
+// status.sh, place.sh, cancel.sh, logs.sh, check.sh. Client does no SSH itself: it
 // runs each action as one command through a Runner (for sshpool,
 // Pool.Node(alias)), so every action is one SSH session on one node.
 //
@@ -29,85 +30,138 @@
 //	                       outer wrapper), which Cancel kills last
 //	  state                "STATE unix_ts.mmm" lines, appended at each change
 //	  log                  setup and run output (stdout+stderr), plus "sshq: ..." notes
-//	  ticket               the job's queue ticket name while it waits
+//	  ticket               the name of its waiting record while it waits
+//	  rec.w, rec.r         its waiting and running records, for its keeper to
+//	                       write back
+//	  keeper               "ok <pid> <lock>" once its keeper holds its lock
 //	  gpus                 "index<TAB>uuid" lines of the GPUs it leased
 //	  gpu.env              CUDA_VISIBLE_DEVICES & co., sourced last by setup and run
 //	  cancel               left by Cancel before it signals
 //	  exit                 the exit code, written once (temp + rename) after the terminal state
 //	  scope                the systemd user scope's name, when one is used
 //
-// Shared by all users: the lease directory, $SSHQ_LEASE_DIR of the
-// submitting session, else /tmp/sshq-leases (mode 1777; a symlink is
-// refused):
+// Shared by all users: nothing that one user could change for another.
+// Each user keeps lease records in a directory of their own (mode 0755,
+// files 0644 unless said), placed directly in a directory only root
+// controls: the lease directory D ($SSHQ_LEASE_DIR of the submitting
+// session, else /tmp/sshq-leases) when root owns it (the optional admin
+// step), as D/u<uid>; else in D's parent (/tmp: root's and sticky) as
+// <parent>/<basename of D>.u<uid>. A name another user took first gets a
+// suffix (.u<uid>.<random>); a directory counts as uid's only when uid owns
+// it. Readers look in both places. A D that root does not own (a symlink,
+// another user's) is never used; where neither place is safe (a parent any
+// user may write without the sticky bit), GPU jobs are refused with what to
+// do, and jobs without GPUs run without a record.
 //
-//	<uuid>.lock            a GPU lease is an exclusive flock on it (file mode 0666)
-//	<uuid>.owner           "uid id user name since pid sid index login" of the last holder (0666)
-//	queue.lock             flock serializing every GPU decision on the node
-//	queue/<ns>-<uid>       a waiting job's ticket, "uid user name num_gpus since allowed login",
-//	                       flocked by its wrapper while it waits
-//	running/<uid>          a running job's record, "uid id user name num_gpus since", from
-//	                       its start to its end, with or without GPUs; flocked by its
-//	                       wrapper (and, inherited, its processes) while it lives. Whose
-//	                       job it is is the file's owner, which no text can claim
-//	.smi-<query>-<euid>    one node account's last nvidia-smi answer to one query (gpu,
-//	                       gpu-nomig, apps): "<ms> ok|fail|hung <exit status>", then the
-//	                       output; read only by that account (mode 0600)
+//	<job>.lock             mode 0600: the job's lock, held (flock) by its keeper
+//	w.<ns>.<job>           the job waits in the queue; ns (19 digits, when it
+//	                       joined) orders the queue across users
+//	r.<job>                the job runs (with or without GPUs), or claims the
+//	                       GPUs it lists
+//	.smi-<query>           this user's last nvidia-smi answer to one query (gpu,
+//	                       gpu-nomig, apps): "<ms> ok|fail|hung <exit status>",
+//	                       then the output (mode 0600)
+//
+// A record is one line, "kind job id user name num_gpus since allowed gpus
+// pid sid lock", where lock names the job's lock as /proc/locks does
+// (MAJ:MIN:INODE). It counts only while /proc/locks shows that lock held:
+// liveness is one read of /proc/locks for every record, with no lock to
+// take and no process per record. The lock file is 0600, so nobody but its
+// owner can hold it or make a dead record look live; a record is read by one
+// grep that skips FIFOs and devices (it opens with O_NONBLOCK); names sshq
+// never makes, and fields that fail their checks, are ignored; whose record
+// it is comes from the owner of its directory, never from its text. A
+// user's directory that cannot be read makes every GPU count as taken
+// (status says whose it is). A deleted lock file or record ends no lease:
+// the lock stays on its inode, and the keeper writes the record back.
+//
+// A job's keeper is `flock -n <job>.lock bash wrapper.sh keeper JOBDIR`,
+// in a session of its own and without the job's mark: the lock lives as
+// long as flock(1), so its pid stays in /proc/locks (which may hide a lock
+// whose taker has exited, in a container). It reads a pipe whose write end
+// the wrapper holds and every process of the job inherits; when the last is
+// gone it reads EOF, removes the job's record and exits, and the lock goes
+// with it. Every guard tick (0.25s) it checks that the job's record is
+// still there, and writes it back (from rec.w or rec.r in the job
+// directory) when a tmp cleaner or `rm -rf /tmp/*` took it; once an hour
+// it touches it, so that age-based tmp cleaners leave it. The leases of the
+// previous version's wrappers (a flock on D/<uuid>.lock, its holder in
+// D/<uuid>.owner) are honoured, so that an upgrade does not hand out their
+// GPUs; their waiters are not seen.
 //
 // user is the submitting controller's local user, login the node account
-// the job runs as (`id -un`), which is who holds the GPU; login is the last
-// field because older node scripts neither write nor read it (absent means
-// unknown). Free-text fields in shared files and reports (user, name, login)
-// are percent-encoded as EncodeField does: no tab, newline or space, "~" for
-// empty. Shared files are parsed, never sourced; only the user's own job
-// files are sourced.
+// the job runs as (the owner of its records), which is who holds the GPU;
+// login is the last field of reports because older node scripts neither
+// write nor read it (absent means unknown). Free-text fields in records and
+// reports (user, name, login) are percent-encoded as EncodeField does: no
+// tab, newline or space, "~" for empty. Records are parsed, never sourced;
+// only the user's own job files are sourced.
 //
 // # The wrapper
 //
 // Submit starts `tmux -L sshq new-session -d -s <uid>` running the wrapper
 // with SSHQ_JOB_UID=<uid> in its environment (inherited by every process
-// of the job: the mark Cancel kills by). The wrapper takes a ticket, writes
-// PENDING (Submit returns then, so submission order is queue order), and
-// waits on the node: every SSHQ_POLL_INTERVAL seconds (default 2) it takes
-// queue.lock and decides (try_start, by plan in sched.sh). Submit waits for PENDING as long as the wrapper
-// lives (it may wait 60s for queue.lock and SSHQ_PROBE_TIMEOUT for
-// nvidia-smi), up to SSHQ_SUBMIT_WAIT seconds (default 100, under the
-// controller's 2 minutes); when it gives up, or the wrapper dies without a
-// state, it kills the job and removes it before it fails, so a job Submit
-// reported failed never runs. Order is FIFO by ticket with safe backfill: each
-// older waiter that fits in the GPUs free now reserves them first, and a
-// head of queue that does not fit reserves every free GPU it could use; a
-// job starts only if it fits in what remains. So a younger job passes an
-// older one only on GPUs left over, and never delays the head. This rule
-// (plan) is the only one: a launch's placement asks the node (Place) how
-// it would take a job joining the queue now, and the node answers with
-// plan, so the controller never decides by a rule of its own. A GPU is free
-// when no lease holds it and no process in nvidia-smi --query-compute-apps
-// computes on it; when that query fails, no GPU counts as free (the waiters
-// wait, Status reports the error). nvidia-smi runs only through smi (lib.sh),
+// of the job: the mark Cancel kills by). A job asking for GPUs starts its
+// keeper, checks that the node has enough GPUs it may use, writes its
+// waiting record and PENDING (Submit returns then, so submission order is
+// queue order), and waits on the node, deciding every SSHQ_POLL_INTERVAL
+// seconds (default 2) by plan in sched.sh, with no lock of any kind. Submit
+// waits for PENDING as long as the wrapper lives (it may wait
+// SSHQ_PROBE_TIMEOUT for nvidia-smi), up to SSHQ_SUBMIT_WAIT seconds
+// (default 100, under the controller's 2 minutes); when it gives up, or the
+// wrapper dies without a state, it kills the job and removes it before it
+// fails, so a job Submit reported failed never runs. Order is FIFO by
+// waiting record with safe backfill: each older waiter that fits in the GPUs
+// free now reserves them first, and a head of queue that does not fit
+// reserves every free GPU it could use; a job starts only if it fits in
+// what remains. So a younger job passes an older one only on GPUs left over,
+// and never delays the head. Waiters are other users' records, so two kinds
+// are passed over: one asking more GPUs than the node has of those it may
+// use (it could never start), and one that this waiter has seen fit for
+// longer than a poll interval and a second without claiming its GPUs (no
+// wrapper is deciding for it: it must not hold the queue). This rule (plan)
+// is the only one: a launch's placement asks the node (Place) how it would
+// take a job joining the queue now, and the node answers with plan, so the
+// controller never decides by a rule of its own.
+//
+// A poll costs little when nothing can start: the waiter reads the running
+// records, and only when a GPU it may use is free of them does it read the
+// queue and ask the driver. A GPU is free when no live running record
+// claims it and no process in nvidia-smi --query-compute-apps computes on
+// it; when that query fails, no GPU counts as free (the waiters wait,
+// Status reports the error). nvidia-smi runs only through smi (lib.sh),
 // with the two queries Status shows (gpu.QueryGPUFields,
 // gpu.ComputeAppsFields), so the queue and the report share answers.
-// nvidia-smi and ps run with none of the lock fds (bash's `exec {fd}<` is
+// nvidia-smi and ps run with none of the job's fds (bash's `exec {fd}<` is
 // not close-on-exec) and are abandoned after SSHQ_PROBE_TIMEOUT seconds
-// (default 20): a hung driver fails the probe instead of holding
-// queue.lock, and the hang is remembered for that long so other waiters do
-// not each wait it out. Waiters and Place reuse their account's answers for
-// one poll interval (.smi-*), so N waiters cost the driver one probe a poll
-// instead of N; Status and Check ask the driver itself unless it hung
-// within SSHQ_PROBE_TIMEOUT. A job that asks for no GPU never makes the
-// node run nvidia-smi: not in Place, not in Submit, not in its wrapper. A process is foreign on a GPU unless it
-// belongs to that GPU's own lease holder (shares the holder's session,
-// descends from its wrapper, or is marked with its job uid): a job's process
-// on a GPU it did not lease (NVML, a container given every GPU) occupies
-// that GPU as anyone else's would, so no other job is put there. Tickets whose wrapper died are
-// skipped (their flock is gone) and removed where the sticky bit allows.
+// (default 20) in a waiter, SSHQ_REPORT_PROBE_TIMEOUT (default 5) in
+// Status, Place and Check, so a hung driver reads as such within the
+// controller's connect timeout and a few seconds; the hang is remembered
+// for that long so other callers do not each wait it out. Waiters and Place
+// reuse their account's answers for one poll interval (.smi-*), so N
+// waiters cost the driver one probe a poll instead of N; Status and Check
+// ask the driver itself unless it hung within the timeout. A job that asks
+// for no GPU never makes the node run nvidia-smi: not in Place, not in
+// Submit, not in its wrapper. A process is foreign on a GPU unless it
+// belongs to that GPU's own holder (shares the holder's session, descends
+// from its wrapper, or is marked with its job uid): a job's process on a
+// GPU it did not lease (NVML, a container given every GPU) occupies that
+// GPU as anyone else's would, so no other job is put there.
 //
-// To start, the wrapper try-locks each chosen GPU (all or none), writes the
-// owner records and keeps the lock fds open: setup and run inherit them, so
-// the kernel drops the lease when the job's last process ends, however it
-// ends. A job asking for 0 GPUs takes no ticket and starts at once; one
-// asking for more GPUs than the node has (of those it may use) fails at once
-// (FAILED_SETUP, reason in the log). Setup and run run with bash in the
-// snapshot workdir, or $HOME without one, stdin from /dev/null, output
+// To start, the wrapper claims the GPUs plan picked: it writes its running
+// record naming them, waits the settle time (0.75s: three guard ticks, so
+// any record a wipe took is back), and reads the running records again.
+// Each claimant reads after it wrote, so two claims of one GPU cannot both
+// see nothing: the younger withdraws at once, the older after a second
+// settle unless the younger has gone, and one of them wins. Then the
+// waiting record goes; the running record stays until the job's last
+// process ends (its keeper removes it), so the kernel ends the lease however
+// the job ends. A job asking for 0 GPUs takes no place in the queue and
+// starts at once, with a running record for Status (without one when the
+// records cannot be kept). One asking for more GPUs than the node has (of
+// those it may use) fails at once (FAILED_SETUP, reason in the log), and so
+// does a waiter when the node no longer has them (a GPU gone). Setup and run
+// run with bash in the snapshot workdir, or $HOME without one, stdin from /dev/null, output
 // appended to log, PYTHONUNBUFFERED=1. The log is the job's only output: the
 // tmux pane (what `sshq attach` shows) runs `tail --pid=<wrapper> -F log`,
 // started before any lock is taken and holding no lock fd, so attaching shows
@@ -117,24 +171,19 @@
 // detaches. A job that has to wait notes "waiting for N GPU(s) in the node's
 // queue" in its log once. When the job's main process ends, whatever still
 // carries its mark (a nohup'd server, `ray start`, tensorboard: holders of
-// its lease fds) gets SIGTERM, then SIGKILL after SSHQ_END_GRACE seconds
-// (default 3), before the end is recorded, so an ended job holds no GPU; the
-// log names them. A job that starts (leases taken, or at once without
-// GPUs) writes its running/<uid> record, removed when it ends, so Status
-// shows every job running on the node, those without GPUs too. States:
-// PENDING, SETTING_UP, RUNNING,
+// its keeper's pipe) gets SIGTERM, then SIGKILL after SSHQ_END_GRACE seconds
+// (default 3), and the wrapper waits (2s at most) for its keeper to end,
+// before the end is recorded, so an ended job holds no GPU; the log names
+// them. Status shows every job running on the node from the running
+// records, those without GPUs too. States: PENDING, SETTING_UP, RUNNING,
 // then SUCCEEDED (exit 0), FAILED (the run's code), FAILED_SETUP (setup's
-// code, or 3 for a node problem: lease directory, nvidia-smi, a ticket that
-// cannot be written, wrapper.lock that cannot be locked) or CANCELLED.
+// code, or 3 for a node problem: no safe place for lease records, a keeper
+// that does not start, nvidia-smi, a record that cannot be written,
+// wrapper.lock that cannot be locked) or CANCELLED.
 //
 // The exit record is written last, after the terminal state: until it
 // exists Jobs reports the state before it, so nobody takes an end whose
 // exit code is not yet written for final.
-//
-// A lease directory that is a symlink, not a directory or not writable makes
-// Submit fail (exit 3, reason on stderr) and Status report an error. A GPU
-// whose lock file is a symlink or not a regular file is "unusable": no job
-// is given it, the job's log and Status say why, other GPUs stay usable.
 //
 // # Cancel
 //
@@ -145,8 +194,8 @@
 // which records the end itself; only if it has not within 5s does Cancel
 // record CANCELLED with exit 137, and then kill the wrapper, so the job never
 // reads as LOST meanwhile. The tmux session is killed last. Cancelling an
-// ended job answers "done" and still ends what carries its mark. A pending job's wrapper removes its ticket
-// and records CANCELLED with 143. Where the user's systemd works and the
+// ended job answers "done" and still ends what carries its mark. A pending
+// job's wrapper removes its waiting record and records CANCELLED with 143. Where the user's systemd works and the
 // user lingers (without linger the user manager takes every scope down at
 // logout), the wrapper also runs in a `systemd-run --user --scope`, which
 // Cancel signals as well.
@@ -165,14 +214,15 @@
 //	        exit <uid> <code>
 //	        gpu <uid> <index> <uuid>
 //	        queue <uid> <position>          (1 = head)
-//	Status: gpu <index> <uuid> free|leased|foreign|unusable
+//	Status: gpu <index> <uuid> free|leased|foreign   (older nodes: unusable)
 //	        lease <uuid> <index> <uid> <id> <user> <name> <since> <login>
 //	        foreign <uuid> <pid,pid...>
 //	        ticket <position> <uid> <user> <name> <num_gpus> <since> <allowed|*> <login>
 //	        running <uid> <id> <user> <name> <num_gpus> <since> <login>
-//	        (a ticket, owner or running record whose uid sshq would never
-//	        make is skipped, resp. shown as "~": they are other users'
-//	        files; a running record's login is its file's owner)
+//	        (a record whose fields sshq would never write is skipped: it
+//	        is another user's file; the login of a lease, ticket or
+//	        running job is the owner of its record's directory, "~" for
+//	        a lease of the previous version's wrappers)
 //	        error <text>
 //	Place:  host <cpus> <mem_total_kib> <load1>
 //	        gpu <index> <uuid> <name>       (only when a request needs GPUs)
@@ -182,7 +232,7 @@
 //	Cancel: cancel <uid> cancelled <final state> | done | missing | invalid,
 //	        then the jobs' records as Jobs prints them
 //	Check:  tool <name> <path|->, bash <version>, kernel <text>,
-//	        lease_dir <path> ok|absent|symlink|not-dir|not-writable,
+//	        lease_dir <path> ok|unsafe provisioned|shared|none <records dir|-> <why|->,
 //	        gpus <n> | gpus - <error>, logind <kill_user_processes> <linger>
 //
 // Status prints, before its records, what the driver said: sections after
@@ -205,9 +255,18 @@
 //     unreadable, so another user's daemonized, env-cleared process counts as
 //     foreign (the safe side).
 //   - Under hidepid /proc, other users' processes are invisible to these
-//     checks; the lease and ticket flocks still work.
-//   - Owner records are mode 0666 and only informative: any user can
-//     overwrite them; leases themselves are kernel flocks.
+//     checks; /proc/locks, and so the records' liveness, is not affected.
+//   - A user can always make records of their own look live (hold a lock of
+//     theirs), as they can run a job that holds every GPU: such records are
+//     shown as theirs, a waiter of theirs that never claims what fits is
+//     passed over, and one asking more GPUs than the node has is ignored.
+//   - Safety against a wipe of the records rests on the keeper writing its
+//     record back within the settle time (three guard ticks); a node so
+//     loaded that a keeper misses that many ticks could let a claim through
+//     in that window. A job's processes computing on a GPU still show in
+//     nvidia-smi and keep it from anyone else.
+//   - The keeper holds the job's lock alone: killing it (only its owner or
+//     root can) ends the job's lease while the job runs.
 //   - MIG devices are not leased separately (their uuids are skipped).
 //   - The tmux server is `tmux -L sshq -f /dev/null`; killing it sends
 //     SIGHUP to running jobs.
