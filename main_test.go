@@ -428,3 +428,38 @@ func TestCompletionNeverLaunches(t *testing.T) {
 		t.Errorf("completion bash: %d %s", r.code, r.stdout)
 	}
 }
+
+// `sshq nodes` says whether root made a node's lease directory (the
+// admin step); a node without it is as ready.
+func TestNodesSayWhetherTheLeaseDirIsProvisioned(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("a root-owned lease directory needs root (CI runs as root)")
+	}
+	c := sshtest.Start(t, sshtest.Options{Nodes: 2})
+	d := c.Nodes[1].LeaseDir
+	if err := os.Mkdir(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(d, os.ModeSticky|0o777); err != nil {
+		t.Fatal(err)
+	}
+	r := sshq(t, c, t.TempDir(), []string{"SSHQ_NODES=node1,node2"}, "nodes", "--json")
+	var got struct {
+		Nodes []struct {
+			Name        string `json:"name"`
+			Ready       bool   `json:"ready"`
+			Provisioned bool   `json:"lease_dir_provisioned"`
+		} `json:"nodes"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got.Nodes) != 2 {
+		t.Fatalf("nodes --json: %v\n%s%s", err, r.stdout, r.stderr)
+	}
+	if got.Nodes[0].Provisioned || !got.Nodes[1].Provisioned {
+		t.Errorf("provisioned: %+v, want node2 only", got.Nodes)
+	}
+	r = sshq(t, c, t.TempDir(), []string{"SSHQ_NODES=node1,node2"}, "nodes")
+	if !strings.Contains(r.stdout, "provisioned") || !strings.Contains(r.stdout, "shared") {
+		t.Errorf("nodes table does not say which node has a provisioned lease directory:\n%s", r.stdout)
+	}
+}

@@ -100,18 +100,22 @@ func running(n NodeStatus) []RunningJob {
 
 // NodeCheck is one node's readiness for sshq (`sshq nodes`).
 type NodeCheck struct {
-	Name      string   `json:"name"`
-	Host      string   `json:"hostname"`
-	Port      int      `json:"port"`
-	Reachable bool     `json:"reachable"`
-	Error     string   `json:"error,omitempty"`
-	LatencyMS int64    `json:"latency_ms,omitempty"`
-	GPUs      int      `json:"gpus"`
-	Tmux      bool     `json:"tmux"`
-	Flock     bool     `json:"flock"`
-	NvidiaSMI bool     `json:"nvidia_smi"`
-	Problems  []string `json:"problems"`
-	Ready     bool     `json:"ready"`
+	Name      string `json:"name"`
+	Host      string `json:"hostname"`
+	Port      int    `json:"port"`
+	Reachable bool   `json:"reachable"`
+	Error     string `json:"error,omitempty"`
+	LatencyMS int64  `json:"latency_ms,omitempty"`
+	GPUs      int    `json:"gpus"`
+	Tmux      bool   `json:"tmux"`
+	Flock     bool   `json:"flock"`
+	NvidiaSMI bool   `json:"nvidia_smi"`
+	// LeaseDirProvisioned: the node's admin made its lease directory
+	// (README: the admin step); without it each account's lease records sit
+	// beside it, as safely.
+	LeaseDirProvisioned bool     `json:"lease_dir_provisioned"`
+	Problems            []string `json:"problems"`
+	Ready               bool     `json:"ready"`
 }
 
 // NodesView is every selected node's readiness, in selection order.
@@ -166,6 +170,7 @@ func (c *Controller) Nodes(ctx context.Context) (*NodesView, error) {
 		r.LatencyMS = time.Since(start).Milliseconds()
 		r.GPUs = max(chk.GPUs, 0)
 		r.Tmux, r.Flock, r.NvidiaSMI = chk.Has("tmux"), chk.Has("flock"), chk.Has("nvidia-smi")
+		r.LeaseDirProvisioned = chk.Provisioned()
 		r.Problems = chk.Problems()
 		r.Ready = chk.Ready()
 	})

@@ -79,13 +79,19 @@ func nodesRun(opts *NodesOptions) error {
 		case !r.Ready:
 			state = st.Paint(ui.Yellow, "not ready")
 		}
-		lat := "-"
+		lat, leases := "-", "-"
 		if r.Reachable {
 			lat = fmt.Sprintf("%dms", r.LatencyMS)
+			// Whether the admin made the lease directory (README: the
+			// admin step); either way no co-tenant can share a GPU.
+			leases = "shared"
+			if r.LeaseDirProvisioned {
+				leases = "provisioned"
+			}
 		}
-		rows = append(rows, []string{r.Name, fmt.Sprintf("%s:%d", r.Host, r.Port), state, lat, fmt.Sprint(r.GPUs), note})
+		rows = append(rows, []string{r.Name, fmt.Sprintf("%s:%d", r.Host, r.Port), state, lat, fmt.Sprint(r.GPUs), leases, note})
 	}
-	fmt.Fprint(opts.IO.Out, st.Table([]string{"NODE", "ADDRESS", "STATE", "LATENCY", "GPUS", "NOTES"}, rows))
+	fmt.Fprint(opts.IO.Out, st.Table([]string{"NODE", "ADDRESS", "STATE", "LATENCY", "GPUS", "LEASE DIR", "NOTES"}, rows))
 	return v.Err()
 }
 
