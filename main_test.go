@@ -463,3 +463,61 @@ func TestNodesSayWhetherTheLeaseDirIsProvisioned(t *testing.T) {
 		t.Errorf("nodes table does not say which node has a provisioned lease directory:\n%s", r.stdout)
 	}
 }
+
+// A node whose nvidia-smi hangs (`exec sleep`, as a wedged driver does) is
+// up: status says nvidia-smi hung, within the connect timeout and a few
+// seconds, and jobs without GPUs are placed and run there.
+func TestHungNvidiaSmiReadsAsSuch(t *testing.T) {
+	t.Parallel()
+	c := sshtest.Start(t, sshtest.Options{Names: []string{"box", "ok"}, Env: map[string]string{"SSHQ_POLL_INTERVAL": "0.2"}})
+	for _, n := range c.Nodes {
+		if err := gpusim.Install(n.Dir, gpusim.T4x1(t.Name()+n.Name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hang := "#!/bin/sh\nexec sleep 100000\n"
+	if err := os.WriteFile(filepath.Join(c.Node("box").BinDir, "nvidia-smi"), []byte(hang), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	home := t.TempDir()
+	env := []string{"SSHQ_NODES=box,ok"}
+	for i := 0; i < 2; i++ {
+		start := time.Now()
+		r := sshq(t, c, home, env, "status", "--json")
+		// ConnectTimeout 3s, the node's bound on nvidia-smi for a report
+		// 5s: anything near the waiters' 20s is the old behaviour.
+		if d := time.Since(start); d > 15*time.Second {
+			t.Errorf("status took %v with a hung nvidia-smi", d)
+		}
+		var st struct {
+			Nodes []struct {
+				Name       string `json:"name"`
+				Reachable  bool   `json:"reachable"`
+				GPUMessage string `json:"gpu_message"`
+			} `json:"nodes"`
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || len(st.Nodes) != 2 {
+			t.Fatalf("status --json: %v\n%s%s", err, r.stdout, r.stderr)
+		}
+		if box := st.Nodes[0]; !box.Reachable || !strings.Contains(box.GPUMessage, "hung") {
+			t.Errorf("box with a hung nvidia-smi: %+v, want up with nvidia-smi hung", box)
+		}
+		if r.code != 0 {
+			t.Errorf("status exit %d with every node up\n%s", r.code, r.stderr)
+		}
+	}
+	// A job without GPUs goes there, pinned, or placed by asking both
+	// nodes.
+	for _, args := range [][]string{{"--node", "box"}, {}} {
+		start := time.Now()
+		r := sshq(t, c, home, env, append(append([]string{"launch", "-d", "--name", "cpu"}, args...), "--", "true")...)
+		if r.code != 0 || time.Since(start) > 15*time.Second {
+			t.Errorf("launch %v on a node whose nvidia-smi hangs: exit %d after %v\n%s%s", args, r.code, time.Since(start), r.stdout, r.stderr)
+		}
+	}
+	for _, j := range waitJobs(t, c, home, env, time.Minute) {
+		if j.State != "SUCCEEDED" {
+			t.Errorf("job %+v", j)
+		}
+	}
+}
