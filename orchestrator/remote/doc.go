@@ -58,9 +58,11 @@
 //	                       joined) orders the queue across users
 //	r.<job>                the job runs (with or without GPUs), or claims the
 //	                       GPUs it lists
-//	.smi-<query>           this user's last nvidia-smi answer to one query (gpu,
+//	.cache/smi-<query>     this user's last nvidia-smi answer to one query (gpu,
 //	                       gpu-nomig, apps): "<ms> ok|fail|hung <exit status>",
 //	                       then the output (mode 0600)
+//	.cache/ref-<job>       a waiter's mark: written before it reads the records
+//	                       (the directory's time then changes only with them)
 //
 // A record is one line, "kind job id user name num_gpus since allowed gpus
 // pid sid lock", where lock names the job's lock as /proc/locks does
@@ -125,8 +127,9 @@
 // controller never decides by a rule of its own.
 //
 // A poll costs little when nothing can start: the waiter reads the running
-// records, and only when a GPU it may use is free of them does it read the
-// queue and ask the driver. A GPU is free when no live running record
+// records (again only from directories changed since its last read: else it
+// reads /proc/locks alone, and forks nothing), and only when a GPU it may
+// use is free of them does it read the queue and ask the driver. A GPU is free when no live running record
 // claims it and no process in nvidia-smi --query-compute-apps computes on
 // it; when that query fails, no GPU counts as free (the waiters wait,
 // Status reports the error). nvidia-smi runs only through smi (lib.sh),
@@ -138,7 +141,7 @@
 // Status, Place and Check, so a hung driver reads as such within the
 // controller's connect timeout and a few seconds; the hang is remembered
 // for that long so other callers do not each wait it out. Waiters and Place
-// reuse their account's answers for one poll interval (.smi-*), so N
+// reuse their account's answers for one poll interval (.cache/smi-*), so N
 // waiters cost the driver one probe a poll instead of N; Status and Check
 // ask the driver itself unless it hung within the timeout. A job that asks
 // for no GPU never makes the node run nvidia-smi: not in Place, not in

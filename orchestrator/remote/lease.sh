@@ -19,7 +19,10 @@
 #	                 joined) orders the queue
 #	r.<job>          the job holds (or is claiming) the GPUs it lists, or
 #	                 runs without GPUs
-#	.new-*, .smi-*   the user's own temporaries and nvidia-smi answers
+#	.new-*           the user's own temporaries
+#	.cache/          the user's own nvidia-smi answers and waiters' marks (0700;
+#	                 kept apart, so that the directory's time changes only
+#	                 with its records)
 #
 # A record is one tab-separated line: kind job id user name n since allowed
 # gpus pid sid lock, where lock is the job's lock as /proc/locks names it
@@ -111,6 +114,13 @@ my_dir_ensure() {
 	return 1
 }
 
+# cache_dir: this user's .cache directory, when there is a records directory.
+cache_dir() {
+	{ [ -n "$my_dir" ] && [ -d "$my_dir" ]; } || my_dir_find || return 1
+	[ -d "$my_dir/.cache" ] || mkdir -m 700 -- "$my_dir/.cache" 2>/dev/null
+	[ -d "$my_dir/.cache" ] && [ ! -L "$my_dir/.cache" ]
+}
+
 # rec_put NAME LINE: this user's record NAME, written to a temporary of our
 # own (only we can create names in our directory) and renamed into place.
 rec_put() {
@@ -143,12 +153,13 @@ rec_drop() {
 
 # users_scan lists the user directories: u_dir, u_uid (the uid in the name,
 # which owns it) and u_login (the owner's name). One stat for all.
-declare -a u_dir=() u_uid=() u_login=()
-users_scan() {
-	local i d pre n u l
-	local -a cand=() cnum=()
-	local -A own_u=() own_l=()
-	u_dir=() u_uid=() u_login=()
+declare -a u_dir=() u_uid=() u_login=() ug_dir=() ug_num=()
+u_cands=
+# users_glob: the names that could be user directories (ug_dir, with the
+# uid each names in ug_num), by glob alone: no fork.
+users_glob() {
+	local i d pre n
+	ug_dir=() ug_num=()
 	for i in "${!ns_dirs[@]}"; do
 		pre=${ns_prefixes[$i]}
 		for d in "${ns_dirs[$i]}/$pre"[0-9]*; do
@@ -157,18 +168,25 @@ users_scan() {
 			n=${n#"$pre"}
 			n=${n%%.*}
 			case $n in '' | *[!0-9]*) continue ;; esac
-			cand+=("$d") cnum+=("$n")
+			ug_dir+=("$d") ug_num+=("$n")
 		done
 	done
-	[ ${#cand[@]} -gt 0 ] || return 0
+}
+users_scan() {
+	local i d n u l
+	local -A own_u=() own_l=()
+	u_dir=() u_uid=() u_login=()
+	users_glob
+	u_cands=${ug_dir[*]-}
+	[ ${#ug_dir[@]} -gt 0 ] || return 0
 	while read -r u l n; do
 		own_u[$n]=$u own_l[$n]=$l
-	done < <(stat -c '%u %U %n' -- "${cand[@]}" 2>/dev/null)
-	for i in "${!cand[@]}"; do
-		d=${cand[$i]}
-		[ "${own_u[$d]:-x}" = "${cnum[$i]}" ] || continue
+	done < <(stat -c '%u %U %n' -- "${ug_dir[@]}" 2>/dev/null)
+	for i in "${!ug_dir[@]}"; do
+		d=${ug_dir[$i]}
+		[ "${own_u[$d]:-x}" = "${ug_num[$i]}" ] || continue
 		enc "${own_l[$d]}"
-		u_dir+=("$d") u_uid+=("${cnum[$i]}") u_login+=("$enc_out")
+		u_dir+=("$d") u_uid+=("${ug_num[$i]}") u_login+=("$enc_out")
 	done
 }
 
@@ -178,7 +196,7 @@ users_scan() {
 # user's dead records are removed. scan_unknown is set (scan_errs say why)
 # when a user's directory cannot be read: who holds what is then not known.
 declare -a t_name t_uid t_user t_jname t_n t_since t_allowed t_login
-declare -a r_uid r_id r_user r_name r_n r_since r_login r_gpus r_pid r_sid
+declare -a r_uid r_id r_user r_name r_n r_since r_login r_gpus r_pid r_sid r_lock
 declare -A leased_by
 declare -a scan_errs
 scan_unknown= scan_locks=
@@ -188,7 +206,7 @@ lease_scan() {
 	local -a w_name=() w_uid=() w_user=() w_jname=() w_n=() w_since=() w_allowed=() w_login=() w_di=()
 	local -A fdir=() live_run=()
 	t_name=() t_uid=() t_user=() t_jname=() t_n=() t_since=() t_allowed=() t_login=()
-	r_uid=() r_id=() r_user=() r_name=() r_n=() r_since=() r_login=() r_gpus=() r_pid=() r_sid=()
+	r_uid=() r_id=() r_user=() r_name=() r_n=() r_since=() r_login=() r_gpus=() r_pid=() r_sid=() r_lock=()
 	leased_by=() scan_errs=() scan_unknown= scan_locks=
 	[ ${#ns_dirs[@]} -gt 0 ] || lease_where
 	users_scan
@@ -225,6 +243,53 @@ lease_scan() {
 		i=${f##* }
 		t_name+=("${w_name[$i]}") t_uid+=("${w_uid[$i]}") t_user+=("${w_user[$i]}") t_jname+=("${w_jname[$i]}")
 		t_n+=("${w_n[$i]}") t_since+=("${w_since[$i]}") t_allowed+=("${w_allowed[$i]}") t_login+=("${w_login[$i]}")
+	done
+}
+
+# lease_view_run is lease_scan run for a waiter's poll, from what the last
+# scan read when no records directory changed since: only /proc/locks is
+# read again, so a record whose job ended drops out at once. Records are
+# only ever written by rename, so a directory whose time is older than the
+# mark this waiter wrote before its last scan (.cache/ref-<job>) holds the same
+# records; the user directories are globbed again (no fork) to see one
+# come or go. So a poll in which nothing changed forks nothing.
+declare -a c_uid c_id c_user c_name c_n c_since c_login c_gpus c_pid c_sid c_lock
+view_ok= view_polls=0 view_cands=
+lease_view_run() {
+	local d i ref=
+	cache_dir && ref=$my_dir/.cache/ref-$uid
+	if [ -n "$view_ok" ] && [ -n "$ref" ] && [ -f "$ref" ] && [ $view_polls -lt 30 ]; then
+		users_glob
+		[ "${ug_dir[*]-}" = "$view_cands" ] || view_ok=
+		for d in ${u_dir[@]+"${u_dir[@]}"}; do
+			[ -z "$view_ok" ] || [ "$d" -ot "$ref" ] || view_ok=
+		done
+	else
+		view_ok=
+	fi
+	if [ -z "$view_ok" ]; then
+		[ -n "$ref" ] && : >"$ref" 2>/dev/null
+		lease_scan run
+		c_uid=(${r_uid[@]+"${r_uid[@]}"}) c_id=(${r_id[@]+"${r_id[@]}"}) c_user=(${r_user[@]+"${r_user[@]}"})
+		c_name=(${r_name[@]+"${r_name[@]}"}) c_n=(${r_n[@]+"${r_n[@]}"}) c_since=(${r_since[@]+"${r_since[@]}"})
+		c_login=(${r_login[@]+"${r_login[@]}"}) c_gpus=(${r_gpus[@]+"${r_gpus[@]}"}) c_pid=(${r_pid[@]+"${r_pid[@]}"})
+		c_sid=(${r_sid[@]+"${r_sid[@]}"}) c_lock=(${r_lock[@]+"${r_lock[@]}"})
+		view_polls=0 view_cands=$u_cands
+		[ -n "$ref" ] && [ -z "$scan_unknown" ] && view_ok=1
+		return 0
+	fi
+	view_polls=$((view_polls + 1))
+	r_uid=() r_id=() r_user=() r_name=() r_n=() r_since=() r_login=() r_gpus=() r_pid=() r_sid=() r_lock=()
+	leased_by=() scan_locks=
+	IFS= read -r -d '' scan_locks </proc/locks
+	for i in "${!c_uid[@]}"; do
+		[[ $scan_locks == *" ${c_lock[$i]} "* ]] || continue
+		for d in ${c_gpus[$i]//,/ }; do
+			[ -n "${leased_by[$d]+x}" ] || leased_by[$d]=${#r_uid[@]}
+		done
+		r_uid+=("${c_uid[$i]}") r_id+=("${c_id[$i]}") r_user+=("${c_user[$i]}") r_name+=("${c_name[$i]}")
+		r_n+=("${c_n[$i]}") r_since+=("${c_since[$i]}") r_login+=("${c_login[$i]}") r_gpus+=("${c_gpus[$i]}")
+		r_pid+=("${c_pid[$i]}") r_sid+=("${c_sid[$i]}") r_lock+=("${c_lock[$i]}")
 	done
 }
 
@@ -273,7 +338,7 @@ rec_take() {
 			[ -n "${leased_by[$x]+x}" ] || leased_by[$x]=${#r_uid[@]}
 		done
 		r_uid+=("$u") r_id+=("$id") r_user+=("$us") r_name+=("$jn") r_n+=("$n") r_since+=("$si")
-		r_login+=("${u_login[$di]}") r_gpus+=("$gp") r_pid+=("$pid") r_sid+=("$sid")
+		r_login+=("${u_login[$di]}") r_gpus+=("$gp") r_pid+=("$pid") r_sid+=("$sid") r_lock+=("$lk")
 		return 0
 	fi
 	# A waiter asking for no GPU is not one sshq makes.

@@ -184,7 +184,7 @@ to_ms() {
 # probe_deadline (see probe_begin). So that 40 waiters do not run nvidia-smi
 # 80 times a poll, each call taking up to a second on a busy driver, an
 # answer is reused by the same user for one poll interval. The cache is a
-# file in the user's own records directory (.smi-NAME, see lease.sh),
+# file in the user's own records directory (.cache/smi-NAME, see lease.sh),
 # replaced by rename; without one (a user who never ran a GPU job there)
 # nothing is cached. A call that hung is remembered as such for
 # probe_timeout, so the next callers report it at once instead of each
@@ -197,8 +197,7 @@ smi() {
 	local name=$1 f= ts kind rc rest tmp ttl
 	shift
 	smi_out= smi_rc=0 smi_err=
-	{ [ -n "$my_dir" ] && [ -d "$my_dir" ]; } || my_dir_find
-	[ -n "$my_dir" ] && f=$my_dir/.smi-$name
+	cache_dir && f=$my_dir/.cache/smi-$name
 	ms_now
 	if [ -n "$f" ] && [ -f "$f" ] && [ ! -L "$f" ] && [ -O "$f" ] && IFS=' ' read -r ts kind rc rest <"$f" 2>/dev/null; then
 		case $ts in '' | *[!0-9]*) ts=0 ;; esac

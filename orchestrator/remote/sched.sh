@@ -364,7 +364,7 @@ queue_wait() {
 # picks. Sets never when the node no longer has the GPUs the job asks for.
 try_start() {
 	local i u me fit=0 free=
-	lease_scan run
+	lease_view_run
 	if [ -n "$scan_unknown" ]; then
 		note_err "${scan_errs[0]}; still waiting"
 		return 1
@@ -452,6 +452,7 @@ record_running() {
 
 # lease_end: the job's records go; its GPUs with its last process.
 lease_end() {
+	[ -n "$my_dir" ] && rm -f -- "$my_dir/.cache/ref-$uid" 2>/dev/null
 	if [ -n "$ticket" ]; then
 		rec_drop "$ticket"
 		rm -f -- "$jd/ticket"
