@@ -411,3 +411,55 @@ func TestLeaseOutlivesATmpWipe(t *testing.T) {
 	h.waitState(0, "wp-2", job.Succeeded)
 	h.checkLedger()
 }
+
+// Waiting costs nothing while nothing changes: with twenty jobs waiting
+// for the GPU another holds, a poll takes no lock and starts no process per
+// ticket (flock, grep, stat), where each waiter once forked one
+// flock per ticket per poll under a lock every other waiter queued for.
+func TestQuietWaitersForkNothing(t *testing.T) {
+	t.Parallel()
+	h := newTenants(t, gpusim.T4x1("quiet"))
+	counter := filepath.Join(filepath.Dir(h.events), "forks")
+	os.WriteFile(counter, nil, 0o666)
+	os.Chmod(counter, 0o666)
+	for _, tool := range []string{"flock", "grep", "stat"} {
+		real := "/usr/bin/" + tool
+		if _, err := os.Stat(real); err != nil {
+			real = "/bin/" + tool
+		}
+		w := fmt.Sprintf("#!/bin/bash\necho %s >> %s\nexec %s \"$@\"\n", tool, shellQuote(counter), real)
+		if err := os.WriteFile(filepath.Join(h.n.BinDir, tool), []byte(w), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.submit(0, "q-hold", 1, true)
+	h.waitState(0, "q-hold", job.Running)
+	const waiters = 20
+	for i := 0; i < waiters; i++ {
+		h.submit(0, fmt.Sprintf("q%02d", i), 1, false)
+	}
+	for i := 0; i < waiters; i++ {
+		h.waitState(0, fmt.Sprintf("q%02d", i), job.Pending)
+	}
+	time.Sleep(time.Second) // every waiter has read the queue since the last change
+	count := func() (int, string) {
+		b, _ := os.ReadFile(counter)
+		return strings.Count(string(b), "\n"), string(b)
+	}
+	c0, b0 := count()
+	time.Sleep(2 * time.Second) // ten poll intervals
+	c1, b1 := count()
+	t.Logf("%d processes started in ten poll intervals of %d waiters", c1-c0, waiters)
+	if c1-c0 >= waiters {
+		t.Errorf("%d waiters started %d processes in ten quiet polls:\n%s", waiters, c1-c0, b1[len(b0):])
+	}
+	var uids []string
+	for i := 0; i < waiters; i++ {
+		uids = append(uids, tagged(fmt.Sprintf("q%02d", i)))
+	}
+	if _, _, err := h.cl(0).Cancel(ctx15(t), uids, time.Second); err != nil {
+		t.Error(err)
+	}
+	h.release("q-hold")
+	h.waitState(0, "q-hold", job.Succeeded)
+}

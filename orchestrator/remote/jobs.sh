@@ -50,9 +50,9 @@ report_jobs() {
 				[ -n "$u" ] && printf 'gpu\t%s\t%s\t%s\n' "$uid" "$idx" "$u"
 			done <"$jd/gpus"
 		fi
-		if [ -f "$jd/ticket" ]; then
-			read -r tn <"$jd/ticket"
-			[ -n "${pos_of[$tn]:-}" ] && printf 'queue\t%s\t%s\n' "$uid" "${pos_of[$tn]}"
-		fi
+		# The job may start (and its ticket go) while we look.
+		tn=
+		[ -f "$jd/ticket" ] && read -r tn <"$jd/ticket" 2>/dev/null
+		[ -n "$tn" ] && [ -n "${pos_of[$tn]:-}" ] && printf 'queue\t%s\t%s\n' "$uid" "${pos_of[$tn]}"
 	done
 }

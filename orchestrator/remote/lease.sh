@@ -386,6 +386,7 @@ keeper_start() {
 		lease_err="cannot create the job's lock $lk (is the file system full?)"
 		return 1
 	fi
+	i=$!
 	exec {kfd}> >(
 		for f in /proc/$BASHPID/fd/*; do
 			n=${f##*/}
@@ -397,8 +398,13 @@ keeper_start() {
 		lease_err="cannot start the job's lock keeper"
 		return 1
 	}
-	for ((i = 0; i < 500; i++)); do
+	# $! names the keeper where bash sets it for a process substitution;
+	# a node busy with a burst of submits may take seconds to start it.
+	pid=$!
+	case $pid in '' | *[!0-9]* | "$i") pid= ;; esac
+	for ((i = 0; i < 6000; i++)); do
 		[ -s "$jd/keeper" ] && break
+		[ -n "$pid" ] && [ $i -gt 100 ] && ! kill -0 "$pid" 2>/dev/null && [ ! -s "$jd/keeper" ] && break
 		nap 0.01
 	done
 	st= pid= lid=
