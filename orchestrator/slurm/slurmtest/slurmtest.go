@@ -1,0 +1,465 @@
+// Package slurmtest starts a real single-node Slurm cluster for tests, the
+// way net/http/httptest starts HTTP servers: munged with a key of its own,
+// slurmctld and slurmd in the foreground on free loopback ports, a generated
+// slurm.conf with fake GPUs as gres (File=/dev/tty1..N, which Slurm hands
+// out and exports as CUDA_VISIBLE_DEVICES like real ones), no accounting
+// and no cgroups, all under one directory. Slurm's client commands reach it
+// through SLURM_CONF; a login node reached over real sshd
+// (sshpool/sshtest) gets that variable in its login environment, so a test
+// drives the cluster exactly as a user's ssh config would.
+//
+// When the Slurm or munge binaries are missing, Start skips the test with
+// the install command, unless the CI environment variable is set, where it
+// fails instead.
+package slurmtest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sshq/sshq/sshpool/sshtest"
+)
+
+// InstallHint is the command that installs what this package needs.
+const InstallHint = "sudo apt-get install -y slurm-wlm munge"
+
+// Options shape a cluster; the zero value is one node with two A100s.
+type Options struct {
+	// CPUs and MemoryMB are what the node declares (config_overrides makes
+	// slurmd believe them whatever the machine has); default 8 and 4000.
+	CPUs     int
+	MemoryMB int
+	// GPUs is how many fake GPUs of GPUType the node offers; default 2
+	// of "a100". A negative GPUs gives the node no gres at all.
+	GPUs    int
+	GPUType string
+	// Partition names the node's one (default) partition; default "gpu".
+	Partition string
+	// KillWait is Slurm's grace between SIGTERM and SIGKILL on cancel and
+	// time limit, in seconds; default 2 to keep tests short.
+	KillWait int
+	// ConfExtra is appended to slurm.conf.
+	ConfExtra string
+}
+
+func (o *Options) defaults() {
+	if o.CPUs == 0 {
+		o.CPUs = 8
+	}
+	if o.MemoryMB == 0 {
+		o.MemoryMB = 4000
+	}
+	if o.GPUs == 0 {
+		o.GPUs = 2
+	}
+	if o.GPUType == "" {
+		o.GPUType = "a100"
+	}
+	if o.Partition == "" {
+		o.Partition = "gpu"
+	}
+	if o.KillWait == 0 {
+		o.KillWait = 2
+	}
+}
+
+// Cluster is a running Slurm: one controller and one compute node, both on
+// this machine.
+type Cluster struct {
+	Dir       string // everything the cluster writes: conf, state, spool, logs
+	ConfPath  string // slurm.conf; clients find it through SLURM_CONF
+	NodeName  string // the compute node (this machine's short host name)
+	Partition string
+	GPUType   string
+	GPUs      int
+
+	opts    Options
+	sockDir string
+	procs   []*daemon
+}
+
+type daemon struct {
+	name   string
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// Binaries are the programs the cluster needs, daemons then clients.
+var Binaries = []string{"munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "scancel", "srun"}
+
+// Missing lists the Binaries not found on this machine.
+func Missing() []string {
+	var out []string
+	for _, b := range Binaries {
+		if lookPath(b) == "" {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// lookPath also looks in the sbin directories, which a test's PATH often
+// lacks.
+func lookPath(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, d := range []string{"/usr/sbin", "/usr/local/sbin", "/sbin"} {
+		p := filepath.Join(d, name)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+			return p
+		}
+	}
+	return ""
+}
+
+// Require skips (or, in CI, fails) tb when Slurm or munge is not installed.
+func Require(tb testing.TB) {
+	tb.Helper()
+	m := Missing()
+	if len(m) == 0 {
+		return
+	}
+	msg := fmt.Sprintf("Slurm not installed (missing %s); install it with `%s` (Debian/Ubuntu)", strings.Join(m, ", "), InstallHint)
+	if os.Getenv("CI") != "" {
+		tb.Fatal(msg + " (CI is set: real-Slurm tests must not be skipped)")
+	}
+	tb.Skip(msg)
+}
+
+// Start starts a cluster for one test and stops it when the test ends; on
+// failure the test log gets the tail of the daemons' logs.
+func Start(tb testing.TB, opts Options) *Cluster {
+	tb.Helper()
+	Require(tb)
+	c, err := NewCluster(tb.TempDir(), opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Log(c.LogTail(40))
+		}
+		c.Close()
+	})
+	return c
+}
+
+// NewCluster starts a cluster under dir and returns once its node is idle
+// (ready to run jobs); the caller must Close it. Use it (or Shared) to
+// share one cluster between the tests of a package.
+func NewCluster(dir string, opts Options) (*Cluster, error) {
+	opts.defaults()
+	if m := Missing(); len(m) > 0 {
+		return nil, fmt.Errorf("slurmtest: missing %s: `%s`", strings.Join(m, ", "), InstallHint)
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return nil, err
+	}
+	host, _, _ = strings.Cut(host, ".")
+	c := &Cluster{Dir: dir, ConfPath: filepath.Join(dir, "slurm.conf"), NodeName: host,
+		Partition: opts.Partition, GPUType: opts.GPUType, GPUs: max(opts.GPUs, 0), opts: opts}
+	for _, d := range []string{"state", "spool", "log"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	// munged insists that every directory above its socket be searchable
+	// by all, which a test's 0700 temp dir is not: the socket gets a short
+	// directory of its own.
+	if c.sockDir, err = os.MkdirTemp("", "slurmtest-munge-"); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(c.sockDir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := c.writeFiles(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.start(ctx); err != nil {
+		err = fmt.Errorf("%w\n%s", err, c.LogTail(30))
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) mungeSocket() string { return filepath.Join(c.sockDir, "munge.sock") }
+
+func (c *Cluster) writeFiles() error {
+	key := make([]byte, 1024)
+	if _, err := rand.Read(key); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(c.Dir, "munge.key"), key, 0o600); err != nil {
+		return err
+	}
+	ctld, err := freePort()
+	if err != nil {
+		return err
+	}
+	slurmd, err := freePort()
+	if err != nil {
+		return err
+	}
+	gres, err := c.gresConf()
+	if err != nil {
+		return err
+	}
+	// No cgroup.conf: Slurm 22.05 knows no CgroupPlugin=disabled, and
+	// with proctrack/linuxproc and task/none nothing loads a cgroup
+	// plugin but slurmd's autodetection, which works without systemd.
+	files := map[string]string{"slurm.conf": c.slurmConf(ctld, slurmd), "gres.conf": gres}
+	for name, text := range files {
+		if err := os.WriteFile(filepath.Join(c.Dir, name), []byte(text), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) env() []string {
+	return append(os.Environ(), "SLURM_CONF="+c.ConfPath, "SLURMTEST_DIR="+c.Dir)
+}
+
+func (c *Cluster) start(ctx context.Context) error {
+	if err := c.spawn("munged", "-F", "--key-file="+filepath.Join(c.Dir, "munge.key"),
+		"--socket="+c.mungeSocket(), "--pid-file="+filepath.Join(c.Dir, "munged.pid"),
+		"--log-file="+filepath.Join(c.Dir, "log", "munged.log"),
+		"--seed-file="+filepath.Join(c.Dir, "munged.seed")); err != nil {
+		return err
+	}
+	if err := c.waitFor(ctx, "munged to listen", func() bool {
+		_, err := os.Stat(c.mungeSocket())
+		return err == nil
+	}); err != nil {
+		return err
+	}
+	// -i: a fresh state directory has no state to recover.
+	if err := c.spawn("slurmctld", "-D", "-i", "-f", c.ConfPath); err != nil {
+		return err
+	}
+	if err := c.spawn("slurmd", "-D", "-f", c.ConfPath, "-N", c.NodeName); err != nil {
+		return err
+	}
+	return c.waitFor(ctx, "the node to be idle in sinfo", func() bool {
+		out, err := c.Command(ctx, "sinfo", "-h", "-N", "-o", "%T").Output()
+		return err == nil && strings.TrimSpace(string(out)) == "idle"
+	})
+}
+
+// spawn starts a daemon in the foreground in its own process group, its
+// output in log/<name>.out.
+func (c *Cluster) spawn(name string, args ...string) error {
+	out, err := os.Create(filepath.Join(c.Dir, "log", name+".out"))
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	cmd := exec.Command(lookPath(name), args...)
+	cmd.Env = c.env()
+	cmd.Dir = c.Dir
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("slurmtest: starting %s: %w", name, err)
+	}
+	d := &daemon{name: name, cmd: cmd, exited: make(chan struct{})}
+	go func() { cmd.Wait(); close(d.exited) }()
+	c.procs = append(c.procs, d)
+	return nil
+}
+
+// waitFor polls cond until it holds, a daemon exits or ctx ends.
+func (c *Cluster) waitFor(ctx context.Context, what string, cond func() bool) error {
+	for {
+		if cond() {
+			return nil
+		}
+		for _, d := range c.procs {
+			select {
+			case <-d.exited:
+				return fmt.Errorf("slurmtest: %s exited (%v) while waiting for %s", d.name, d.cmd.ProcessState, what)
+			default:
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("slurmtest: gave up waiting for %s: %w", what, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("slurmtest: no free port on 127.0.0.1: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Env is what a login environment needs to use the cluster: give it to
+// sshtest.Options.Env (StartLogin does).
+func (c *Cluster) Env() map[string]string {
+	return map[string]string{"SLURM_CONF": c.ConfPath}
+}
+
+// Command prepares a Slurm client command (sinfo, squeue, scontrol...)
+// against the cluster, run on this machine, for tests that look behind the
+// code under test.
+func (c *Cluster) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	p := lookPath(name)
+	if p == "" {
+		p = name
+	}
+	cmd := exec.CommandContext(ctx, p, args...)
+	cmd.Env = c.env()
+	return cmd
+}
+
+// Output runs a Slurm client command and returns its stdout, or an error
+// holding its stderr.
+func (c *Cluster) Output(ctx context.Context, name string, args ...string) (string, error) {
+	var stderr bytes.Buffer
+	cmd := c.Command(ctx, name, args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return string(out), nil
+}
+
+// StartLogin starts a login node for the cluster for one test: a real sshd
+// (sshtest) on this machine whose login environment has the cluster's
+// SLURM_CONF, so sbatch and squeue over ssh reach this cluster.
+func (c *Cluster) StartLogin(tb testing.TB, opts sshtest.Options) *sshtest.Cluster {
+	tb.Helper()
+	return sshtest.Start(tb, c.loginOptions(opts))
+}
+
+// NewLogin is StartLogin for sharing between tests; the caller must Close
+// the result.
+func (c *Cluster) NewLogin(dir string, opts sshtest.Options) (*sshtest.Cluster, error) {
+	return sshtest.NewCluster(dir, c.loginOptions(opts))
+}
+
+func (c *Cluster) loginOptions(opts sshtest.Options) sshtest.Options {
+	env := map[string]string{}
+	for k, v := range opts.Env {
+		env[k] = v
+	}
+	for k, v := range c.Env() {
+		env[k] = v
+	}
+	opts.Env = env
+	if opts.Nodes == 0 && len(opts.Names) == 0 {
+		opts.Names = []string{"login"}
+	}
+	return opts
+}
+
+// LogTail returns the last n lines of each daemon's log, for a failing
+// test's output.
+func (c *Cluster) LogTail(n int) string {
+	var b strings.Builder
+	for _, name := range []string{"slurmctld.log", "slurmd.log", "slurmctld.out", "slurmd.out", "munged.out"} {
+		data, err := os.ReadFile(filepath.Join(c.Dir, "log", name))
+		if err != nil || len(data) == 0 {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+		if len(lines) > n {
+			lines = lines[len(lines)-n:]
+		}
+		fmt.Fprintf(&b, "--- %s\n%s\n", name, strings.Join(lines, "\n"))
+	}
+	return b.String()
+}
+
+// Close cancels every job, stops the daemons and kills whatever the jobs
+// left behind (slurmstepd outlives slurmd by design).
+func (c *Cluster) Close() {
+	if c.alive() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = c.Command(ctx, "scancel", "--full", "--partition="+c.Partition).Run()
+		_ = c.waitFor(ctx, "the queue to empty", func() bool {
+			out, err := c.Command(ctx, "squeue", "-h", "-o", "%i").Output()
+			return err != nil || strings.TrimSpace(string(out)) == ""
+		})
+		cancel()
+	}
+	for i := len(c.procs) - 1; i >= 0; i-- {
+		d := c.procs[i]
+		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-d.exited:
+		case <-time.After(5 * time.Second):
+			_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+			<-d.exited
+		}
+	}
+	c.procs = nil
+	killMarked(c.Dir)
+	if c.sockDir != "" {
+		_ = os.RemoveAll(c.sockDir)
+	}
+}
+
+func (c *Cluster) alive() bool {
+	if len(c.procs) == 0 {
+		return false
+	}
+	for _, d := range c.procs {
+		select {
+		case <-d.exited:
+			return false
+		default:
+		}
+	}
+	return true
+}
+
+// killMarked kills every process whose environment names dir as
+// SLURMTEST_DIR (the daemons and the slurmstepds they forked) or whose
+// SLURM_CONF lies under dir (the jobs).
+func killMarked(dir string) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/environ")
+	for _, p := range procs {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		for _, kv := range bytes.Split(data, []byte{0}) {
+			k, v, _ := strings.Cut(string(kv), "=")
+			if (k == "SLURMTEST_DIR" && v == dir) || (k == "SLURM_CONF" && strings.HasPrefix(v, dir+"/")) {
+				var pid int
+				fmt.Sscanf(filepath.Base(filepath.Dir(p)), "%d", &pid)
+				if pid > 0 && pid != os.Getpid() {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+				break
+			}
+		}
+	}
+}
