@@ -231,7 +231,10 @@ func parseNodeLine(s string) (Node, string, bool) {
 func parseGres(s string) map[string]int {
 	out := map[string]int{}
 	for _, item := range splitTop(s) {
-		if i := strings.IndexByte(item, '('); i >= 0 {
+		item = strings.TrimSpace(item)
+		// The detail in parentheses ends the item; "(null)" may also
+		// stand for a type.
+		if i := strings.LastIndexByte(item, '('); i >= 0 && strings.HasSuffix(item, ")") && item[i:] != "(null)" {
 			item = item[:i]
 		}
 		parts := strings.Split(strings.TrimSpace(item), ":")

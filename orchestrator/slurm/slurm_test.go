@@ -124,15 +124,16 @@ func TestA100JobRunsWithSlurmGPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	const secret = "s3cr3t-'$(reboot)'"
-	spec := JobSpec{UID: "c1-a100", ID: 7, Name: "train a100", NumGPUs: 1, GPUType: "A100",
+	spec := JobSpec{UID: "c1-a100", ID: 7, Name: `train "a100" $(id)`, NumGPUs: 1, GPUType: "A100",
 		CPUs: 1, MemoryMB: 200, Time: 10 * time.Minute, Workdir: "wd-a100",
 		Env:     []EnvVar{{"GREETING", "hello world"}},
 		Secrets: []EnvVar{{"TOKEN", secret}},
 		Setup:   "echo setup-ran > setup.out",
-		Run: `echo "cvd=$CUDA_VISIBLE_DEVICES"
+		Run: `echo "cvd=$CUDA_VISIBLE_DEVICES slurm=$SLURM_JOB_GPUS"
 cat data.txt setup.out
 echo "greeting=$GREETING"
 [ "$TOKEN" = "$EXPECT" ] && echo secret-ok
+echo "name=$SSHQ_JOB_NAME"
 echo "rank=$SKYPILOT_NODE_RANK nodes=$SKYPILOT_NUM_NODES gpus=$SKYPILOT_NUM_GPUS_PER_NODE id=$SSHQ_JOB_ID"
 echo "ips=$SKYPILOT_NODE_IPS master=$MASTER_ADDR:$MASTER_PORT"
 ls "$SSHQ_JOB_DIR_CHECK"/secrets.sh 2>/dev/null || echo secrets-gone
@@ -151,8 +152,13 @@ pwd`,
 	if code != 0 {
 		t.Fatalf("job exited %d, want 0; output:\n%s", code, out)
 	}
+	// Which of the two GPUs depends on the other tests' jobs; without
+	// device cgroups Slurm exports its own index of the GPU.
+	if !strings.Contains(out, "cvd=0 slurm=0\n") && !strings.Contains(out, "cvd=1 slurm=1\n") {
+		t.Errorf("the job did not see the one GPU Slurm gave it in CUDA_VISIBLE_DEVICES:\n%s", out)
+	}
 	for _, want := range []string{
-		"cvd=0\n", "from the workdir\nsetup-ran\n", "greeting=hello world\n", "secret-ok\n",
+		"from the workdir\nsetup-ran\n", "greeting=hello world\n", "secret-ok\n", "name=train \"a100\" $(id)\n",
 		"rank=0 nodes=1 gpus=1 id=7\n", "ips=127.0.0.1 master=127.0.0.1:", "secrets-gone\n",
 		filepath.Join(jobDir, "workdir") + "\n",
 	} {
@@ -170,7 +176,7 @@ pwd`,
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"JobName=train a100 ", "TresPerNode=gres:gpu:a100:1", "NumCPUs=1 ", "MinMemoryNode=200M", "TimeLimit=00:10:00"} {
+	for _, want := range []string{`JobName=train "a100" $(id) `, "TresPerNode=gres:gpu:a100:1", "NumCPUs=1 ", "MinMemoryNode=200M", "TimeLimit=00:10:00"} {
 		if !strings.Contains(sc, want) {
 			t.Errorf("Slurm's record of the job lacks %q:\n%s", want, sc)
 		}
