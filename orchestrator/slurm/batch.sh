@@ -35,3 +35,16 @@ args=(--quiet --nodes="$SSHQ_NUM_NODES" --ntasks="$SSHQ_NUM_NODES" --ntasks-per-
 # srun no longer inherits --cpus-per-task from the allocation (Slurm 22.05).
 [ -n "${SLURM_CPUS_PER_TASK:-}" ] && args+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
 srun "${args[@]}" bash "$jobdir/task.sh" "$jobdir"
+rc=$?
+# srun reports the highest code, which after --kill-on-bad-exit is the
+# SIGTERM of the ranks it killed; the job's code is the failing rank's own.
+if [ $rc -ne 0 ]; then
+	for ((r = 0; r < SSHQ_NUM_NODES; r++)); do
+		c=$(cat "$jobdir/exit.$r" 2>/dev/null) || continue
+		if [ -n "$c" ] && [ "$c" != 0 ]; then
+			rc=$c
+			break
+		fi
+	done
+fi
+exit $rc

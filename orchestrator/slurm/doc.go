@@ -24,6 +24,7 @@
 //	task.sh       one per node, through srun: rank variables, setup, run
 //	workdir/      hard-link snapshot of the synced workdir at submit time
 //	log           Slurm's --output (stdout and stderr of every node)
+//	exit.<rank>   each node's own exit code
 //	slurm_id      the Slurm job id
 //
 // sbatch gets --job-name, --nodes with --ntasks-per-node=1, --gres=gpu[:TYPE]:N
@@ -33,8 +34,10 @@
 // batch.sh sources env.sh, secrets.sh (then deletes it) and sshq.sh, works
 // out the nodes' addresses (NodeAddr, rank order) for SSHQ_NODE_IPS and
 // MASTER_ADDR, and runs `srun --ntasks-per-node=1` of task.sh, which sets
-// the rank and runs setup then run in the snapshot; the job's exit status is
-// the highest of the nodes'.
+// the rank and runs setup then run in the snapshot, and records its own
+// exit code (exit.<rank>). When one node fails, srun kills the others; the
+// job's exit status is the code of the lowest rank that failed on its own,
+// not the SIGTERM of those killed after it.
 //
 // # States
 //

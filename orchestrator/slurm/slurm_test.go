@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -18,9 +20,10 @@ import (
 	"github.com/sshq/sshq/sshpool/sshtest"
 )
 
-// One Slurm and one login node for the package: starting them costs a few
-// seconds, every test's jobs fit side by side on the node.
-var cluster = &slurmtest.Shared{}
+// One Slurm (two compute nodes, two A100s each) and one login node for the
+// package: starting them costs a few seconds, and every test's jobs fit
+// side by side.
+var cluster = &slurmtest.Shared{Options: slurmtest.Options{Nodes: 2}}
 
 func TestMain(m *testing.M) {
 	code := m.Run()
@@ -288,17 +291,18 @@ func TestStatusShowsGres(t *testing.T) {
 	if len(st.Partitions) != 1 || st.Partitions[0].Name != "gpu" || !st.Partitions[0].Default || !st.Partitions[0].Up {
 		t.Errorf("partitions: %+v, want gpu (default, up)", st.Partitions)
 	}
-	if len(st.Nodes) != 1 {
-		t.Fatalf("nodes: %+v, want one", st.Nodes)
-	}
-	n := st.Nodes[0]
-	if n.Name != e.sl.NodeName || len(n.GPUs) != 1 || n.GPUs[0].Type != "a100" || n.GPUs[0].Total != 2 {
-		t.Errorf("node: %+v, want %s with a100 x2", n, e.sl.NodeName)
-	}
-	if n.GPUs[0].Used < 1 {
-		t.Errorf("node shows %d GPUs in use while job %s holds one", n.GPUs[0].Used, id)
+	if len(st.Nodes) != len(e.sl.Nodes) {
+		t.Fatalf("nodes: %+v, want %v", st.Nodes, e.sl.Nodes)
 	}
 	q := findJob(st.Queue, id)
+	for i, n := range st.Nodes {
+		if n.Name != e.sl.Nodes[i] || len(n.GPUs) != 1 || n.GPUs[0].Type != "a100" || n.GPUs[0].Total != 2 {
+			t.Errorf("node: %+v, want %s with a100 x2", n, e.sl.Nodes[i])
+		}
+		if n.Name == q.NodeList && n.GPUs[0].Used < 1 {
+			t.Errorf("node %s shows %d GPUs in use while job %s holds one there", n.Name, n.GPUs[0].Used, id)
+		}
+	}
 	if q.Name != "holder" || q.Partition != "gpu" || !strings.Contains(q.GRES, "a100") {
 		t.Errorf("queue entry: %+v", *q)
 	}
@@ -328,9 +332,9 @@ func TestUnknownGPUTypeListsTypes(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.login.Home, DefaultJobDir("c1-h100"))); !os.IsNotExist(err) {
 		t.Errorf("a refused job left its directory: %v", err)
 	}
-	_, err = e.c.Submit(e.ctx, JobSpec{UID: "c1-2nodes", NumNodes: 2, Run: "true"})
-	if err == nil || !strings.Contains(err.Error(), "only 1 node") {
-		t.Errorf("Submit on 2 nodes of a 1-node partition: %v, want a clear refusal", err)
+	_, err = e.c.Submit(e.ctx, JobSpec{UID: "c1-3nodes", NumNodes: 3, Run: "true"})
+	if err == nil || !strings.Contains(err.Error(), "has only 2 node(s)") {
+		t.Errorf("Submit on 3 nodes of a 2-node partition: %v, want a clear refusal", err)
 	}
 }
 
@@ -346,5 +350,54 @@ func TestSbatchRefusalCleansUp(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(e.login.Home, DefaultJobDir(spec.UID))); !os.IsNotExist(err) {
 		t.Errorf("refused job left its directory: %v", err)
+	}
+}
+
+// A two-node job runs setup and run once per node, each with its rank, the
+// nodes' addresses and the master's; one rank's failure is the job's.
+func TestTwoNodesRunOneTaskEach(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	spec := JobSpec{UID: "c1-2n", ID: 11, Name: "ddp", NumNodes: 2, NumGPUs: 1, GPUType: "A100",
+		Setup: `echo "setup rank $SKYPILOT_NODE_RANK"`,
+		Run: `echo "rank=$SKYPILOT_NODE_RANK/$SKYPILOT_NUM_NODES node=$SLURMD_NODENAME gpus=$CUDA_VISIBLE_DEVICES master=$MASTER_ADDR ips=$(echo $SKYPILOT_NODE_IPS)"
+[ "$SSHQ_NODE_RANK" = "$SKYPILOT_NODE_RANK" ] || echo "rank mismatch"`}
+	id, err := e.c.Submit(e.ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, code := e.wait(t, DefaultJobDir(spec.UID), id)
+	if code != 0 {
+		t.Fatalf("two-node job exited %d:\n%s", code, out)
+	}
+	var ranks []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "rank=") {
+			ranks = append(ranks, l)
+		}
+	}
+	sort.Strings(ranks)
+	want := []string{
+		"rank=0/2 node=" + e.sl.Nodes[0] + " gpus=0 master=127.0.0.1 ips=127.0.0.1 127.0.0.1",
+		"rank=1/2 node=" + e.sl.Nodes[1] + " gpus=0 master=127.0.0.1 ips=127.0.0.1 127.0.0.1",
+	}
+	if !reflect.DeepEqual(ranks, want) {
+		t.Errorf("ranks printed:\n%s\nwant:\n%s\nwhole output:\n%s", strings.Join(ranks, "\n"), strings.Join(want, "\n"), out)
+	}
+	for _, w := range []string{"setup rank 0\n", "setup rank 1\n"} {
+		if !strings.Contains(out, w) || strings.Contains(out, "rank mismatch") {
+			t.Errorf("output lacks %q or has a rank mismatch:\n%s", w, out)
+		}
+	}
+
+	spec = JobSpec{UID: "c1-2n-fail", ID: 12, NumNodes: 2, Run: `[ "$SKYPILOT_NODE_RANK" = 1 ] && exit 5; sleep 60`}
+	if id, err = e.c.Submit(e.ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if out, code = e.wait(t, DefaultJobDir(spec.UID), id); code != 5 {
+		t.Errorf("rank 1 exited 5 but the job exited %d:\n%s", code, out)
+	}
+	if js := e.status(t, id); js.State != job.Failed {
+		t.Errorf("Jobs: %+v, want FAILED", js)
 	}
 }

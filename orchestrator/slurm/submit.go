@@ -64,7 +64,7 @@ func DefaultJobDir(uid string) string { return ".sshq/slurm/" + uid }
 // sbatch, in one session, and returns Slurm's job id. The directory holds
 // env.sh, secrets.sh (0600, deleted by the batch script once sourced),
 // sshq.sh, setup.sh, run.sh, batch.sh, task.sh, the workdir snapshot, log
-// (Slurm's output file) and slurm_id. If sbatch refuses the job, the
+// (Slurm's output file), slurm_id and, once the nodes ran, exit.<rank>. If sbatch refuses the job, the
 // directory is removed and the error carries sbatch's reason.
 //
 // The job's environment is, in order (later wins): Env, Secrets, then

@@ -10,7 +10,7 @@ import (
 
 // slurmConf is the smallest configuration that schedules GPUs like a real
 // cluster in a container: no systemd, no cgroups, no database.
-func (c *Cluster) slurmConf(ctldPort, slurmdPort int) string {
+func (c *Cluster) slurmConf(ctldPort int, slurmdPorts []int) string {
 	u, err := user.Current()
 	name := "root"
 	if err == nil {
@@ -20,22 +20,22 @@ func (c *Cluster) slurmConf(ctldPort, slurmdPort int) string {
 	var b strings.Builder
 	line := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
 	line("ClusterName=sshqtest")
-	line("SlurmctldHost=%s(127.0.0.1)", c.NodeName)
+	line("SlurmctldHost=%s(127.0.0.1)", c.Host)
 	// The daemons run as the test's user: root in CI, which slurmd needs
 	// to start jobs as other users; tests submit as themselves anyway.
 	line("SlurmUser=%s", name)
 	line("SlurmdUser=%s", name)
 	line("SlurmctldPort=%d", ctldPort)
-	line("SlurmdPort=%d", slurmdPort)
 	line("AuthType=auth/munge")
 	line("CredType=cred/munge")
 	line("AuthInfo=socket=%s", c.mungeSocket())
 	line("StateSaveLocation=%s", p("state"))
-	line("SlurmdSpoolDir=%s", p("spool"))
+	// %n: each node's slurmd keeps its own spool, pid file and log.
+	line("SlurmdSpoolDir=%s", p("spool", "%n"))
 	line("SlurmctldPidFile=%s", p("slurmctld.pid"))
-	line("SlurmdPidFile=%s", p("slurmd.pid"))
+	line("SlurmdPidFile=%s", p("slurmd-%n.pid"))
 	line("SlurmctldLogFile=%s", p("log", "slurmctld.log"))
-	line("SlurmdLogFile=%s", p("log", "slurmd.log"))
+	line("SlurmdLogFile=%s", p("log", "slurmd-%n.log"))
 	// linuxproc tracks a job's processes by parentage: nothing needs
 	// cgroups or systemd, which containers lack.
 	line("ProctrackType=proctrack/linuxproc")
@@ -67,15 +67,19 @@ func (c *Cluster) slurmConf(ctldPort, slurmdPort int) string {
 	if c.GPUs > 0 {
 		gres = fmt.Sprintf(" Gres=gpu:%s:%d", c.GPUType, c.GPUs)
 	}
-	line("NodeName=%s NodeAddr=127.0.0.1 CPUs=%d RealMemory=%d%s State=UNKNOWN", c.NodeName, c.opts.CPUs, c.opts.MemoryMB, gres)
-	line("PartitionName=%s Nodes=%s Default=YES MaxTime=INFINITE State=UP", c.Partition, c.NodeName)
+	for i, n := range c.Nodes {
+		line("NodeName=%s NodeHostname=%s NodeAddr=127.0.0.1 Port=%d CPUs=%d RealMemory=%d%s State=UNKNOWN",
+			n, c.Host, slurmdPorts[i], c.opts.CPUs, c.opts.MemoryMB, gres)
+	}
+	line("PartitionName=%s Nodes=%s Default=YES MaxTime=INFINITE State=UP", c.Partition, strings.Join(c.Nodes, ","))
 	if c.opts.ConfExtra != "" {
 		b.WriteString(c.opts.ConfExtra + "\n")
 	}
 	return b.String()
 }
 
-// gresConf maps the fake GPUs to the virtual consoles' character devices.
+// gresConf maps the fake GPUs to the virtual consoles' character devices,
+// each node its own: node i's are tty[i*GPUs+1 ..].
 // Slurm numbers a GPU by its device's minor number and sets no
 // CUDA_VISIBLE_DEVICES for a GPU whose File is a regular file, so the
 // fake GPUs must be character devices that any Linux has.
@@ -83,15 +87,21 @@ func (c *Cluster) gresConf() (string, error) {
 	if c.GPUs <= 0 {
 		return "", nil
 	}
-	for i := 1; i <= c.GPUs; i++ {
+	total := c.GPUs * len(c.Nodes)
+	for i := 1; i <= total; i++ {
 		p := fmt.Sprintf("/dev/tty%d", i)
 		if fi, err := os.Stat(p); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
-			return "", fmt.Errorf("slurmtest: %d fake GPUs need the character devices /dev/tty1..%d and %s is missing; create it with `mknod -m 600 %s c 4 %d` or ask for fewer GPUs", c.GPUs, c.GPUs, p, p, i)
+			return "", fmt.Errorf("slurmtest: %d fake GPUs need the character devices /dev/tty1..%d and %s is missing; create it with `mknod -m 600 %s c 4 %d` or ask for fewer GPUs", total, total, p, p, i)
 		}
 	}
-	files := "/dev/tty1"
-	if c.GPUs > 1 {
-		files = fmt.Sprintf("/dev/tty[1-%d]", c.GPUs)
+	var b strings.Builder
+	for i, n := range c.Nodes {
+		first, last := i*c.GPUs+1, (i+1)*c.GPUs
+		files := fmt.Sprintf("/dev/tty%d", first)
+		if last > first {
+			files = fmt.Sprintf("/dev/tty[%d-%d]", first, last)
+		}
+		fmt.Fprintf(&b, "NodeName=%s Name=gpu Type=%s File=%s\n", n, c.GPUType, files)
 	}
-	return fmt.Sprintf("NodeName=%s Name=gpu Type=%s File=%s\n", c.NodeName, c.GPUType, files), nil
+	return b.String(), nil
 }

@@ -1,6 +1,8 @@
 // Package slurmtest starts a real single-node Slurm cluster for tests, the
 // way net/http/httptest starts HTTP servers: munged with a key of its own,
-// slurmctld and slurmd in the foreground on free loopback ports, a generated
+// slurmctld and one slurmd per compute node in the foreground on free
+// loopback ports (several nodes share this machine, as Slurm's developers
+// run them), a generated
 // slurm.conf with fake GPUs as gres (File=/dev/tty1..N, which Slurm hands
 // out and exports as CUDA_VISIBLE_DEVICES like real ones), no accounting
 // and no cgroups, all under one directory. Slurm's client commands reach it
@@ -35,12 +37,15 @@ const InstallHint = "sudo apt-get install -y slurm-wlm munge"
 
 // Options shape a cluster; the zero value is one node with two A100s.
 type Options struct {
-	// CPUs and MemoryMB are what the node declares (config_overrides makes
+	// Nodes is how many compute nodes to run; default 1. One node is
+	// named after this machine (`hostname -s`), several are cn1..cnN.
+	Nodes int
+	// CPUs and MemoryMB are what each node declares (config_overrides makes
 	// slurmd believe them whatever the machine has); default 8 and 4000.
 	CPUs     int
 	MemoryMB int
-	// GPUs is how many fake GPUs of GPUType the node offers; default 2
-	// of "a100". A negative GPUs gives the node no gres at all.
+	// GPUs is how many fake GPUs of GPUType each node offers; default 2
+	// of "a100". A negative GPUs gives the nodes no gres at all.
 	GPUs    int
 	GPUType string
 	// Partition names the node's one (default) partition; default "gpu".
@@ -53,6 +58,9 @@ type Options struct {
 }
 
 func (o *Options) defaults() {
+	if o.Nodes == 0 {
+		o.Nodes = 1
+	}
 	if o.CPUs == 0 {
 		o.CPUs = 8
 	}
@@ -73,15 +81,16 @@ func (o *Options) defaults() {
 	}
 }
 
-// Cluster is a running Slurm: one controller and one compute node, both on
+// Cluster is a running Slurm: one controller and its compute nodes, all on
 // this machine.
 type Cluster struct {
-	Dir       string // everything the cluster writes: conf, state, spool, logs
-	ConfPath  string // slurm.conf; clients find it through SLURM_CONF
-	NodeName  string // the compute node (this machine's short host name)
-	Partition string
+	Dir       string   // everything the cluster writes: conf, state, spool, logs
+	ConfPath  string   // slurm.conf; clients find it through SLURM_CONF
+	Host      string   // this machine's short host name, where every node runs
+	Nodes     []string // the compute nodes' Slurm names
+	Partition string   // the one partition, holding every node
 	GPUType   string
-	GPUs      int
+	GPUs      int // per node
 
 	opts    Options
 	sockDir string
@@ -172,9 +181,20 @@ func NewCluster(dir string, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	host, _, _ = strings.Cut(host, ".")
-	c := &Cluster{Dir: dir, ConfPath: filepath.Join(dir, "slurm.conf"), NodeName: host,
+	c := &Cluster{Dir: dir, ConfPath: filepath.Join(dir, "slurm.conf"), Host: host,
 		Partition: opts.Partition, GPUType: opts.GPUType, GPUs: max(opts.GPUs, 0), opts: opts}
-	for _, d := range []string{"state", "spool", "log"} {
+	if opts.Nodes == 1 {
+		c.Nodes = []string{host}
+	} else {
+		for i := 1; i <= opts.Nodes; i++ {
+			c.Nodes = append(c.Nodes, fmt.Sprintf("cn%d", i))
+		}
+	}
+	dirs := []string{"state", "log"}
+	for _, n := range c.Nodes {
+		dirs = append(dirs, filepath.Join("spool", n))
+	}
+	for _, d := range dirs {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, err
 		}
@@ -212,11 +232,8 @@ func (c *Cluster) writeFiles() error {
 	if err := os.WriteFile(filepath.Join(c.Dir, "munge.key"), key, 0o600); err != nil {
 		return err
 	}
-	ctld, err := freePort()
-	if err != nil {
-		return err
-	}
-	slurmd, err := freePort()
+	// Each slurmd listens on a port of its own: they share one address.
+	ports, err := freePorts(1 + len(c.Nodes))
 	if err != nil {
 		return err
 	}
@@ -227,7 +244,7 @@ func (c *Cluster) writeFiles() error {
 	// No cgroup.conf: Slurm 22.05 knows no CgroupPlugin=disabled, and
 	// with proctrack/linuxproc and task/none nothing loads a cgroup
 	// plugin but slurmd's autodetection, which works without systemd.
-	files := map[string]string{"slurm.conf": c.slurmConf(ctld, slurmd), "gres.conf": gres}
+	files := map[string]string{"slurm.conf": c.slurmConf(ports[0], ports[1:]), "gres.conf": gres}
 	for name, text := range files {
 		if err := os.WriteFile(filepath.Join(c.Dir, name), []byte(text), 0o644); err != nil {
 			return err
@@ -257,24 +274,27 @@ func (c *Cluster) start(ctx context.Context) error {
 	if err := c.spawn("slurmctld", "-D", "-i", "-f", c.ConfPath); err != nil {
 		return err
 	}
-	if err := c.spawn("slurmd", "-D", "-f", c.ConfPath, "-N", c.NodeName); err != nil {
-		return err
+	for _, n := range c.Nodes {
+		if err := c.spawn("slurmd-"+n, "-D", "-f", c.ConfPath, "-N", n); err != nil {
+			return err
+		}
 	}
-	return c.waitFor(ctx, "the node to be idle in sinfo", func() bool {
+	return c.waitFor(ctx, "every node to be idle in sinfo", func() bool {
 		out, err := c.Command(ctx, "sinfo", "-h", "-N", "-o", "%T").Output()
-		return err == nil && strings.TrimSpace(string(out)) == "idle"
+		return err == nil && strings.Repeat("idle\n", len(c.Nodes)) == string(out)
 	})
 }
 
 // spawn starts a daemon in the foreground in its own process group, its
 // output in log/<name>.out.
 func (c *Cluster) spawn(name string, args ...string) error {
+	prog, _, _ := strings.Cut(name, "-")
 	out, err := os.Create(filepath.Join(c.Dir, "log", name+".out"))
 	if err != nil {
 		return err
 	}
 	defer out.Close()
-	cmd := exec.Command(lookPath(name), args...)
+	cmd := exec.Command(lookPath(prog), args...)
 	cmd.Env = c.env()
 	cmd.Dir = c.Dir
 	cmd.Stdout, cmd.Stderr = out, out
@@ -309,13 +329,19 @@ func (c *Cluster) waitFor(ctx context.Context, what string, cond func() bool) er
 	}
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("slurmtest: no free port on 127.0.0.1: %w", err)
+// freePorts finds n distinct free ports on 127.0.0.1, holding each until
+// all are found so none is handed out twice.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("slurmtest: no free port on 127.0.0.1: %w", err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports, nil
 }
 
 // Env is what a login environment needs to use the cluster: give it to
@@ -383,7 +409,11 @@ func (c *Cluster) loginOptions(opts sshtest.Options) sshtest.Options {
 // test's output.
 func (c *Cluster) LogTail(n int) string {
 	var b strings.Builder
-	for _, name := range []string{"slurmctld.log", "slurmd.log", "slurmctld.out", "slurmd.out", "munged.out"} {
+	names := []string{"slurmctld.log", "slurmctld.out", "munged.out"}
+	for _, n := range c.Nodes {
+		names = append(names, "slurmd-"+n+".log", "slurmd-"+n+".out")
+	}
+	for _, name := range names {
 		data, err := os.ReadFile(filepath.Join(c.Dir, "log", name))
 		if err != nil || len(data) == 0 {
 			continue

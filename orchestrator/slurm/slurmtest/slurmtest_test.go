@@ -43,7 +43,7 @@ func TestBatchJobOverSSH(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := strings.TrimSpace(string(data)), "cvd=0 host="+cl.NodeName; got != want {
+	if got, want := strings.TrimSpace(string(data)), "cvd=0 host="+cl.Host; got != want {
 		t.Errorf("job printed %q, want %q", got, want)
 	}
 }
@@ -54,7 +54,7 @@ func TestSinfoShowsGres(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := strings.TrimSpace(out), cl.NodeName+" gpu* gpu:a100:2"; got != want {
+	if got, want := strings.TrimSpace(out), cl.Nodes[0]+" gpu* gpu:a100:2"; got != want {
 		t.Errorf("sinfo: %q, want %q", got, want)
 	}
 }
