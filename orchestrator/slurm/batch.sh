@@ -36,14 +36,15 @@ args=(--quiet --nodes="$SSHQ_NUM_NODES" --ntasks="$SSHQ_NUM_NODES" --ntasks-per-
 [ -n "${SLURM_CPUS_PER_TASK:-}" ] && args+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
 srun "${args[@]}" bash "$jobdir/task.sh" "$jobdir"
 rc=$?
-# srun reports the highest code, which after --kill-on-bad-exit is the
-# SIGTERM of the ranks it killed; the job's code is the failing rank's own.
+# srun reports the highest code, which after --kill-on-bad-exit may be the
+# SIGTERM of the ranks it killed; the job's code is that of the rank that
+# failed first.
 if [ $rc -ne 0 ]; then
+	first=
 	for ((r = 0; r < SSHQ_NUM_NODES; r++)); do
-		c=$(cat "$jobdir/exit.$r" 2>/dev/null) || continue
-		if [ -n "$c" ] && [ "$c" != 0 ]; then
-			rc=$c
-			break
+		read -r c t <"$jobdir/exit.$r" 2>/dev/null || continue
+		if [ -n "$c" ] && [ "$c" != 0 ] && { [ -z "$first" ] || [ "$t" -lt "$first" ]; }; then
+			rc=$c first=$t
 		fi
 	done
 fi

@@ -24,7 +24,7 @@
 //	task.sh       one per node, through srun: rank variables, setup, run
 //	workdir/      hard-link snapshot of the synced workdir at submit time
 //	log           Slurm's --output (stdout and stderr of every node)
-//	exit.<rank>   each node's own exit code
+//	exit.<rank>   each node's exit code and end time (ns)
 //	slurm_id      the Slurm job id
 //
 // sbatch gets --job-name, --nodes with --ntasks-per-node=1, --gres=gpu[:TYPE]:N
@@ -34,9 +34,9 @@
 // batch.sh sources env.sh, secrets.sh (then deletes it) and sshq.sh, works
 // out the nodes' addresses (NodeAddr, rank order) for SSHQ_NODE_IPS and
 // MASTER_ADDR, and runs `srun --ntasks-per-node=1` of task.sh, which sets
-// the rank and runs setup then run in the snapshot, and records its own
-// exit code (exit.<rank>). When one node fails, srun kills the others; the
-// job's exit status is the code of the lowest rank that failed on its own,
+// the rank and runs setup then run in the snapshot, and records its exit
+// code and end time (exit.<rank>). When one node fails, srun kills the
+// others; the job's exit status is the code of the rank that failed first,
 // not the SIGTERM of those killed after it.
 //
 // # States

@@ -55,10 +55,10 @@ queue() {
 	fi
 }
 
-# jobs ID...: squeue knows pending, running and recently ended jobs;
+# report_jobs ID...: squeue knows pending, running and recently ended jobs;
 # scontrol gives the exit code of ended ones while MinJobAge keeps them;
 # sacct (where accounting runs) knows the rest.
-jobs() {
+report_jobs() {
 	local ids out id st
 	ids=$(IFS=,; printf '%s' "$*")
 	local -A seen=() ended=()
@@ -161,7 +161,7 @@ cancel() {
 		[ -z "$out" ] && break
 		sleep 0.2
 	done
-	jobs "$@"
+	report_jobs "$@"
 }
 
 # exitcode ID: the job's exit status as a shell would give it (128+signal
@@ -217,7 +217,7 @@ shift
 case $action in
 probe) say "SSHQ-BEGIN 1"; probe; say "SSHQ-END" ;;
 status) say "SSHQ-BEGIN 1"; probe; queue; say "SSHQ-END" ;;
-jobs) say "SSHQ-BEGIN 1"; jobs "$@"; say "SSHQ-END" ;;
+jobs) say "SSHQ-BEGIN 1"; report_jobs "$@"; say "SSHQ-END" ;;
 cancel) say "SSHQ-BEGIN 1"; cancel "$@"; say "SSHQ-END" ;;
 submit)
 	out=$(submit "$@") || exit $?

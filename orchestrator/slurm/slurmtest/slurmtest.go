@@ -19,6 +19,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -208,18 +209,28 @@ func NewCluster(dir string, opts Options) (*Cluster, error) {
 	if err := os.Chmod(c.sockDir, 0o755); err != nil {
 		return nil, err
 	}
-	if err := c.writeFiles(); err != nil {
-		c.Close()
-		return nil, err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := c.start(ctx); err != nil {
+	// A port found free can be taken by another process before the daemon
+	// binds it; a daemon that exits at start gets fresh ports and another
+	// try.
+	for attempt := 1; ; attempt++ {
+		if err := c.writeFiles(); err != nil {
+			c.Close()
+			return nil, err
+		}
+		err := c.start(ctx)
+		if err == nil {
+			return c, nil
+		}
 		err = fmt.Errorf("%w\n%s", err, c.LogTail(30))
-		c.Close()
-		return nil, err
+		if !errors.Is(err, errExited) || attempt == 3 {
+			c.Close()
+			return nil, err
+		}
+		c.stopDaemons()
+		_ = os.Remove(c.mungeSocket())
 	}
-	return c, nil
 }
 
 func (c *Cluster) mungeSocket() string { return filepath.Join(c.sockDir, "munge.sock") }
@@ -317,7 +328,7 @@ func (c *Cluster) waitFor(ctx context.Context, what string, cond func() bool) er
 		for _, d := range c.procs {
 			select {
 			case <-d.exited:
-				return fmt.Errorf("slurmtest: %s exited (%v) while waiting for %s", d.name, d.cmd.ProcessState, what)
+				return fmt.Errorf("slurmtest: %s %w (%v) while waiting for %s", d.name, errExited, d.cmd.ProcessState, what)
 			default:
 			}
 		}
@@ -329,20 +340,35 @@ func (c *Cluster) waitFor(ctx context.Context, what string, cond func() bool) er
 	}
 }
 
-// freePorts finds n distinct free ports on 127.0.0.1, holding each until
-// all are found so none is handed out twice.
+// freePorts picks n distinct ports that nothing listens on, on any
+// address (slurmctld binds them all), below the ephemeral range that
+// outgoing connections draw from, so a passing connection cannot take one
+// before the daemon binds it.
 func freePorts(n int) ([]int, error) {
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	seen := map[int]bool{}
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			return nil, fmt.Errorf("slurmtest: no free port found between 10000 and 30000")
+		}
+		var b [2]byte
+		_, _ = rand.Read(b[:])
+		p := 10000 + (int(b[0])<<8|int(b[1]))%20000
+		if seen[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
 		if err != nil {
-			return nil, fmt.Errorf("slurmtest: no free port on 127.0.0.1: %w", err)
+			continue
 		}
 		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		seen[p] = true
+		ports = append(ports, p)
 	}
 	return ports, nil
 }
+
+var errExited = errors.New("exited")
 
 // Env is what a login environment needs to use the cluster: give it to
 // sshtest.Options.Env (StartLogin does).
@@ -439,6 +465,14 @@ func (c *Cluster) Close() {
 		})
 		cancel()
 	}
+	c.stopDaemons()
+	if c.sockDir != "" {
+		_ = os.RemoveAll(c.sockDir)
+	}
+}
+
+// stopDaemons stops the daemons, newest first, and what they started.
+func (c *Cluster) stopDaemons() {
 	for i := len(c.procs) - 1; i >= 0; i-- {
 		d := c.procs[i]
 		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGTERM)
@@ -451,9 +485,6 @@ func (c *Cluster) Close() {
 	}
 	c.procs = nil
 	killMarked(c.Dir)
-	if c.sockDir != "" {
-		_ = os.RemoveAll(c.sockDir)
-	}
 }
 
 func (c *Cluster) alive() bool {

@@ -69,3 +69,21 @@ func waitUntil(ctx context.Context, cond func() bool) error {
 	}
 	return nil
 }
+
+// Without Slurm's commands and outside CI the tests skip, naming the
+// install command, instead of failing.
+func TestRequireSkipsWithoutSlurm(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	t.Setenv("CI", "")
+	if m := Missing(); len(m) == 0 || !strings.Contains(strings.Join(m, " "), "sbatch") {
+		t.Fatalf("Missing() = %v with an empty PATH, want sbatch among them", m)
+	}
+	ran := false
+	t.Run("sub", func(t *testing.T) {
+		Require(t)
+		ran = true
+	})
+	if ran {
+		t.Error("Require let a test run without Slurm's commands")
+	}
+}
