@@ -3,6 +3,7 @@ package slurm
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,6 +60,12 @@ func (r *recorder) commands() string {
 	defer r.mu.Unlock()
 	return strings.Join(r.cmds, "\n")
 }
+
+var seq atomic.Int64
+
+// uid names a job uniquely in the process, so -count=N reruns against the
+// shared cluster never meet a job directory of an earlier run.
+func uid(name string) string { return fmt.Sprintf("%s-%d", name, seq.Add(1)) }
 
 type env struct {
 	sl    *slurmtest.Cluster
@@ -129,7 +137,7 @@ func TestA100JobRunsWithSlurmGPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	const secret = "s3cr3t-'$(reboot)'"
-	spec := JobSpec{UID: "c1-a100", ID: 7, Name: `train "a100" $(id)`, NumGPUs: 1, GPUType: "A100",
+	spec := JobSpec{UID: uid("a100"), ID: 7, Name: `train "a100" $(id)`, NumGPUs: 1, GPUType: "A100",
 		CPUs: 1, MemoryMB: 200, Time: 10 * time.Minute, Workdir: "wd-a100",
 		Env:     []EnvVar{{"GREETING", "hello world"}},
 		Secrets: []EnvVar{{"TOKEN", secret}},
@@ -192,7 +200,7 @@ pwd`,
 func TestExitCodeComesBack(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
-	spec := JobSpec{UID: "c1-exit3", ID: 8, Name: "fails", Run: "echo about to fail; exit 3"}
+	spec := JobSpec{UID: uid("exit3"), ID: 8, Name: "fails", Run: "echo about to fail; exit 3"}
 	id, err := e.c.Submit(e.ctx, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -222,7 +230,7 @@ func TestExitCodeComesBack(t *testing.T) {
 func TestCancelRunningJob(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
-	spec := JobSpec{UID: "c1-cancel", ID: 9, Name: "long", NumGPUs: 1, Run: "echo started; sleep 300"}
+	spec := JobSpec{UID: uid("cancel"), ID: 9, Name: "long", NumGPUs: 1, Run: "echo started; sleep 300"}
 	id, err := e.c.Submit(e.ctx, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -263,7 +271,7 @@ func TestCancelRunningJob(t *testing.T) {
 func TestStatusShowsGres(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
-	spec := JobSpec{UID: "c1-status", ID: 10, Name: "holder", NumGPUs: 1, GPUType: "a100", Run: "sleep 300"}
+	spec := JobSpec{UID: uid("status"), ID: 10, Name: "holder", NumGPUs: 1, GPUType: "a100", Run: "sleep 300"}
 	id, err := e.c.Submit(e.ctx, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -327,14 +335,15 @@ func findJob(q []QueueEntry, id string) *QueueEntry {
 func TestUnknownGPUTypeListsTypes(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
-	_, err := e.c.Submit(e.ctx, JobSpec{UID: "c1-h100", NumGPUs: 1, GPUType: "H100", Run: "true"})
+	h100 := uid("h100")
+	_, err := e.c.Submit(e.ctx, JobSpec{UID: h100, NumGPUs: 1, GPUType: "H100", Run: "true"})
 	if err == nil || !strings.Contains(err.Error(), "H100") || !strings.Contains(err.Error(), "a100") {
 		t.Fatalf("Submit H100: %v, want an error naming H100 and the cluster's a100", err)
 	}
-	if _, err := os.Stat(filepath.Join(e.login.Home, DefaultJobDir("c1-h100"))); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(e.login.Home, DefaultJobDir(h100))); !os.IsNotExist(err) {
 		t.Errorf("a refused job left its directory: %v", err)
 	}
-	_, err = e.c.Submit(e.ctx, JobSpec{UID: "c1-3nodes", NumNodes: 3, Run: "true"})
+	_, err = e.c.Submit(e.ctx, JobSpec{UID: uid("3nodes"), NumNodes: 3, Run: "true"})
 	if err == nil || !strings.Contains(err.Error(), "has only 2 node(s)") {
 		t.Errorf("Submit on 3 nodes of a 2-node partition: %v, want a clear refusal", err)
 	}
@@ -345,7 +354,7 @@ func TestUnknownGPUTypeListsTypes(t *testing.T) {
 func TestSbatchRefusalCleansUp(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
-	spec := JobSpec{UID: "c1-toobig", Run: "true", MemoryMB: 1 << 20, Secrets: []EnvVar{{"T", "x"}}}
+	spec := JobSpec{UID: uid("toobig"), Run: "true", MemoryMB: 1 << 20, Secrets: []EnvVar{{"T", "x"}}}
 	_, err := e.c.Submit(e.ctx, spec)
 	if err == nil || !strings.Contains(err.Error(), "sbatch") && !strings.Contains(err.Error(), "not available") {
 		t.Fatalf("Submit of 1 TiB: %v, want sbatch's refusal", err)
@@ -360,7 +369,7 @@ func TestSbatchRefusalCleansUp(t *testing.T) {
 func TestTwoNodesRunOneTaskEach(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
-	spec := JobSpec{UID: "c1-2n", ID: 11, Name: "ddp", NumNodes: 2, NumGPUs: 1, GPUType: "A100",
+	spec := JobSpec{UID: uid("2n"), ID: 11, Name: "ddp", NumNodes: 2, NumGPUs: 1, GPUType: "A100",
 		Setup: `echo "setup rank $SKYPILOT_NODE_RANK"`,
 		Run: `echo "rank=$SKYPILOT_NODE_RANK/$SKYPILOT_NUM_NODES node=$SLURMD_NODENAME gpus=$CUDA_VISIBLE_DEVICES master=$MASTER_ADDR ips=$(echo $SKYPILOT_NODE_IPS)"
 [ "$SSHQ_NODE_RANK" = "$SKYPILOT_NODE_RANK" ] || echo "rank mismatch"`}
@@ -398,7 +407,7 @@ func TestTwoNodesRunOneTaskEach(t *testing.T) {
 		}
 	}
 
-	spec = JobSpec{UID: "c1-2n-fail", ID: 12, NumNodes: 2, Run: `[ "$SKYPILOT_NODE_RANK" = 1 ] && exit 5; sleep 60`}
+	spec = JobSpec{UID: uid("2n-fail"), ID: 12, NumNodes: 2, Run: `[ "$SKYPILOT_NODE_RANK" = 1 ] && exit 5; sleep 60`}
 	if id, err = e.c.Submit(e.ctx, spec); err != nil {
 		t.Fatal(err)
 	}
@@ -407,5 +416,36 @@ func TestTwoNodesRunOneTaskEach(t *testing.T) {
 	}
 	if js := e.status(t, id); js.State != job.Failed {
 		t.Errorf("Jobs: %+v, want FAILED", js)
+	}
+}
+
+// What a task leaves running in the background ends with it, as on plain
+// nodes: it neither keeps the job alive nor outlives it.
+func TestBackgroundProcessEndsWithJob(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	spec := JobSpec{UID: uid("bg"), Run: `sleep 300 & echo $! > bg.pid; echo left one behind`}
+	id, err := e.c.Submit(e.ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, code := e.wait(t, DefaultJobDir(spec.UID), id); code != 0 {
+		t.Fatalf("job exited %d:\n%s", code, out)
+	}
+	data, err := os.ReadFile(filepath.Join(e.login.Home, "bg.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := strings.TrimSpace(string(data))
+	for {
+		stat, err := os.ReadFile("/proc/" + pid + "/stat")
+		// A zombie waiting for init's reaping has ended too.
+		if err != nil || strings.Contains(string(stat), ") Z ") {
+			break
+		}
+		if e.ctx.Err() != nil {
+			t.Fatalf("the background sleep (pid %s) outlived its job", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
