@@ -34,8 +34,12 @@
 // batch.sh sources env.sh, secrets.sh (then deletes it) and sshq.sh, works
 // out the nodes' addresses (NodeAddr, rank order) for SSHQ_NODE_IPS and
 // MASTER_ADDR, and runs `srun --ntasks-per-node=1` of task.sh, which sets
-// the rank and runs setup then run in the snapshot, and records its exit
-// code and end time (exit.<rank>). When one node fails, srun kills the
+// the rank and runs setup then run in the snapshot, each in a process group
+// of its own that it ends as a whole (SIGTERM, SIGKILL 2s later) when the
+// script returns or Slurm cancels the step, so nothing the task started
+// outlives the job even under proctrack/linuxproc, which loses a process
+// whose parent died first. It records its exit code and end time
+// (exit.<rank>). When one node fails, srun kills the
 // others; the job's exit status is the code of the rank that failed first,
 // not the SIGTERM of those killed after it.
 //
