@@ -152,12 +152,15 @@
 // process, carries its mark and holds its leases, and its exit status is
 // the job's (SUCCEEDED for 0, else FAILED). The controller reaches it by
 // `tmux attach` to the job's session, so a dropped connection only
-// detaches a client. While the shell runs, a watcher asks tmux every 5s
-// (every 1s for limits under 20s) for #{session_attached}; after
-// SSHQ_M_SHELL seconds (0: never) with no client it leaves "idle", sends
-// the shell SIGHUP, as a closed terminal would, and SIGKILL 5s later if it
-// is still there. The job then ends CANCELLED with the shell's status,
-// and the log says why. An answer tmux does not give restarts the clock.
+// detaches a client. While the shell runs, a watcher looks once a second:
+// an interactive shell ignores SIGTERM, so when Cancel's mark appears it
+// sends the shell SIGHUP, as a closed terminal would, and the job ends
+// CANCELLED with the shell's 129 instead of waiting out the grace. Every
+// 5s (every 1s for limits under 20s) it asks tmux for #{session_attached};
+// after SSHQ_M_SHELL seconds (0: never) with no client it leaves "idle"
+// and hangs the shell up too, and the job ends CANCELLED with the shell's
+// status, the log saying why. A shell still there 5s after SIGHUP gets
+// SIGKILL. An answer tmux does not give restarts the clock.
 //
 // # Cancel
 //

@@ -36,7 +36,7 @@ run_shell() {
 			cd -- "$1" && export SHELL=$2 && exec -l "$2"' sshq-shell "$wd" "$sh"
 	) {wfd}<&-
 	rc=$?
-	kill "$watch_pid" 2>/dev/null
+	kill -USR1 "$watch_pid" 2>/dev/null
 	wait "$watch_pid" 2>/dev/null
 	rm -f -- "$jd/shell.pid"
 	return $rc
@@ -53,20 +53,31 @@ login_shell() {
 	printf '%s\n' "$sh"
 }
 
-# shell_watch: in the background while the shell runs. A shell nobody is
-# attached to for SSHQ_M_SHELL seconds holds GPUs for no one: it gets
-# SIGHUP, as from a closed terminal (an interactive shell passes it on to
-# its jobs and exits), then SIGKILL if it is still there after 5s; the
-# "idle" file tells the wrapper why it ended. tmux's own count of the
-# session's clients decides; when tmux does not answer the clock starts
-# again, so a shell is never ended on a guess.
+# shell_watch: in the background while the shell runs, once a second.
+# An interactive shell ignores SIGTERM, so `sshq cancel` (whose mark this
+# sees) would wait its whole grace period: the watcher hangs the shell up
+# instead, as a closed terminal would (an interactive shell passes SIGHUP
+# on to its jobs and exits). And a shell nobody is attached to for
+# SSHQ_M_SHELL seconds holds GPUs for no one: it is hung up too, leaving
+# "idle" for the wrapper to say why. tmux's own count of the session's
+# clients decides, every 5s (every 1s for limits under 20s); when tmux
+# does not answer the clock starts again, so a shell is never ended on a
+# guess. The wrapper stops the watcher with SIGUSR1; cancel's SIGTERM is
+# for the shell, not for it.
 shell_watch() {
-	local limit=${SSHQ_M_SHELL:-0} iv=5 since=$SECONDS n pid i
+	local limit=${SSHQ_M_SHELL:-0} every=5 tick=0 since=$SECONDS n
+	trap 'exit 0' USR1
+	trap '' TERM
 	case $limit in '' | *[!0-9]*) limit=0 ;; esac
-	[ "$limit" -gt 0 ] || return 0
-	[ "$limit" -lt 20 ] && iv=1
-	while nap "$iv"; do
+	[ "$limit" -lt 20 ] && every=1
+	while nap 1; do
 		kill -0 $$ 2>/dev/null || return 0
+		if cancelled && hang_up_shell; then
+			return 0
+		fi
+		[ "$limit" -gt 0 ] || continue
+		tick=$((tick + 1))
+		[ $((tick % every)) -eq 0 ] || continue
 		n=$(tmx display-message -p -t "${TMUX_PANE:-=$uid:}" '#{session_attached}' 2>/dev/null)
 		case $n in '' | *[!0-9]*) n=1 ;; esac
 		if [ "$n" -gt 0 ]; then
@@ -74,15 +85,23 @@ shell_watch() {
 			continue
 		fi
 		[ $((SECONDS - since)) -ge "$limit" ] || continue
-		read -r pid <"$jd/shell.pid" 2>/dev/null || continue
+		[ -s "$jd/shell.pid" ] || continue
 		jlog "no client attached to the shell for ${limit}s (sshq shell --idle): ending it to free its GPUs"
 		: >"$jd/idle"
-		kill -HUP "$pid" 2>/dev/null
-		for i in 1 2 3 4 5 6 7 8 9 10; do
-			kill -0 "$pid" 2>/dev/null || return 0
-			nap 0.5
-		done
-		kill -KILL "$pid" 2>/dev/null
+		hang_up_shell
 		return 0
 	done
+}
+
+# hang_up_shell: SIGHUP to the shell, SIGKILL if it is still there 5s
+# later; false when the shell has not written its pid yet.
+hang_up_shell() {
+	local pid i
+	read -r pid <"$jd/shell.pid" 2>/dev/null || return 1
+	kill -HUP "$pid" 2>/dev/null
+	for i in 1 2 3 4 5 6 7 8 9 10; do
+		kill -0 "$pid" 2>/dev/null || return 0
+		nap 0.5
+	done
+	kill -KILL "$pid" 2>/dev/null
 }

@@ -104,3 +104,27 @@ func TestIdleShellEndsAndFreesItsGPU(t *testing.T) {
 		t.Errorf("processes of the idle shell left running: %v", pids)
 	}
 }
+
+// An interactive shell ignores SIGTERM; cancel must not wait out its
+// grace and SIGKILL it: the shell is hung up, as a closed terminal would,
+// and ends with SIGHUP's status.
+func TestCancelHangsUpTheShell(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.A100x2("cancel"))
+	s := spec("shc-1", 1, "# sshq shell")
+	s.Shell = &ShellSpec{Idle: time.Hour}
+	n.submit(s)
+	n.waitState("shc-1", job.Running)
+	n.keys("shc-1", `'echo up-""and-running' Enter`)
+	n.screen("shc-1", "up-and-running")
+	if o := n.cancel(30*time.Second, "shc-1"); o["shc-1"] != "cancelled" {
+		t.Fatalf("cancel: %+v", o)
+	}
+	st := n.job("shc-1")
+	if st.State != job.Cancelled || st.ExitCode != 129 {
+		t.Errorf("after cancel: %s, exit code %d; want CANCELLED with 129 (hung up, not killed after the grace)", st.State, st.ExitCode)
+	}
+	if pids := markedPIDs("shc-1"); len(pids) != 0 {
+		t.Errorf("processes of the cancelled shell left running: %v", pids)
+	}
+}
