@@ -106,6 +106,8 @@ func (c *Controller) awaitShell(ctx context.Context, st *store.Store, j *store.J
 	if poll <= 0 {
 		poll = time.Second
 	}
+	// A shell that fits starts at once: ask again soon, then every poll.
+	wait := min(200*time.Millisecond, poll)
 	ids := map[int]bool{j.ID: true}
 	for {
 		views, _, err := c.reconcileIDs(ctx, st, ids)
@@ -132,8 +134,9 @@ func (c *Controller) awaitShell(ctx context.Context, st *store.Store, j *store.J
 		select {
 		case <-ctx.Done():
 			return JobView{}, c.cancelShell(st, j, ctx.Err())
-		case <-time.After(poll):
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, poll)
 	}
 }
 

@@ -223,6 +223,9 @@ func waitingLine(j orchestrator.JobView) string {
 		what = fmt.Sprintf("%d %s", j.NumGPUs, j.Accelerator)
 	}
 	s := fmt.Sprintf("sshq: job #%d waiting for %s on %s", j.ID, what, j.Node)
+	if j.NumGPUs == 0 {
+		s = fmt.Sprintf("sshq: job #%d starting on %s", j.ID, j.Node)
+	}
 	if j.QueuePosition != nil {
 		s += fmt.Sprintf(", #%d in queue", *j.QueuePosition)
 	}
