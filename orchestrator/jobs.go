@@ -56,6 +56,7 @@ type LaunchOptions struct {
 	Progress func(wsync.Progress) // sync progress, may be nil
 	Notef    func(string, ...any) // progress notes for people, may be nil
 	Origin   string               // controller host name, for workdir keys
+	Shell    *remote.ShellSpec    // an interactive job (sshq shell); nil for a batch job
 }
 
 // Launch places t, syncs its workdir and file mounts, submits it to the
@@ -107,7 +108,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	spec := remote.JobSpec{
 		UID: rec.UID, ID: rec.ID, Name: t.Name, User: rec.User, NumGPUs: p.NumGPUs,
 		AllowedGPUs: p.AllowedGPUs, Setup: t.Setup, Run: t.Run, NumNodes: 1,
-		NodeIPs: []string{nodeIP(c, ctx, p.Node)},
+		NodeIPs: []string{nodeIP(c, ctx, p.Node)}, Shell: opts.Shell,
 	}
 	if p.Accelerator == "" {
 		spec.AllowedGPUs = nil

@@ -65,6 +65,7 @@ type Controller interface {
 	Cancel(ctx context.Context, r orchestrator.CancelRequest) (*orchestrator.CancelView, error)
 	Wait(ctx context.Context, r orchestrator.WaitRequest) (*orchestrator.WaitView, error)
 	Attach(ref string) (*orchestrator.AttachTarget, error)
+	Shell(ctx context.Context, r orchestrator.ShellRequest) (*orchestrator.ShellView, error)
 	Forward(ctx context.Context, r orchestrator.ForwardRequest) error
 	Download(ctx context.Context, r orchestrator.DownloadRequest) (*orchestrator.DownloadView, error)
 	Init(patterns []string) (*orchestrator.InitView, error)
@@ -175,6 +176,7 @@ func opener(c *cli.Context, f *Factory) func() (Controller, error) {
 func commands(f *Factory) []*cli.Command {
 	cmds := []*cli.Command{
 		NewCmdLaunch(f, nil),
+		NewCmdShell(f, nil),
 		NewCmdQueue(f, nil),
 		NewCmdLogs(f, nil),
 		NewCmdCancel(f, nil),

@@ -6,7 +6,8 @@
 // nvidia-smi wrapper), sched.sh where the action reads the queue or the
 // GPUs (the queue's rule), and the action's own file: submit.sh (with
 // wrapper.sh, which the job keeps as its wrapper), jobs.sh, status.sh,
-// place.sh, cancel.sh, logs.sh, check.sh. Client does no SSH itself: it
+// place.sh, cancel.sh, logs.sh, check.sh; shell.sh, the interactive run
+// phase, travels with wrapper.sh. Client does no SSH itself: it
 // runs each action as one command through a Runner (for sshpool,
 // Pool.Node(alias)), so every action is one SSH session on one node.
 //
@@ -16,7 +17,8 @@
 //
 //	workdirs/<key>/        the synced workdir cache (written by sync, never in place)
 //	jobs/<uid>/            one job, mode 0700 (it may hold secrets):
-//	  meta.sh              identity from the controller (uid, id, user, name, GPUs, workdir key)
+//	  meta.sh              identity from the controller (uid, id, user, name, GPUs, workdir key;
+//	                       SSHQ_M_SHELL, the idle limit in seconds, for `sshq shell`)
 //	  env.sh               the job's environment: task envs, then sshq's values (export NAME='value')
 //	  secrets.sh           secret envs, 0600; removed when the job ends
 //	  setup.sh, run.sh     the task's scripts
@@ -35,6 +37,8 @@
 //	  cancel               left by Cancel before it signals
 //	  exit                 the exit code, written once (temp + rename) after the terminal state
 //	  scope                the systemd user scope's name, when one is used
+//	  shell.pid            an interactive job's shell, while it runs
+//	  idle                 left when an interactive job's shell was ended for want of a client
 //
 // Shared by all users: the lease directory, $SSHQ_LEASE_DIR of the
 // submitting session, else /tmp/sshq-leases (mode 1777; a symlink is
@@ -135,6 +139,28 @@
 // Submit fail (exit 3, reason on stderr) and Status report an error. A GPU
 // whose lock file is a symlink or not a regular file is "unusable": no job
 // is given it, the job's log and Status say why, other GPUs stay usable.
+//
+// # Interactive shells
+//
+// A job whose meta.sh sets SSHQ_M_SHELL (`sshq shell`) waits, leases and
+// runs setup like any other, with the pane showing its log meanwhile.
+// Then, instead of run.sh, the wrapper stops the display, gives the pane's
+// keys their signals back (stty sane) and runs the account's login shell
+// (getent passwd; bash when that is nologin or missing) in the foreground
+// of the pane, as `exec -l`, in the workdir snapshot (else $HOME), with
+// env.sh, secrets.sh and gpu.env exported: the shell is the job's main
+// process, carries its mark and holds its leases, and its exit status is
+// the job's (SUCCEEDED for 0, else FAILED). The controller reaches it by
+// `tmux attach` to the job's session, so a dropped connection only
+// detaches a client. While the shell runs, a watcher looks once a second:
+// an interactive shell ignores SIGTERM, so when Cancel's mark appears it
+// sends the shell SIGHUP, as a closed terminal would, and the job ends
+// CANCELLED with the shell's 129 instead of waiting out the grace. Every
+// 5s (every 1s for limits under 20s) it asks tmux for #{session_attached};
+// after SSHQ_M_SHELL seconds (0: never) with no client it leaves "idle"
+// and hangs the shell up too, and the job ends CANCELLED with the shell's
+// status, the log saying why. A shell still there 5s after SIGHUP gets
+// SIGKILL. An answer tmux does not give restarts the clock.
 //
 // # Cancel
 //

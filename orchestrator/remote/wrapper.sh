@@ -1,7 +1,8 @@
 # sshq node protocol, v1: the wrapper (action wrapper JOBDIR), which runs a
 # job in its tmux session with no controller anywhere: takes its place in
-# the queue, waits for its GPUs, runs setup and run, records how it ended.
-# Needs lib.sh and sched.sh.
+# the queue, waits for its GPUs, runs setup and run (or, for `sshq shell`,
+# an interactive shell: shell.sh), records how it ended. Needs lib.sh,
+# sched.sh and shell.sh.
 
 # Files in its job directory: meta.sh (identity, from the controller),
 # state (lines "STATE unix_ts"), log, exit, gpus, ticket, cancel.
@@ -378,9 +379,13 @@ cmd_wrapper() {
 	fi
 	if cancelled; then finish CANCELLED 143; fi
 	set_state RUNNING
-	run_phase run.sh
+	if [ -n "${SSHQ_M_SHELL:-}" ]; then
+		run_shell # sshq shell: see shell.sh
+	else
+		run_phase run.sh
+	fi
 	rc=$?
-	if cancelled; then finish CANCELLED "$rc"; fi
+	if cancelled || [ -e "$jd/idle" ]; then finish CANCELLED "$rc"; fi
 	if [ $rc -eq 0 ]; then finish SUCCEEDED 0; fi
 	finish FAILED "$rc"
 }
