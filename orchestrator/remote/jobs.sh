@@ -1,6 +1,6 @@
 # sshq node protocol, v1: jobs UID... reports the given jobs (liveness,
 # state history, exit code, GPUs, place in the queue). Needs lib.sh and
-# sched.sh. Cancel ends its answer with the same report.
+# sched.sh and gangrec.sh. Cancel ends its answer with the same report.
 
 cmd_jobs() {
 	printf 'SSHQ-BEGIN %s\n' "$SSHQ_PROTO"
@@ -52,5 +52,6 @@ report_jobs() {
 			read -r tn <"$jd/ticket"
 			[ -n "${pos_of[$tn]:-}" ] && printf 'queue\t%s\t%s\n' "$uid" "${pos_of[$tn]}"
 		fi
+		gang_report_job "$uid" "$jd" # a rank of a multi-node job: gangrec.sh
 	done
 }

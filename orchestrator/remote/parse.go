@@ -45,6 +45,9 @@ type JobStatus struct {
 	// WrapperAlive: the job's wrapper still runs. SessionAlive: its tmux
 	// session still exists.
 	WrapperAlive, SessionAlive bool
+	// Gang is the job's part in its multi-node job; nil for a job on one
+	// node.
+	Gang *GangStatus
 }
 
 // Lease is a GPU lease held on a node by any user's job.
@@ -128,6 +131,9 @@ type NodeStatus struct {
 	Queue  []Ticket
 	// Running are the sshq jobs running on the node.
 	Running []RunningJob
+	// Gangs are the ranks of multi-node jobs that wait for, or hold GPUs
+	// for, their peers on the node.
+	Gangs []GangMember
 	// Errors are problems the node reported besides the driver's (a lease
 	// directory that is a symlink, a bad lock file, a queue lock held too
 	// long, a process list nvidia-smi could not give).

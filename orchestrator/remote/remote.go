@@ -4,6 +4,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -42,11 +43,11 @@ var (
 // scripts maps each action to its script. Submit's is also the job's
 // wrapper (the node keeps a copy), hence wrapper.sh in it.
 var scripts = map[string]string{
-	"submit": script(schedSh, submitSh, wrapperSh, shellSh),
-	"jobs":   script(schedSh, jobsSh),
-	"status": script(schedSh, statusSh),
+	"submit": script(schedSh, gangRecSh, submitSh, wrapperSh, shellSh),
+	"jobs":   script(schedSh, gangRecSh, jobsSh),
+	"status": script(schedSh, gangRecSh, statusSh),
 	"place":  script(schedSh, placeSh),
-	"cancel": script(schedSh, jobsSh, cancelSh),
+	"cancel": script(schedSh, gangRecSh, jobsSh, cancelSh),
 	"logs":   script(logsSh),
 	"check":  script(schedSh, checkSh),
 }
@@ -96,6 +97,9 @@ type JobSpec struct {
 	// means 1.
 	NodeRank, NumNodes int
 	NodeIPs            []string
+	// Gang makes the job one rank of a multi-node job (NumNodes >= 2);
+	// nil for a job on one node.
+	Gang *GangSpec
 	// Shell makes the job `sshq shell`'s: after setup, its tmux pane runs
 	// the account's login shell instead of Run (see shell.sh); nil for a
 	// batch job.
@@ -135,6 +139,9 @@ func submitCommand(spec JobSpec) (cmd string, stdin []byte, err error) {
 	if spec.Shell != nil {
 		meta += "SSHQ_M_SHELL=" + strconv.FormatInt(int64(spec.Shell.idleSeconds()), 10) + "\n"
 	}
+	if spec.Gang != nil {
+		meta += spec.Gang.metaLines(spec)
+	}
 
 	ips := strings.Join(spec.NodeIPs, "\n")
 	static := []EnvVar{
@@ -153,6 +160,10 @@ func submitCommand(spec JobSpec) (cmd string, stdin []byte, err error) {
 	env, err := exportLines(spec.Env, "# sshq job environment: the task's envs, then sshq's own values (which win)")
 	if err != nil {
 		return "", nil, fmt.Errorf("job %s: env: %w", spec.UID, err)
+	}
+	if spec.Gang != nil {
+		// A gang's addresses are known when it starts: gpu.env has them.
+		static = slices.DeleteFunc(static, func(v EnvVar) bool { return strings.HasSuffix(v.Name, "_NODE_IPS") })
 	}
 	own, _ := exportLines(static, "")
 	secrets, err := exportLines(spec.Secrets, "# sshq job secrets: removed when the job ends")
@@ -174,6 +185,9 @@ func submitCommand(spec JobSpec) (cmd string, stdin []byte, err error) {
 	}
 	add("setup.sh", spec.Setup)
 	add("run.sh", spec.Run)
+	if spec.Gang != nil {
+		return commandWith(gangSubmit, "submit", spec.UID), b, nil
+	}
 	return command("submit", spec.UID), b, nil
 }
 
@@ -219,6 +233,9 @@ func (spec JobSpec) validate() error {
 	}
 	if spec.NodeRank < 0 || spec.NodeRank >= numNodes {
 		return fmt.Errorf("job %s: node rank %d is outside 0..%d", spec.UID, spec.NodeRank, numNodes-1)
+	}
+	if spec.Gang != nil {
+		return spec.Gang.validate(spec)
 	}
 	return nil
 }

@@ -19,6 +19,8 @@ set_state() {
 # atomically: whoever sees it sees the terminal state too. Processes the job
 # left behind end first (see sweep_leftovers), so an ended job holds no GPU.
 finish() {
+	# A rank of a multi-node job may end otherwise (gang.sh).
+	[ -n "${SSHQ_M_GANG:-}" ] && gang_finish "$1" "$2" && set -- "$gang_fstate" "$gang_fcode"
 	sweep_leftovers
 	rm -f -- "$jd/secrets.sh"
 	if [ -n "$ticket" ]; then
@@ -34,7 +36,7 @@ finish() {
 # own_pids: the wrapper's own processes, which carry the job's mark but are
 # not the job's: itself, the scope's outer wrapper waiting on it, the display.
 own_pids() {
-	printf '%s\n' $$ ${disp_pid:+"$disp_pid"}
+	printf '%s\n' $$ ${disp_pid:+"$disp_pid"} ${gang_pid:+"$gang_pid"}
 	[ -n "${SSHQ_IN_SCOPE:-}" ] && printf '%s\n' "$PPID"
 }
 
@@ -78,7 +80,9 @@ sweep_leftovers() {
 # cancelled: `sshq cancel` leaves a mark before it signals. While the job
 # runs only the mark counts (a stray signal to the wrapper alone changes
 # nothing); while it waits, any SIGTERM/SIGHUP also ends the wait.
-cancelled() { [ -e "$jd/cancel" ]; }
+# A rank of a multi-node job that another rank stopped (gang.sh) ends the same
+# way, its agent having left gang.cause.
+cancelled() { [ -e "$jd/cancel" ] || [ -e "$jd/gang.cause" ]; }
 
 # try_start: one decision, under queue.lock, by the queue's rule (plan);
 # leases the chosen GPUs on success.
@@ -94,6 +98,8 @@ try_start() {
 		warned[$u]=1
 	done
 	read_tickets
+	# Parked ranks of multi-node jobs keep their place but ask for nothing.
+	[ -d "$lease_dir/gang" ] && gang_skip_parked
 	free_gpus
 	for i in "${!t_name[@]}"; do
 		[ "${t_name[$i]}" = "$ticket" ] && me=$i && break
@@ -265,6 +271,7 @@ cmd_wrapper() {
 		jlog "$lease_err"
 		finish FAILED_SETUP 3
 	fi
+	[ -n "${SSHQ_M_GANG:-}" ] && gang_start
 	if [ "$ngpus" -gt 0 ]; then
 		my_sid=$(ps -o sid= -p $$ 2>/dev/null) || my_sid=
 		my_sid=${my_sid// /}
@@ -301,6 +308,8 @@ cmd_wrapper() {
 		name=${name//[!0-9]/}
 		if [ ${#name} -eq 16 ]; then name=${name}000; else name=$(date +%s%N); fi
 		name=$name-$uid
+		# A multi-node job's ticket is named by its gang's key on every node.
+		[ -n "${SSHQ_M_GANG:-}" ] && name=$SSHQ_M_GANG
 		# Readable by all: other users' waiters probe its lock and read it.
 		# Every step is checked: a ticket that is empty (full /tmp) or
 		# unlocked would put the job out of the queue's order.
@@ -326,6 +335,10 @@ cmd_wrapper() {
 		queue_unlock
 
 		while :; do
+			if [ -n "${SSHQ_M_GANG:-}" ]; then
+				gang_wait
+				break
+			fi
 			if cancelled || [ -n "$got_signal" ]; then
 				exec {tfd}<&-
 				finish CANCELLED 143
@@ -349,6 +362,7 @@ cmd_wrapper() {
 		done
 	else
 		set_state PENDING
+		[ -n "${SSHQ_M_GANG:-}" ] && gang_wait
 	fi
 
 	cvd=
@@ -363,6 +377,7 @@ cmd_wrapper() {
 		printf 'export PYTHONUNBUFFERED=1\n'
 		printf 'export SSHQ_JOB_UID=%s\n' "$uid"
 	} >"$jd/gpu.env"
+	[ -n "${SSHQ_M_GANG:-}" ] && gang_env >>"$jd/gpu.env"
 	[ -n "$cvd" ] && jlog "leased GPU(s) $cvd"
 	record_running
 

@@ -1,0 +1,198 @@
+package remote
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
+	"github.com/sshq/sshq/orchestrator/job"
+)
+
+// gangUID is rank r's uid (untagged) of the gang called name.
+func gangUID(name string, r int) string {
+	if r == 0 {
+		return name
+	}
+	return fmt.Sprintf("%s-r%d", name, r)
+}
+
+// submitGang submits a gang as the controller does: rank 0 first, then,
+// once its coordinator listens, the others pointed at it. runs[r] is rank
+// r's run script.
+func submitGang(t *testing.T, nodes []*testNode, name string, gpus int, runs []string, tweak func(*GangSpec)) {
+	t.Helper()
+	g := GangSpec{Key: NewGangKey(tagged(name), time.Now()), Token: "tok" + strconv.FormatInt(time.Now().UnixNano(), 36) + "0123456789"}
+	if tweak != nil {
+		tweak(&g)
+	}
+	for r, n := range nodes {
+		s := spec(gangUID(name, r), gpus, runs[r])
+		s.NodeRank, s.NumNodes = r, len(nodes)
+		gr := g
+		s.Gang = &gr
+		if r > 0 {
+			gi, err := nodes[0].cl().Gang(context.Background(), tagged(name))
+			if err != nil {
+				t.Fatalf("gang info: %v", err)
+			}
+			gr.Coordinator = net.JoinHostPort("127.0.0.1", strconv.Itoa(gi.Port))
+		}
+		if st, err := n.trySubmit(s); err != nil || st != job.Pending {
+			t.Fatalf("submit rank %d: %s %v", r, st, err)
+		}
+	}
+}
+
+// rendezvous is a run script that meets the other ranks over TCP using
+// only the variables sshq sets: rank 0 listens on MASTER_PORT, the others
+// connect to MASTER_ADDR, and each prints what it saw.
+const rendezvous = `python3 - <<'EOF'
+import os, socket, time
+rank = int(os.environ["SKYPILOT_NODE_RANK"])
+n = int(os.environ["SKYPILOT_NUM_NODES"])
+ips = os.environ["SKYPILOT_NODE_IPS"].split("\n")
+addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+assert len(ips) == n and ips[0] == addr, (ips, addr)
+if rank == 0:
+    s = socket.create_server(("", port))
+    got = []
+    for _ in range(n - 1):
+        c, _ = s.accept()
+        got.append(c.recv(100).decode())
+        c.sendall(b"welcome")
+    print("rank 0 of %d met: %s" % (n, ", ".join(sorted(got))))
+else:
+    for _ in range(200):
+        try:
+            c = socket.create_connection((addr, port))
+            break
+        except OSError:
+            time.sleep(0.05)
+    c.sendall(b"rank %d" % rank)
+    print("rank %d of %d heard: %s (gpus/node %s)" % (rank, n, c.recv(100).decode(), os.environ["SKYPILOT_NUM_GPUS_PER_NODE"]))
+EOF
+`
+
+// All or nothing: rank 0 holds its GPU (reserved, its run not started)
+// while rank 1's node is busy; once rank 1 gets its GPU both run and
+// rendezvous over TCP with the variables alone.
+func TestGangStartsTogetherAndRendezvous(t *testing.T) {
+	t.Parallel()
+	n0 := newNode(t, gpusim.T4x1("g0"))
+	n1 := newNode(t, gpusim.T4x1("g1"))
+	n1.submit(spec("busy", 1, blockUntil("busy")))
+	n1.waitState("busy", job.Running)
+
+	run := `echo "$(date +%s%N)" > "$HOME/start-gang"` + "\n" + rendezvous
+	submitGang(t, []*testNode{n0, n1}, "rv", 1, []string{run, run}, nil)
+	waitFor(t, "rank 0 to hold its GPU", func() bool {
+		g := n0.job("rv").Gang
+		return g != nil && g.Mode == GangHolding
+	})
+	if g := n1.job(gangUID("rv", 1)).Gang; g == nil || g.Mode != GangWaiting {
+		t.Fatalf("rank 1 behind a busy GPU: %+v, want waiting", g)
+	}
+	ns := n0.node()
+	if len(ns.Gangs) != 1 || ns.Gangs[0].Mode != GangHolding || ns.Gangs[0].NumNodes != 2 || len(ns.Leases) != 1 {
+		t.Fatalf("rank 0's node: gangs %+v leases %+v, want its GPU held for the gang", ns.Gangs, ns.Leases)
+	}
+	// Holding long enough for several polls, rank 0's run has not begun.
+	time.Sleep(500 * time.Millisecond)
+	if _, _, ok := n0.startedAt("gang"); ok || n0.job("rv").State != job.Pending {
+		t.Fatalf("rank 0 started before rank 1 held its GPU")
+	}
+
+	n1.release("busy")
+	r0 := n0.waitState("rv", job.Succeeded)
+	r1 := n1.waitState(gangUID("rv", 1), job.Succeeded)
+	if r0.ExitCode != 0 || r1.ExitCode != 0 {
+		t.Fatalf("exit codes %d %d", r0.ExitCode, r1.ExitCode)
+	}
+	l0, l1 := n0.log("rv"), n1.log(gangUID("rv", 1))
+	if !strings.Contains(l0, "rank 0 of 2 met: rank 1") || !strings.Contains(l1, "rank 1 of 2 heard: welcome (gpus/node 1)") {
+		t.Fatalf("logs:\n--- rank 0\n%s\n--- rank 1\n%s", l0, l1)
+	}
+	if len(n0.node().Gangs) != 0 {
+		t.Errorf("a started gang still has records: %+v", n0.node().Gangs)
+	}
+}
+
+// A rank that exits 3 stops the others: rank 0 ends FAILED with 3,
+// naming rank 1, and nothing of it runs on.
+func TestGangRankFailureStopsTheOthers(t *testing.T) {
+	t.Parallel()
+	n0 := newNode(t, gpusim.T4x1("f0"))
+	n1 := newNode(t, gpusim.T4x1("f1"))
+	long := `echo "rank $SKYPILOT_NODE_RANK up"; trap 'echo got TERM; exit 143' TERM; sleep 300 & wait`
+	submitGang(t, []*testNode{n0, n1}, "fail", 1, []string{long, "sleep 0.3; echo bad; exit 3"}, func(g *GangSpec) { g.Grace = time.Second })
+	r1 := n1.waitState(gangUID("fail", 1), job.Failed)
+	r0 := n0.waitState("fail", job.Failed)
+	if r1.ExitCode != 3 || r0.ExitCode != 3 {
+		t.Errorf("exit codes: rank 0 %d, rank 1 %d; want 3 for both", r0.ExitCode, r1.ExitCode)
+	}
+	if g := r0.Gang; g == nil || g.StoppedBy != 1 || g.StopCode != "3" {
+		t.Errorf("rank 0's gang status %+v, want stopped by rank 1 (3)", g)
+	}
+	if g := r1.Gang; g == nil || g.StoppedBy != -1 {
+		t.Errorf("rank 1's gang status %+v, want not stopped", g)
+	}
+	if pids := markedPIDs("fail"); len(pids) > 0 {
+		t.Errorf("rank 0's processes still run: %v", pids)
+	}
+	if l := n0.log("fail"); !strings.Contains(l, "got TERM") || !strings.Contains(l, "rank 1 ended with exit code 3") {
+		t.Errorf("rank 0's log:\n%s", l)
+	}
+}
+
+// A gang's rank that holds its GPU past the hold limit lets it go and
+// keeps its place: a job behind it takes the GPU meanwhile, and the rank
+// goes back to waiting once its peer holds.
+func TestGangHoldLimitParks(t *testing.T) {
+	t.Parallel()
+	n0 := newNode(t, gpusim.T4x1("p0"))
+	n1 := newNode(t, gpusim.T4x1("p1"))
+	n1.submit(spec("busy", 1, blockUntil("busy")))
+	n1.waitState("busy", job.Running)
+	submitGang(t, []*testNode{n0, n1}, "park", 1, []string{"echo r0", "echo r1"}, func(g *GangSpec) { g.Hold = time.Second })
+	waitFor(t, "rank 0 to park", func() bool {
+		g := n0.job("park").Gang
+		return g != nil && g.Mode == GangParked
+	})
+	// Parked, it asks for nothing: a later job takes the GPU at once.
+	n0.submit(spec("later", 1, "echo later"))
+	n0.waitState("later", job.Succeeded)
+	if q := n0.job("park").QueuePosition; q != 1 {
+		t.Errorf("parked rank's place in the queue: %d, want 1", q)
+	}
+	n1.release("busy")
+	n0.waitState("park", job.Succeeded)
+	n1.waitState(gangUID("park", 1), job.Succeeded)
+}
+
+// The agent never starts a rank whose peer could not hold: a rank whose
+// wrapper dies before the start makes the other one fail, saying why.
+func TestGangPeerGoneBeforeStart(t *testing.T) {
+	t.Parallel()
+	n0 := newNode(t, gpusim.T4x1("d0"))
+	n1 := newNode(t, gpusim.T4x1("d1"))
+	n1.submit(spec("busy", 1, blockUntil("busy")))
+	n1.waitState("busy", job.Running)
+	submitGang(t, []*testNode{n0, n1}, "gone", 1, []string{"echo r0", "echo r1"}, nil)
+	n1.waitState(gangUID("gone", 1), job.Pending)
+	n1.cancel(time.Second, gangUID("gone", 1))
+	r0 := n0.waitState("gone", job.FailedSetup)
+	if g := r0.Gang; g == nil || g.StoppedBy != 1 {
+		t.Errorf("rank 0: %+v", g)
+	}
+	if b, _ := os.ReadFile(filepath.Join(n0.jobDir("gone"), "log")); !strings.Contains(string(b), "rank 1 ended with exit code 143") {
+		t.Errorf("rank 0's log:\n%s", b)
+	}
+}
+
