@@ -196,3 +196,89 @@ func TestGangPeerGoneBeforeStart(t *testing.T) {
 	}
 }
 
+
+// Two gangs that each got one of two nodes first (each holding one GPU and
+// waiting for the other's) do not deadlock: the younger lets its GPU go
+// to the older, and both finish, never two on one GPU.
+func TestGangsCrossedDoNotDeadlock(t *testing.T) {
+	t.Parallel()
+	n0 := newNode(t, gpusim.T4x1("c0"))
+	n1 := newNode(t, gpusim.T4x1("c1"))
+	ledger := filepath.Join(t.TempDir(), "ledger")
+	run := func(name string) string {
+		return fmt.Sprintf(`echo "start %s $HOME $(date +%%s%%N)" >> %s; sleep 0.5; echo "end %s $HOME $(date +%%s%%N)" >> %s`, name, ledger, name, ledger)
+	}
+	older := GangSpec{Key: NewGangKey(tagged("old"), time.Now()), Token: "0123456789abcdefold"}
+	younger := GangSpec{Key: NewGangKey(tagged("young"), time.Now().Add(time.Millisecond)), Token: "0123456789abcdefyoung"}
+	rank := func(n *testNode, name string, g GangSpec, r int, coord *testNode) {
+		t.Helper()
+		s := spec(gangUID(name, r), 1, run(name))
+		s.NodeRank, s.NumNodes, s.Gang = r, 2, &g
+		if coord != nil {
+			gi, err := coord.cl().Gang(context.Background(), tagged(name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			g.Coordinator = net.JoinHostPort("127.0.0.1", strconv.Itoa(gi.Port))
+		}
+		n.submit(s)
+	}
+	// The younger gang's rank 0 takes n1's GPU, the older's rank 0 n0's;
+	// then each one's rank 1 waits for the GPU the other holds.
+	rank(n1, "young", younger, 0, nil)
+	waitFor(t, "the younger gang to hold n1", func() bool { g := n1.job("young").Gang; return g != nil && g.Mode == GangHolding })
+	rank(n0, "old", older, 0, nil)
+	waitFor(t, "the older gang to hold n0", func() bool { g := n0.job("old").Gang; return g != nil && g.Mode == GangHolding })
+	rank(n1, "old", older, 1, n0)
+	rank(n0, "young", younger, 1, n1)
+	for _, c := range []struct {
+		n   *testNode
+		uid string
+	}{{n0, "old"}, {n1, gangUID("old", 1)}, {n1, "young"}, {n0, gangUID("young", 1)}} {
+		c.n.waitState(c.uid, job.Succeeded)
+	}
+	b, _ := os.ReadFile(ledger)
+	checkLedger(t, string(b))
+	if !strings.Contains(n1.log("young"), "an older multi-node job waits here") {
+		t.Errorf("the younger gang's rank 0 did not give way:\n%s", n1.log("young"))
+	}
+}
+
+// checkLedger fails when two jobs used one node's GPU at once; a ledger
+// line is "start|end JOB NODEHOME NS".
+func checkLedger(t *testing.T, ledger string) {
+	t.Helper()
+	type span struct {
+		job        string
+		start, end int64
+	}
+	open := map[string]span{}
+	spans := map[string][]span{}
+	for _, l := range strings.Split(strings.TrimSpace(ledger), "\n") {
+		f := strings.Fields(l)
+		if len(f) != 4 {
+			t.Fatalf("ledger line %q", l)
+		}
+		ns, _ := strconv.ParseInt(f[3], 10, 64)
+		k := f[1] + " " + f[2]
+		if f[0] == "start" {
+			open[k] = span{job: f[1], start: ns}
+		} else {
+			s := open[k]
+			s.end = ns
+			spans[f[2]] = append(spans[f[2]], s)
+		}
+	}
+	for node, ss := range spans {
+		for i := range ss {
+			for j := i + 1; j < len(ss); j++ {
+				if ss[i].start < ss[j].end && ss[j].start < ss[i].end {
+					t.Errorf("on %s, %s and %s ran at once", node, ss[i].job, ss[j].job)
+				}
+			}
+		}
+	}
+	if len(open) != 4 {
+		t.Errorf("ledger has %d runs, want 4:\n%s", len(open), ledger)
+	}
+}
