@@ -84,6 +84,16 @@ type Settings struct {
 	// SSHConfig is the ssh config `sshq init` read the nodes from, when it
 	// was not the default one.
 	SSHConfig string `yaml:"ssh_config,omitempty"`
+	// PerNode are settings of single nodes, by alias.
+	PerNode map[string]NodeSettings `yaml:"per_node,omitempty"`
+}
+
+// NodeSettings are one node's entry under per_node.
+type NodeSettings struct {
+	// IP is the address the other nodes of a multi-node job reach this
+	// node by (its MASTER_ADDR when it is rank 0, its entry in
+	// SKYPILOT_NODE_IPS), when the ssh config's HostName is not one.
+	IP string `yaml:"ip,omitempty"`
 }
 
 // SettingsPath is where `sshq init` writes the node list.

@@ -114,7 +114,7 @@ func (c *Controller) Home() string { return c.home }
 // cluster is the node set of verbs about the cluster; the pool also
 // reaches nodes outside it (a job's node may have left the selection).
 func (c *Controller) cluster(names []string) *Cluster {
-	return &Cluster{Pool: c.pool, Resolver: c.resolver, Names: names}
+	return &Cluster{Pool: c.pool, Resolver: c.resolver, Names: names, PerNode: c.settings.PerNode}
 }
 
 // store opens the job store on first use.
@@ -235,7 +235,7 @@ func (c *Controller) Init(patterns []string) (*InitView, error) {
 	if err != nil {
 		return nil, usageErrorf("%w; %s was left as it was", err, path)
 	}
-	settings := inventory.Settings{Nodes: patterns}
+	settings := inventory.Settings{Nodes: patterns, PerNode: c.settings.PerNode}
 	if !c.ssh.Default {
 		// Later commands must read the same file the patterns name.
 		settings.SSHConfig, _ = filepath.Abs(c.ssh.Path)

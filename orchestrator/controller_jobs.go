@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -15,9 +16,12 @@ import (
 
 // LogsRequest asks for one job's output.
 type LogsRequest struct {
-	Ref         string
-	Tail        int  // only the last Tail lines; all when negative
-	Follow      bool // until the job ends
+	Ref    string
+	Tail   int  // only the last Tail lines; all when negative
+	Follow bool // until the job ends
+	// Rank, when set, shows one rank of a multi-node job; else all of its
+	// ranks' lines interleave, each after its rank and node.
+	Rank        *int
 	Out, ErrOut io.Writer
 	// Notef receives notes for people (a job still waiting for GPUs);
 	// nil asks for none, and saves asking the node about the job first.
@@ -52,7 +56,16 @@ func (c *Controller) Logs(ctx context.Context, r LogsRequest) (*LogsView, error)
 			r.Notef("job #%d is PENDING%s: its output starts when it gets its GPUs", now.ID, pos)
 		}
 	}
-	code, err := c.cluster(nil).Logs(ctx, j, r.Tail, r.Follow, r.Out, r.ErrOut)
+	var code int
+	if r.Rank != nil {
+		code, err = c.cluster(nil).RankLogs(ctx, j, *r.Rank, r.Tail, r.Follow, r.Out, r.ErrOut)
+		var ue *UsageError
+		if errors.As(err, &ue) {
+			return nil, err
+		}
+	} else {
+		code, err = c.cluster(nil).Logs(ctx, j, r.Tail, r.Follow, r.Out, r.ErrOut)
+	}
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("stopped reading job #%d's output (%w); the job keeps running", j.ID, ctx.Err())
 	}
@@ -63,6 +76,13 @@ func (c *Controller) Logs(ctx context.Context, r LogsRequest) (*LogsView, error)
 	if r.Follow {
 		if v, _, _ := c.reconcileIDs(ctx, st, ids); v[j.ID].Job != nil {
 			view.Job = v[j.ID]
+		}
+		// Every rank's stream ended: the job's code is the sum of theirs.
+		if view.Job.Gang != nil && r.Rank == nil && view.Job.State.Terminal() {
+			view.ExitCode = 0
+			if wv, _ := waitOutcome([]JobView{view.Job}); wv != nil {
+				view.ExitCode = wv.ExitCode
+			}
 		}
 	}
 	return view, nil

@@ -68,6 +68,9 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	if note == nil {
 		note = func(string, ...any) {}
 	}
+	if t.NumNodes > 1 {
+		return c.launchGang(ctx, st, t, opts, note)
+	}
 	p, asked := needsNoQuestion(t, c.Names, opts.Node)
 	if !asked {
 		var err error
@@ -119,48 +122,12 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	for _, k := range sortedKeys(t.Secrets) {
 		spec.Secrets = append(spec.Secrets, remote.EnvVar{Name: k, Value: t.Secrets[k]})
 	}
-	var client *sshpool.Client
-	if t.Workdir != "" || len(t.FileMounts) > 0 {
-		if client, err = c.Pool.Get(ctx, p.Node); err != nil {
-			return fail(err)
-		}
+	key, unlock, err := c.syncTask(ctx, sctx, st, t, p.Node, opts, note)
+	defer unlock()
+	if err != nil {
+		return fail(err)
 	}
-	if t.Workdir != "" {
-		key := wsync.WorkdirKey(opts.Origin, t.Workdir)
-		// Two launches of one workdir to one node (a sweep) must not sync
-		// into the same cache at once: one's snapshot could capture the
-		// other's half-done sync. Held until the snapshot is taken (submit).
-		unlock, err := lockWorkdir(ctx, st, p.Node, key)
-		if err != nil {
-			return fail(err)
-		}
-		defer unlock()
-		note("syncing %s to %s:~/.sshq/workdirs/%s", t.Workdir, p.Node, key)
-		if _, err := wsync.Push(sctx, wsync.SSH(client), t.Workdir, "~/.sshq/workdirs/"+key, wsync.Options{Progress: opts.Progress}); err != nil {
-			if ctx.Err() != nil {
-				return fail(fmt.Errorf("interrupted while syncing %s to %s: nothing was submitted (the next launch finishes the partial copy)", t.Workdir, p.Node))
-			}
-			return fail(fmt.Errorf("syncing workdir to %s: %w", p.Node, err))
-		}
-		spec.WorkdirKey = key
-	}
-	for _, remotePath := range sortedKeys(t.FileMounts) {
-		local := t.FileMounts[remotePath]
-		note("copying %s to %s:%s", local, p.Node, remotePath)
-		fi, err := os.Stat(local)
-		if err != nil {
-			return fail(fmt.Errorf("file_mounts: %w", err))
-		}
-		if fi.IsDir() {
-			// A mount may land in a directory that holds other data: never delete there.
-			_, err = wsync.Push(sctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress, NoDelete: true})
-		} else {
-			_, err = wsync.PushFile(sctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress})
-		}
-		if err != nil {
-			return fail(fmt.Errorf("file_mounts %s → %s:%s: %w", local, p.Node, remotePath, err))
-		}
-	}
+	spec.WorkdirKey = key
 	// `sshq cancel` may have run while we synced: it can only mark the job
 	// in the store, since the node does not know it yet.
 	if err := st.Update(func(s *store.State) error {
@@ -209,6 +176,54 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 		return &rec, p, ErrCancelledDuringLaunch
 	}
 	return &rec, p, err
+}
+
+// syncTask syncs t's workdir and file mounts to node (within sctx) and
+// returns the workdir's key there. unlock, never nil, lets other launches
+// of that workdir to that node go on: call it once the job is submitted
+// (its snapshot taken).
+func (c *Cluster) syncTask(ctx, sctx context.Context, st *store.Store, t *task.Task, node string, opts LaunchOptions, note func(string, ...any)) (key string, unlock func(), err error) {
+	unlock = func() {}
+	var client *sshpool.Client
+	if t.Workdir != "" || len(t.FileMounts) > 0 {
+		if client, err = c.Pool.Get(ctx, node); err != nil {
+			return "", unlock, err
+		}
+	}
+	if t.Workdir != "" {
+		key = wsync.WorkdirKey(opts.Origin, t.Workdir)
+		// Two launches of one workdir to one node (a sweep) must not sync
+		// into the same cache at once: one's snapshot could capture the
+		// other's half-done sync. Held until the snapshot is taken (submit).
+		if unlock, err = lockWorkdir(ctx, st, node, key); err != nil {
+			return "", func() {}, err
+		}
+		note("syncing %s to %s:~/.sshq/workdirs/%s", t.Workdir, node, key)
+		if _, err := wsync.Push(sctx, wsync.SSH(client), t.Workdir, "~/.sshq/workdirs/"+key, wsync.Options{Progress: opts.Progress}); err != nil {
+			if ctx.Err() != nil {
+				return "", unlock, fmt.Errorf("interrupted while syncing %s to %s: nothing was submitted (the next launch finishes the partial copy)", t.Workdir, node)
+			}
+			return "", unlock, fmt.Errorf("syncing workdir to %s: %w", node, err)
+		}
+	}
+	for _, remotePath := range sortedKeys(t.FileMounts) {
+		local := t.FileMounts[remotePath]
+		note("copying %s to %s:%s", local, node, remotePath)
+		fi, err := os.Stat(local)
+		if err != nil {
+			return "", unlock, fmt.Errorf("file_mounts: %w", err)
+		}
+		if fi.IsDir() {
+			// A mount may land in a directory that holds other data: never delete there.
+			_, err = wsync.Push(sctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress, NoDelete: true})
+		} else {
+			_, err = wsync.PushFile(sctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress})
+		}
+		if err != nil {
+			return "", unlock, fmt.Errorf("file_mounts %s → %s:%s: %w", local, node, remotePath, err)
+		}
+	}
+	return key, unlock, nil
 }
 
 // ErrSubmittedBeforeInterrupt: the launch was interrupted (Ctrl-C) after
@@ -292,7 +307,9 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		if j.State.Terminal() || j.Node == "" || (only != nil && !only(j)) {
 			continue
 		}
-		byNode[j.Node] = append(byNode[j.Node], j.UID)
+		for _, t := range targets(j) {
+			byNode[t.node] = append(byNode[t.node], t.uid)
+		}
 	}
 	if len(byNode) == 0 {
 		// Nothing to ask: do not rewrite state.json for a read.
@@ -342,7 +359,15 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		views = views[:0]
 		for _, j := range s.Jobs {
 			a, asked := answers[j.Node]
-			if asked && a.err == nil && !j.State.Terminal() {
+			switch {
+			case j.Gang != nil && !j.State.Terminal() && (only == nil || only(j)):
+				applyGang(j, func(r int) rankStatus {
+					rk := j.Gang.Ranks[r]
+					a, asked := answers[rk.Node]
+					js, ok := a.jobs[rk.UID]
+					return rankStatus{js: js, answered: asked && a.err == nil && ok}
+				}, now)
+			case asked && a.err == nil && !j.State.Terminal():
 				if js, ok := a.jobs[j.UID]; ok {
 					applyStatus(j, js, now)
 				}
@@ -350,7 +375,11 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 			if only != nil && !only(j) {
 				continue
 			}
-			_, down := unreachable[j.Node]
+			down := false
+			for _, n := range j.Nodes() {
+				_, d := unreachable[n]
+				down = down || d
+			}
 			views = append(views, JobView{Job: j, NodeReachable: !down})
 		}
 		return nil
@@ -436,9 +465,12 @@ func applyStatus(j *store.Job, js remote.JobStatus, now time.Time) {
 // also reports how each job ended) and records what the nodes said. It
 // returns per-job outcomes.
 func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job, grace time.Duration) (map[int]string, error) {
-	byNode := map[string][]*store.Job{}
+	// A multi-node job is cancelled on every rank's node at once.
+	byNode := map[string][]target{}
 	for _, j := range jobs {
-		byNode[j.Node] = append(byNode[j.Node], j)
+		for _, t := range targets(j) {
+			byNode[t.node] = append(byNode[t.node], t)
+		}
 	}
 	out := map[int]string{}
 	var errs []error
@@ -455,8 +487,8 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 	}
 	c.subset(nodes).Each(ctx, func(ctx context.Context, node string) {
 		var uids []string
-		for _, j := range byNode[node] {
-			uids = append(uids, j.UID)
+		for _, t := range byNode[node] {
+			uids = append(uids, t.uid)
 		}
 		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node)+grace+10*time.Second)
 		defer cancel()
@@ -465,8 +497,19 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 	})
 	close(ch)
 	statuses := map[int]remote.JobStatus{}
+	ranks := map[int]map[int]rankStatus{}
 	for r := range ch {
-		for _, j := range byNode[r.node] {
+		for _, t := range byNode[r.node] {
+			j := t.job
+			if t.rank >= 0 {
+				if ranks[j.ID] == nil {
+					ranks[j.ID] = map[int]rankStatus{}
+				}
+				js, ok := r.statuses[t.uid]
+				ranks[j.ID][t.rank] = rankStatus{js: js, answered: r.err == nil && ok}
+				out[j.ID] = gangOutcome(out[j.ID], r.m[t.uid], r.err)
+				continue
+			}
 			if r.err != nil {
 				out[j.ID] = "error: " + r.err.Error()
 				continue
@@ -491,6 +534,8 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 				// launch will not submit it.
 				j.State, j.Ended = job.Cancelled, &now
 				out[id] = "cancelled"
+			case j.Gang != nil && !j.State.Terminal():
+				applyGang(j, func(r int) rankStatus { return ranks[id][r] }, now)
 			case !j.State.Terminal():
 				if js, ok := statuses[id]; ok {
 					applyStatus(j, js, now)
@@ -507,6 +552,9 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 // Logs streams a job's log to w. With follow it returns when the job ends,
 // with the job's exit code.
 func (c *Cluster) Logs(ctx context.Context, j *store.Job, tail int, follow bool, w, errw io.Writer) (int, error) {
+	if j.Gang != nil {
+		return c.gangLogs(ctx, j, -1, tail, follow, w, errw)
+	}
 	if !follow {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opTimeout(ctx, j.Node))

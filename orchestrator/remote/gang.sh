@@ -225,11 +225,11 @@ gang_on_msg() {
 			jlog "the coordinator's start message was garbled: $gang_msg"
 			finish FAILED_SETUP 3
 		fi
+		# The record stays (mode run) while the rank lives: status names
+		# each node's rank.
 		queue_lock 60
-		gang_unmark
+		gang_mark run
 		queue_unlock
-		gang_mode=run
-		printf 'run %s\n' "$(now)" >"$jd/gang.mode"
 		return 0
 		;;
 	release-ok)

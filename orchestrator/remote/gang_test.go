@@ -87,8 +87,8 @@ func TestGangStartsTogetherAndRendezvous(t *testing.T) {
 	t.Parallel()
 	n0 := newNode(t, gpusim.T4x1("g0"))
 	n1 := newNode(t, gpusim.T4x1("g1"))
-	n1.submit(spec("busy", 1, blockUntil("busy")))
-	n1.waitState("busy", job.Running)
+	n1.submit(spec("busy-rv", 1, blockUntil("busy-rv")))
+	n1.waitState("busy-rv", job.Running)
 
 	run := `echo "$(date +%s%N)" > "$HOME/start-gang"` + "\n" + rendezvous
 	submitGang(t, []*testNode{n0, n1}, "rv", 1, []string{run, run}, nil)
@@ -106,10 +106,10 @@ func TestGangStartsTogetherAndRendezvous(t *testing.T) {
 	// Holding long enough for several polls, rank 0's run has not begun.
 	time.Sleep(500 * time.Millisecond)
 	if _, _, ok := n0.startedAt("gang"); ok || n0.job("rv").State != job.Pending {
-		t.Fatalf("rank 0 started before rank 1 held its GPU")
+		t.Fatalf("rank 0 started before rank 1 held its GPU: %+v\n%s\n---\n%s", n0.job("rv"), n0.log("rv"), n1.log(gangUID("rv", 1)))
 	}
 
-	n1.release("busy")
+	n1.release("busy-rv")
 	r0 := n0.waitState("rv", job.Succeeded)
 	r1 := n1.waitState(gangUID("rv", 1), job.Succeeded)
 	if r0.ExitCode != 0 || r1.ExitCode != 0 {
@@ -120,7 +120,7 @@ func TestGangStartsTogetherAndRendezvous(t *testing.T) {
 		t.Fatalf("logs:\n--- rank 0\n%s\n--- rank 1\n%s", l0, l1)
 	}
 	if len(n0.node().Gangs) != 0 {
-		t.Errorf("a started gang still has records: %+v", n0.node().Gangs)
+		t.Errorf("an ended gang still has records: %+v", n0.node().Gangs)
 	}
 }
 
@@ -158,20 +158,20 @@ func TestGangHoldLimitParks(t *testing.T) {
 	t.Parallel()
 	n0 := newNode(t, gpusim.T4x1("p0"))
 	n1 := newNode(t, gpusim.T4x1("p1"))
-	n1.submit(spec("busy", 1, blockUntil("busy")))
-	n1.waitState("busy", job.Running)
+	n1.submit(spec("busy-park", 1, blockUntil("busy-park")))
+	n1.waitState("busy-park", job.Running)
 	submitGang(t, []*testNode{n0, n1}, "park", 1, []string{"echo r0", "echo r1"}, func(g *GangSpec) { g.Hold = time.Second })
 	waitFor(t, "rank 0 to park", func() bool {
 		g := n0.job("park").Gang
 		return g != nil && g.Mode == GangParked
 	})
 	// Parked, it asks for nothing: a later job takes the GPU at once.
-	n0.submit(spec("later", 1, "echo later"))
-	n0.waitState("later", job.Succeeded)
+	n0.submit(spec("later-park", 1, "echo later"))
+	n0.waitState("later-park", job.Succeeded)
 	if q := n0.job("park").QueuePosition; q != 1 {
 		t.Errorf("parked rank's place in the queue: %d, want 1", q)
 	}
-	n1.release("busy")
+	n1.release("busy-park")
 	n0.waitState("park", job.Succeeded)
 	n1.waitState(gangUID("park", 1), job.Succeeded)
 }
@@ -182,8 +182,8 @@ func TestGangPeerGoneBeforeStart(t *testing.T) {
 	t.Parallel()
 	n0 := newNode(t, gpusim.T4x1("d0"))
 	n1 := newNode(t, gpusim.T4x1("d1"))
-	n1.submit(spec("busy", 1, blockUntil("busy")))
-	n1.waitState("busy", job.Running)
+	n1.submit(spec("busy-gone", 1, blockUntil("busy-gone")))
+	n1.waitState("busy-gone", job.Running)
 	submitGang(t, []*testNode{n0, n1}, "gone", 1, []string{"echo r0", "echo r1"}, nil)
 	n1.waitState(gangUID("gone", 1), job.Pending)
 	n1.cancel(time.Second, gangUID("gone", 1))
@@ -195,7 +195,6 @@ func TestGangPeerGoneBeforeStart(t *testing.T) {
 		t.Errorf("rank 0's log:\n%s", b)
 	}
 }
-
 
 // Two gangs that each got one of two nodes first (each holding one GPU and
 // waiting for the other's) do not deadlock: the younger lets its GPU go

@@ -2,13 +2,14 @@
 # the wrapper (gang.sh), status and jobs, and the action `gang UID`, which
 # tells the controller where rank 0's coordinator listens. Needs lib.sh.
 #
-# A gang member that waits or holds GPUs for its gang has a record in
-# $lease_dir/gang/<uid>, "uid key mode rank nranks since ngpus allowed",
+# Every rank of a gang has a record in $lease_dir/gang/<uid>, "uid key mode
+# rank nranks since ngpus allowed", from its first wait until it ends,
 # which its wrapper flocks while it lives (a record nobody holds is stale
 # and skipped). key is the gang's global order ("<ns>-<uid>", its name in
 # every node's queue); mode is wait (in the queue), hold (holding its GPUs
-# for its peers: "reserved") or park (let them go after the hold limit,
-# keeping its place; not counted by the queue until its peers hold theirs).
+# for its peers: "reserved"), park (let them go after the hold limit,
+# keeping its place; not counted by the queue until its peers hold theirs)
+# or run (the gang started).
 
 declare -a g_uid g_key g_mode g_rank g_n g_since g_need g_allowed
 read_gangs() { # read_gangs [ro]
@@ -23,7 +24,7 @@ read_gangs() { # read_gangs [ro]
 		u= k= m= r= n= si= nd= al=
 		IFS=$tab read -r u k m r n si nd al rest <"$f" 2>/dev/null
 		valid_uid "$u" && valid_uid "$k" || continue
-		case $m in wait | hold | park) ;; *) continue ;; esac
+		case $m in wait | hold | park | run) ;; *) continue ;; esac
 		case $r in '' | *[!0-9]*) continue ;; esac
 		case $n in '' | *[!0-9]*) continue ;; esac
 		case $nd in '' | *[!0-9]*) nd=0 ;; esac
@@ -57,8 +58,8 @@ gang_skip_parked() {
 	t_n=("${nn[@]}") t_since=("${si[@]}") t_allowed=("${al[@]}") t_login=("${lg[@]}")
 }
 
-# gang_status_report: one "gang" record per member waiting or holding on
-# this node, for `sshq status` (GPUs held for peers are "reserved").
+# gang_status_report: one "gang" record per rank on this node, for `sshq
+# status` (GPUs held for peers are "reserved").
 gang_status_report() {
 	local i
 	[ -d "$lease_dir/gang" ] || return 0

@@ -44,6 +44,9 @@ type Job struct {
 	QueuePosition *int       `json:"queue_position"` // place in its node's FIFO while PENDING
 	EnvNames      []string   `json:"env_names"`      // names of the envs given to it, never values
 	LastSeen      *time.Time `json:"last_seen"`      // when its node last confirmed State
+	// Gang is a multi-node job's ranks (Node is rank 0's); absent for a job
+	// on one node.
+	Gang *Gang `json:"gang,omitempty"`
 }
 
 // State is the whole of state.json: the unfinished jobs and the recently

@@ -263,8 +263,10 @@ func (d *decoder) numNodes(v *node) error {
 	switch n := v.intVal; {
 	case n < 1:
 		return d.errf(v.at, "num_nodes", "must be at least 1, not %d", n)
-	case n > 1:
-		return d.errf(v.at, "num_nodes", "multi-node tasks are not supported yet: sshq runs a task on one node; set num_nodes: 1 (or remove it)")
+	case n > MaxNodes:
+		return d.errf(v.at, "num_nodes", "%d nodes: sshq runs a job on at most %d nodes", n, MaxNodes)
+	default:
+		d.t.NumNodes = int(n)
 	}
 	return nil
 }
