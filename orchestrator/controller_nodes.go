@@ -30,6 +30,8 @@ type RunningJob struct {
 	Name   string `json:"name"`
 	User   string `json:"user"`
 	GPUs   []int  `json:"gpus"` // nvidia-smi indices; empty for a job without GPUs
+	// Gang is set for a rank of a multi-node job.
+	Gang *GangRank `json:"gang,omitempty"`
 }
 
 // Down lists the nodes that did not answer.
@@ -77,14 +79,15 @@ func running(n NodeStatus) []RunningJob {
 	out := []RunningJob{}
 	at := map[string]int{}
 	for _, g := range n.GPUs {
-		if g.Holder == nil {
+		// A rank that holds GPUs for its peers does not run yet.
+		if g.Holder == nil || g.State == GPUReserved {
 			continue
 		}
 		i, ok := at[g.Holder.JobUID]
 		if !ok {
 			i = len(out)
 			at[g.Holder.JobUID] = i
-			out = append(out, RunningJob{JobID: g.Holder.JobID, JobUID: g.Holder.JobUID, Name: g.Holder.Name, User: g.Holder.User, GPUs: []int{}})
+			out = append(out, RunningJob{JobID: g.Holder.JobID, JobUID: g.Holder.JobUID, Name: g.Holder.Name, User: g.Holder.User, GPUs: []int{}, Gang: g.Holder.Gang})
 		}
 		out[i].GPUs = append(out[i].GPUs, g.Index)
 	}
@@ -93,7 +96,7 @@ func running(n NodeStatus) []RunningJob {
 			continue
 		}
 		at[j.JobUID] = len(out)
-		out = append(out, RunningJob{JobID: j.JobID, JobUID: j.JobUID, Name: j.Name, User: j.User, GPUs: []int{}})
+		out = append(out, RunningJob{JobID: j.JobID, JobUID: j.JobUID, Name: j.Name, User: j.User, GPUs: []int{}, Gang: j.Gang})
 	}
 	return out
 }

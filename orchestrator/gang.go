@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,9 +38,25 @@ type RankPlacement struct {
 	Reason      string   `json:"reason"`
 }
 
-// GangHold is how long a rank holds its GPUs for the others before it lets
-// them go (remote.GangSpec.Hold); a variable so that tests can shorten it.
-var GangHold = remote.DefaultGangHold
+// gangTimes reads SSHQ_GANG_HOLD (how long a rank holds its GPUs for the
+// others before it lets them go, default 10m) and SSHQ_GANG_LOST (how long
+// a rank may go unheard before the others stop, default 30s) from the
+// controller's environment.
+func gangTimes() (hold, lost time.Duration, err error) {
+	for _, v := range []struct {
+		name string
+		d    *time.Duration
+	}{{"SSHQ_GANG_HOLD", &hold}, {"SSHQ_GANG_LOST", &lost}} {
+		s := os.Getenv(v.name)
+		if s == "" {
+			continue
+		}
+		if *v.d, err = time.ParseDuration(s); err != nil || *v.d < time.Second {
+			return 0, 0, usageErrorf("%s=%q: give a duration of a second or more, as in 10m or 45s", v.name, s)
+		}
+	}
+	return hold, lost, nil
+}
 
 // placeGang chooses t.NumNodes distinct nodes, each able to hold the
 // task's resources (SkyPilot's meaning: per node), all with the same
@@ -198,6 +215,10 @@ func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task,
 			return nil, Placement{}, usageErrorf("config.yaml: per_node.%s.ip %q is not an IP address; write the address the other nodes reach %s by", node, s.IP, node)
 		}
 	}
+	hold, lost, err := gangTimes()
+	if err != nil {
+		return nil, Placement{}, err
+	}
 	p, err := c.placeGang(ctx, t, opts.Node)
 	if err != nil {
 		return nil, p, err
@@ -266,7 +287,7 @@ func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task,
 	if _, err := rand.Read(tok[:]); err != nil {
 		return fail(err)
 	}
-	gang := remote.GangSpec{Key: remote.NewGangKey(rec.UID, time.Now()), Token: hex.EncodeToString(tok[:]), Hold: GangHold, IPs: make([]string, n)}
+	gang := remote.GangSpec{Key: remote.NewGangKey(rec.UID, time.Now()), Token: hex.EncodeToString(tok[:]), Hold: hold, Lost: lost, IPs: make([]string, n)}
 	for r, rp := range p.Ranks {
 		gang.IPs[r] = c.rankIP(ctx, rp.Node)
 	}

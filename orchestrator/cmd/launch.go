@@ -37,9 +37,11 @@ type LaunchOptions struct {
 	Secrets []string
 	Workdir string
 	Forward []string // [LOCAL:]REMOTE, while attached
-	Detach  bool
-	DryRun  bool
-	JSON    bool
+	// NumNodes replaces the task's num_nodes when not 0.
+	NumNodes int
+	Detach   bool
+	DryRun   bool
+	JSON     bool
 }
 
 // NewCmdLaunch builds `sshq launch`; runF replaces launchRun in tests.
@@ -67,6 +69,7 @@ Examples:
 			&cli.StringFlag{Name: "name", Usage: "job name (default: the task's name, or the command's program)"},
 			&cli.StringFlag{Name: "gpus", Usage: "GPUs to use: `N` or TYPE:N (A100:2); overrides the task's resources"},
 			&cli.StringFlag{Name: "node", Usage: "run on this node only"},
+			&cli.IntFlag{Name: "num-nodes", Usage: "run on `N` distinct nodes at once, each with the task's resources (SkyPilot's num_nodes)"},
 			&cli.GenericFlag{Name: "env", Value: &verbatim{}, Usage: "set an env var: `NAME=VALUE` (the value verbatim, commas included), or NAME to pass the local value (repeatable)"},
 			&cli.StringFlag{Name: "env-file", Usage: "set env vars from a dotenv `FILE` (NAME=VALUE lines, # comments, quotes, export); --env wins over it"},
 			&cli.GenericFlag{Name: "secret", Value: &verbatim{}, Usage: "like --env, but never printed, logged or stored on this machine"},
@@ -82,7 +85,11 @@ Examples:
 			opts := &LaunchOptions{IO: f.IO, Ctx: c.Context, Controller: opener(c, f), Hostname: f.Hostname,
 				Args: c.Args().Slice(), Name: c.String("name"), GPUs: c.String("gpus"), Node: c.String("node"),
 				Env: *c.Generic("env").(*verbatim), EnvFile: c.String("env-file"), Secrets: *c.Generic("secret").(*verbatim), Workdir: c.String("workdir"),
-				Forward: *c.Generic("forward").(*verbatim), Detach: c.Bool("detach") || c.Bool("json"), DryRun: c.Bool("dry-run"), JSON: c.Bool("json")}
+				Forward: *c.Generic("forward").(*verbatim), Detach: c.Bool("detach") || c.Bool("json"), DryRun: c.Bool("dry-run"), JSON: c.Bool("json"),
+				NumNodes: c.Int("num-nodes")}
+			if c.IsSet("num-nodes") && opts.NumNodes < 1 {
+				return usageErr("--num-nodes %d: a job runs on 1 or more nodes", opts.NumNodes)
+			}
 			if runF != nil {
 				return runF(opts)
 			}
@@ -127,7 +134,7 @@ func buildTask(opts *LaunchOptions) (*task.Task, error) {
 	for _, w := range warns {
 		fmt.Fprintf(opts.IO.ErrOut, "sshq: warning: %s\n", w)
 	}
-	ov := task.Overrides{Name: opts.Name, Run: run, Workdir: opts.Workdir}
+	ov := task.Overrides{Name: opts.Name, Run: run, Workdir: opts.Workdir, NumNodes: opts.NumNodes}
 	if g := opts.GPUs; g != "" {
 		a, err := task.ParseGPUFlag(g)
 		if err != nil {
@@ -193,7 +200,7 @@ func launchRun(opts *LaunchOptions) error {
 	}
 	j, p := v.Job, v.Placement
 	if opts.JSON {
-		return writeJSON(out, map[string]any{"id": j.ID, "uid": j.UID, "name": j.Name, "node": j.Node,
+		return writeJSON(out, map[string]any{"id": j.ID, "uid": j.UID, "name": j.Name, "node": j.Node, "nodes": j.Nodes(),
 			"gpus": j.GPUs, "num_gpus": j.NumGPUs, "state": j.State})
 	}
 	where := "starting"
@@ -203,10 +210,16 @@ func launchRun(opts *LaunchOptions) error {
 	case !p.FitsNow:
 		where = fmt.Sprintf("waiting in the node's queue until %d GPU(s) free up", p.NumGPUs)
 	}
+	if len(p.Ranks) > 0 {
+		where = fmt.Sprintf("%d ranks, starting together once each holds its GPUs", len(p.Ranks))
+		if !p.FitsNow {
+			where = fmt.Sprintf("%d ranks, waiting until every node can give %d GPU(s)", len(p.Ranks), p.NumGPUs)
+		}
+	}
 	if p.NumGPUs == 0 {
 		where += " (no GPU requested: add --gpus N, or resources.accelerators in the task, for GPUs)"
 	}
-	fmt.Fprintf(errOut, "sshq: job #%d (%s) submitted to %s: %s\n", j.ID, j.Name, j.Node, where)
+	fmt.Fprintf(errOut, "sshq: job #%d (%s) submitted to %s: %s\n", j.ID, j.Name, j.NodeList(), where)
 	if opts.Detach {
 		fmt.Fprintf(out, "%d\n", j.ID)
 		fmt.Fprintf(errOut, "sshq: follow it with `sshq logs -f %d`; list jobs with `sshq queue`\n", j.ID)
@@ -245,6 +258,10 @@ func dryRun(opts *LaunchOptions, ctrl Controller, t *task.Task) error {
 	}
 	if opts.JSON {
 		return writeJSON(out, map[string]any{"dry_run": true, "name": t.Name, "placement": p, "workdir": t.Workdir})
+	}
+	if len(p.Ranks) > 0 {
+		printGangPlan(out, t, p)
+		return nil
 	}
 	fmt.Fprintf(out, "plan for %q (nothing was changed):\n  node:     %s (%s)\n", t.Name, p.Node, p.Reason)
 	if p.NumGPUs > 0 {
@@ -441,5 +458,35 @@ func (p *progress) clear() {
 	if p.drawn {
 		fmt.Fprint(p.w, "\r\x1b[K")
 		p.drawn = false
+	}
+}
+
+// printGangPlan is the dry-run of a multi-node job: each rank's node and
+// how it would take the job now.
+func printGangPlan(out io.Writer, t *task.Task, p orchestrator.Placement) {
+	nodes := make([]string, len(p.Ranks))
+	for i, r := range p.Ranks {
+		nodes[i] = r.Node
+	}
+	fmt.Fprintf(out, "plan for %q (nothing was changed):\n  nodes:    %d, %s (%s)\n", t.Name, len(p.Ranks), strings.Join(nodes, "+"), p.Reason)
+	for _, r := range p.Ranks {
+		what := "starts now"
+		if !r.FitsNow {
+			what = "waits"
+		}
+		fmt.Fprintf(out, "  rank %d:   %s, %s: %s\n", r.Rank, r.Node, what, r.Reason)
+	}
+	if p.NumGPUs > 0 {
+		fmt.Fprintf(out, "  gpus:     %d × %s on each node\n", p.NumGPUs, orAny(p.Accelerator))
+	}
+	fmt.Fprintf(out, "  start:    all ranks together, once each holds its GPUs; MASTER_ADDR is rank 0's (%s)\n", p.Node)
+	if t.Workdir != "" {
+		fmt.Fprintf(out, "  workdir:  %s → each node's ~/.sshq/workdirs/\n", t.Workdir)
+	}
+	for r, l := range t.FileMounts {
+		fmt.Fprintf(out, "  mount:    %s → each node's %s\n", l, r)
+	}
+	if len(t.Resources.Ports) > 0 {
+		fmt.Fprintf(out, "  ports:    %s on rank 0's node (forwarded to this machine while attached)\n", task.PortsString(t.Resources.Ports))
 	}
 }
