@@ -37,11 +37,12 @@ type LaunchOptions struct {
 	Secrets []string
 	Workdir string
 	Forward []string // [LOCAL:]REMOTE, while attached
+	Detach  bool
+	DryRun  bool
+	JSON    bool
+
 	// NumNodes replaces the task's num_nodes when not 0.
 	NumNodes int
-	Detach   bool
-	DryRun   bool
-	JSON     bool
 }
 
 // NewCmdLaunch builds `sshq launch`; runF replaces launchRun in tests.
@@ -85,8 +86,8 @@ Examples:
 			opts := &LaunchOptions{IO: f.IO, Ctx: c.Context, Controller: opener(c, f), Hostname: f.Hostname,
 				Args: c.Args().Slice(), Name: c.String("name"), GPUs: c.String("gpus"), Node: c.String("node"),
 				Env: *c.Generic("env").(*verbatim), EnvFile: c.String("env-file"), Secrets: *c.Generic("secret").(*verbatim), Workdir: c.String("workdir"),
-				Forward: *c.Generic("forward").(*verbatim), Detach: c.Bool("detach") || c.Bool("json"), DryRun: c.Bool("dry-run"), JSON: c.Bool("json"),
-				NumNodes: c.Int("num-nodes")}
+				Forward: *c.Generic("forward").(*verbatim), Detach: c.Bool("detach") || c.Bool("json"), DryRun: c.Bool("dry-run"), JSON: c.Bool("json")}
+			opts.NumNodes = c.Int("num-nodes")
 			if c.IsSet("num-nodes") && opts.NumNodes < 1 {
 				return usageErr("--num-nodes %d: a job runs on 1 or more nodes", opts.NumNodes)
 			}
