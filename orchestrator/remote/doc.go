@@ -7,7 +7,9 @@
 // GPUs (the queue's rule), and the action's own file: submit.sh (with
 // wrapper.sh, which the job keeps as its wrapper), jobs.sh, status.sh,
 // place.sh, cancel.sh, logs.sh, check.sh; shell.sh, the interactive run
-// phase, travels with wrapper.sh. Client does no SSH itself: it
+// phase, travels with wrapper.sh; gangrec.sh (multi-node jobs' records)
+// with submit, jobs, status and cancel; gang.sh and the agent gang.py with
+// the submit of a multi-node job's rank. Client does no SSH itself: it
 // runs each action as one command through a Runner (for sshpool,
 // Pool.Node(alias)), so every action is one SSH session on one node.
 //
@@ -39,6 +41,10 @@
 //	  scope                the systemd user scope's name, when one is used
 //	  shell.pid            an interactive job's shell, while it runs
 //	  idle                 left when an interactive job's shell was ended for want of a client
+//	  gang.py              a multi-node rank's agent (see Multi-node jobs)
+//	  gang.port            rank 0: the TCP port its coordinator listens on
+//	  gang.mode            "MODE unix_ts": wait, hold, park or run
+//	  gang.cause           "RANK CODE|lost": the rank whose end stopped this one
 //
 // Shared by all users: the lease directory, $SSHQ_LEASE_DIR of the
 // submitting session, else /tmp/sshq-leases (mode 1777; a symlink is
@@ -53,6 +59,8 @@
 //	                       its start to its end, with or without GPUs; flocked by its
 //	                       wrapper (and, inherited, its processes) while it lives. Whose
 //	                       job it is is the file's owner, which no text can claim
+//	gang/<uid>             a multi-node rank's record, "uid key mode rank nranks since
+//	                       num_gpus allowed", flocked by its wrapper while it lives
 //	.smi-<query>-<euid>    one node account's last nvidia-smi answer to one query (gpu,
 //	                       gpu-nomig, apps): "<ms> ok|fail|hung <exit status>", then the
 //	                       output; read only by that account (mode 0600)
@@ -162,6 +170,56 @@
 // status, the log saying why. A shell still there 5s after SIGHUP gets
 // SIGKILL. An answer tmux does not give restarts the clock.
 //
+// # Multi-node jobs
+//
+// A job with NumNodes N > 1 is N jobs, one per node, with the same id and
+// name: rank 0 has the job's uid, rank r the uid "<uid>-r<r>", so each
+// rank's processes carry a mark of their own. meta.sh gives each rank
+// SSHQ_M_GANG (the gang's key, "<19-digit ns>-<uid>": the controller's
+// clock at submit), SSHQ_M_RANK, SSHQ_M_NRANKS, SSHQ_M_GANG_TOKEN (the
+// gang's secret), SSHQ_M_GANG_COORD (rank 0's "addr:port"; empty on rank
+// 0), SSHQ_M_GANG_IPS (the ranks' addresses the controller knows, "-"
+// for the others), SSHQ_M_GANG_HOLD, SSHQ_M_GANG_LOST and
+// SSHQ_M_GANG_GRACE (seconds). Before it takes a ticket, the wrapper starts
+// the rank's agent (gang.py, under python3) as a coprocess; rank 0's
+// listens on a free TCP port (gang.port, which the action `gang` reports,
+// with the address the command reached the node at) and is the gang's
+// coordinator, the others connect to it and prove the token. The rank's
+// ticket is named by the gang's key, so every node orders gangs alike.
+//
+// The rank waits by the queue's rule (try_start), and takes its GPUs only
+// when no older gang's rank (smaller key) waits on the node for GPUs it
+// could use; then it holds them (mode hold: "reserved" in status), its
+// ticket removed, and its agent tells the coordinator. While it holds, an
+// older gang's rank waiting there for GPUs it could use, or
+// SSHQ_M_GANG_HOLD seconds passing, make it ask the coordinator to let
+// them go; granted, it closes its leases and takes its ticket again under
+// its old name (its place): mode wait, or park after the hold limit. A
+// parked rank asks for nothing (every waiter's try_start skips its ticket:
+// gang_skip_parked) until the coordinator unparks it, when every rank not
+// parked holds. When every rank holds, the coordinator picks MASTER_PORT
+// (free on its node) and sends each rank "go" with MASTER_ADDR and the
+// ranks' addresses (known ones, else the address each rank reached it
+// from; rank 0's: the one they reached); it grants no release after that,
+// so no rank runs while another has let its GPUs go. gpu.env then also
+// sets SSHQ_/SKYPILOT_NODE_IPS, MASTER_ADDR and MASTER_PORT (the task's
+// own MASTER_PORT wins), and the rank runs setup and run like any job.
+//
+// A rank that ends tells the coordinator its code. One that ends before
+// the start, or non-zero after it, or is not heard from for
+// SSHQ_M_GANG_LOST seconds (agents ping every few seconds), makes the
+// coordinator tell every other rank to stop: their agents write
+// gang.cause, send their rank's processes SIGTERM, then SIGKILL after
+// SSHQ_M_GANG_GRACE seconds, sparing the wrapper, which ends as a cancel
+// would (cancelled() sees gang.cause) but records FAILED (FAILED_SETUP
+// before its run began) with the code of the rank that failed (3 for a
+// lost one). A rank that cannot reach the coordinator for that long stops
+// itself the same way, naming rank 0 lost. Rank 0's wrapper, its own run
+// ended, lets its GPUs go and waits until every rank has ended before it
+// records its end, so its coordinator outlives every rank it may have to
+// stop. A cancelled rank's agent says so (end 143) on SIGTERM, so the
+// others stop at once.
+//
 // # Cancel
 //
 // Cancel marks the job, sends SIGTERM to every process of the user whose
@@ -186,16 +244,20 @@
 // and node scripts of neighbouring versions still understand each other.
 //
 //	Submit: submitted <uid> <first state>
+//	Gang:   gang <uid> <port> <addr|~>          (rank 0's coordinator)
 //	Jobs:   job <uid> found <wrapper 0|1> <tmux 0|1>  |  job <uid> missing|invalid
 //	        state <uid> <STATE> <unix_ts>  (one per transition, in order)
 //	        exit <uid> <code>
 //	        gpu <uid> <index> <uuid>
 //	        queue <uid> <position>          (1 = head)
+//	        gang <uid> <mode> <since> <rank|-> <code|lost|->  (a multi-node
+//	        rank: where it is in the start; the rank that stopped it)
 //	Status: gpu <index> <uuid> free|leased|foreign|unusable
 //	        lease <uuid> <index> <uid> <id> <user> <name> <since> <login>
 //	        foreign <uuid> <pid,pid...>
 //	        ticket <position> <uid> <user> <name> <num_gpus> <since> <allowed|*> <login>
 //	        running <uid> <id> <user> <name> <num_gpus> <since> <login>
+//	        gang <uid> <mode> <rank> <nranks> <since>  (a multi-node rank)
 //	        (a ticket, owner or running record whose uid sshq would never
 //	        make is skipped, resp. shown as "~": they are other users'
 //	        files; a running record's login is its file's owner)
@@ -237,4 +299,7 @@
 //   - MIG devices are not leased separately (their uuids are skipped).
 //   - The tmux server is `tmux -L sshq -f /dev/null`; killing it sends
 //     SIGHUP to running jobs.
+//   - A multi-node job needs python3 on its nodes, and TCP from every node
+//     to rank 0's; Place does not skip parked ranks' tickets, so its
+//     count of jobs ahead may include them.
 package remote
