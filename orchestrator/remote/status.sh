@@ -2,7 +2,7 @@
 # in one pass: host facts, the driver's answers (one GPU query, one process
 # query: the same ones the queue decides by), the queue's view of every GPU,
 # its leases and waiters, and every sshq job running on the node, of any
-# user, with or without GPUs. Needs lib.sh and sched.sh.
+# user, with or without GPUs. Needs lib.sh, sched.sh and gangrec.sh.
 #
 # The driver's answers come first, as sections after "@@sshq NAME" marker
 # lines (gpu.ParseProbe reads them: nvidia-smi's own lines are not records),

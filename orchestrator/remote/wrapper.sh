@@ -2,7 +2,7 @@
 # job in its tmux session with no controller anywhere: takes its place in
 # the queue, waits for its GPUs, runs setup and run (or, for `sshq shell`,
 # an interactive shell: shell.sh), records how it ended. Needs lib.sh,
-# sched.sh and shell.sh.
+# sched.sh, gangrec.sh and shell.sh; a multi-node job's rank, gang.sh too.
 
 # Files in its job directory: meta.sh (identity, from the controller),
 # state (lines "STATE unix_ts"), log, exit, gpus, ticket, cancel.
