@@ -255,6 +255,16 @@ func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task,
 	defer cancelSync()
 	keys := make([]string, n)
 	errs := make([]error, n)
+	unlocks := make([]func(), n)
+	// Each node's workdir lock is held until its rank's snapshot is taken
+	// (its submit).
+	defer func() {
+		for _, u := range unlocks {
+			if u != nil {
+				u()
+			}
+		}
+	}()
 	var wg sync.WaitGroup
 	for r, rp := range p.Ranks {
 		wg.Add(1)
@@ -264,10 +274,7 @@ func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task,
 			if r > 0 {
 				o.Progress = nil // one bar: rank 0's
 			}
-			key, unlock, err := c.syncTask(ctx, sctx, st, t, rp.Node, o, note)
-			// The snapshot is taken at submit; the lock is held until then.
-			defer unlock()
-			keys[r], errs[r] = key, err
+			keys[r], unlocks[r], errs[r] = c.syncTask(ctx, sctx, st, t, rp.Node, o, note)
 		}()
 	}
 	wg.Wait()
