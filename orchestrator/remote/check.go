@@ -5,7 +5,8 @@ import "fmt"
 // NodeCheck is what a node offers sshq, from Check.
 type NodeCheck struct {
 	// Tools maps each tool sshq uses on a node (bash, tmux, flock,
-	// nvidia-smi, systemd-run, ps) to its path, "" when it is missing.
+	// nvidia-smi, systemd-run, ps; python3 for multi-node jobs) to its
+	// path, "" when it is missing.
 	// Only bash is known when bash is missing or too old.
 	Tools       map[string]string `json:"tools"`
 	BashVersion string            `json:"bash_version"`
@@ -62,6 +63,9 @@ func (c *NodeCheck) Problems() []string {
 	}
 	if !c.Has("flock") {
 		p = append(p, "flock missing: `sudo apt-get install -y util-linux`")
+	}
+	if path, asked := c.Tools["python3"]; asked && path == "" {
+		p = append(p, "python3 missing: multi-node jobs (num_nodes > 1) cannot run here (`sudo apt-get install -y python3`)")
 	}
 	switch {
 	case !c.Has("nvidia-smi"):

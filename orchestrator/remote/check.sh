@@ -10,7 +10,7 @@
 cmd_check() {
 	local t p d st kup=no linger=unknown
 	printf 'SSHQ-BEGIN %s\n' "$SSHQ_PROTO"
-	for t in bash tmux flock nvidia-smi systemd-run ps; do
+	for t in bash tmux flock nvidia-smi systemd-run ps python3; do
 		p=$(command -v "$t" 2>/dev/null) || p=-
 		printf 'tool\t%s\t%s\n' "$t" "${p//$tab/ }"
 	done
