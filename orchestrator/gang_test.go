@@ -1,11 +1,15 @@
 package orchestrator
 
 import (
+	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sshq/sshq/inventory"
 	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/orchestrator/remote"
 	"github.com/sshq/sshq/orchestrator/store"
@@ -127,4 +131,24 @@ func deref(p *int) any {
 		return nil
 	}
 	return *p
+}
+
+// A node's address for its peers: config.yaml's ip:, else its HostName
+// when that is an address, else none (the node finds it).
+func TestGangRankIP(t *testing.T) {
+	t.Parallel()
+	cfg := filepath.Join(t.TempDir(), "config")
+	if err := os.WriteFile(cfg, []byte("Host a\n  HostName 10.1.2.3\nHost b\n  HostName gpu-b.lan\nHost c\n  HostName 10.9.9.9\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ssh, err := inventory.Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Cluster{Resolver: inventory.NewResolver(ssh), PerNode: map[string]inventory.NodeSettings{"c": {IP: "192.168.7.3"}}}
+	for node, want := range map[string]string{"a": "10.1.2.3", "b": "", "c": "192.168.7.3"} {
+		if got := c.rankIP(context.Background(), node); got != want {
+			t.Errorf("%s: %q, want %q", node, got, want)
+		}
+	}
 }

@@ -90,8 +90,10 @@ func TestGangStartsTogetherAndRendezvous(t *testing.T) {
 	n1.submit(spec("busy-rv", 1, blockUntil("busy-rv")))
 	n1.waitState("busy-rv", job.Running)
 
-	run := `echo "$(date +%s%N)" > "$HOME/start-gang"` + "\n" + rendezvous
-	submitGang(t, []*testNode{n0, n1}, "rv", 1, []string{run, run}, nil)
+	run := `echo "$(date +%s%N)" > "$HOME/start-gang"; echo "ips: $(echo $SKYPILOT_NODE_IPS)"` + "\n" + rendezvous
+	// Rank 1's address is known (config.yaml's ip:), rank 0's is not: it
+	// is the address rank 1 reached it at.
+	submitGang(t, []*testNode{n0, n1}, "rv", 1, []string{run, run}, func(g *GangSpec) { g.IPs = []string{"", "192.0.2.7"} })
 	waitFor(t, "rank 0 to hold its GPU", func() bool {
 		g := n0.job("rv").Gang
 		return g != nil && g.Mode == GangHolding
@@ -116,7 +118,8 @@ func TestGangStartsTogetherAndRendezvous(t *testing.T) {
 		t.Fatalf("exit codes %d %d", r0.ExitCode, r1.ExitCode)
 	}
 	l0, l1 := n0.log("rv"), n1.log(gangUID("rv", 1))
-	if !strings.Contains(l0, "rank 0 of 2 met: rank 1") || !strings.Contains(l1, "rank 1 of 2 heard: welcome (gpus/node 1)") {
+	if !strings.Contains(l0, "rank 0 of 2 met: rank 1") || !strings.Contains(l1, "rank 1 of 2 heard: welcome (gpus/node 1)") ||
+		!strings.Contains(l0, "ips: 127.0.0.1 192.0.2.7") || !strings.Contains(l1, "ips: 127.0.0.1 192.0.2.7") {
 		t.Fatalf("logs:\n--- rank 0\n%s\n--- rank 1\n%s", l0, l1)
 	}
 	if len(n0.node().Gangs) != 0 {
