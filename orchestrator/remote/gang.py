@@ -392,6 +392,9 @@ class Member:
         self.next_try = 0
         self.reported = False
         self.end_sent = False
+        # A release asked for and not yet answered: asked again on a new
+        # connection, since the answer may have been lost with the old.
+        self.release = None
 
     def hello(self):
         m = self.local.mode
@@ -412,6 +415,8 @@ class Member:
         self.hello()
         if self.local.mode == "ended":
             self.end_sent = self.c.sock is not None
+        elif self.release:
+            self.c.send(self.release)
 
     def send(self, line):
         return self.c is not None and self.c.send(line)
@@ -432,6 +437,8 @@ class Member:
     def on_lines(self, lines):
         self.heard = now()
         for words in lines:
+            if words and words[0] in ("release-ok", "go"):
+                self.release = None
             if words and words[0] != "ping":
                 self.local.deliver(words)
 
@@ -485,8 +492,11 @@ def main():
                 coord.end(0, local.code)
             else:
                 coord.msg(0, words)
-        elif member.send(" ".join(words)) and kind == "end":
-            member.end_sent = True
+        else:
+            if kind == "release":
+                member.release = " ".join(words)
+            if member.send(" ".join(words)) and kind == "end":
+                member.end_sent = True
 
     ended_at = None
     while True:
