@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -241,10 +242,9 @@ func TestGangRankFailureEndsTheJob(t *testing.T) {
 	if q := sshq(t, c, home, env, "queue", "-a").stdout; !strings.Contains(q, "FAILED (rank 1 (node2) failed with exit code 3)") {
 		t.Errorf("queue does not name the rank:\n%s", q)
 	}
-	// Every process of rank 0 carries its uid in SSHQ_JOB_UID.
-	if pids := marked(j.UID); len(pids) > 0 {
-		t.Errorf("rank 0's processes still run: %v", pids)
-	}
+	// Every process of rank 0 carries its uid in SSHQ_JOB_UID; its wrapper
+	// and display go right after the end is recorded.
+	waitFor(t, 20*time.Second, "rank 0's processes to end", func() bool { return len(marked(j.UID)) == 0 })
 	r = sshq(t, c, home, env, "logs", id)
 	if !strings.Contains(r.stdout, "(rank 1, node2) failing") || !strings.Contains(r.stdout, "(rank 0, node1) sshq: stopped: rank 1 ended with exit code 3") {
 		t.Errorf("logs:\n%s", r.stdout)
@@ -320,9 +320,7 @@ func TestGangCancelAndLostRank(t *testing.T) {
 		t.Errorf("cancelled job: %+v", ja.Gang)
 	}
 	for _, rk := range q[0].Gang.Ranks {
-		if pids := marked(rk.UID); len(pids) > 0 {
-			t.Errorf("rank %d of the cancelled job still runs: %v", rk.Rank, pids)
-		}
+		waitFor(t, 20*time.Second, fmt.Sprintf("rank %d of the cancelled job to end", rk.Rank), func() bool { return len(marked(rk.UID)) == 0 })
 	}
 
 	// node2 goes away with b's rank 1: its processes die at once, as in a
@@ -336,9 +334,7 @@ func TestGangCancelAndLostRank(t *testing.T) {
 	if r.code != 1 || jb.State != "FAILED" || jb.Gang.FailedRank == nil || *jb.Gang.FailedRank != 1 || !strings.Contains(jb.Gang.Cause, "lost") {
 		t.Errorf("wait: exit %d, job %s %+v\n%s", r.code, jb.State, jb.Gang, r.stderr)
 	}
-	if pids := marked(q[1].Gang.Ranks[0].UID); len(pids) > 0 {
-		t.Errorf("rank 0 of the job that lost its rank 1 still runs: %v", pids)
-	}
+	waitFor(t, 20*time.Second, "rank 0 of the job that lost its rank 1 to end", func() bool { return len(marked(q[1].Gang.Ranks[0].UID)) == 0 })
 }
 
 // marked are the live processes whose environment holds SSHQ_JOB_UID=uid.

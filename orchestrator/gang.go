@@ -468,10 +468,7 @@ func applyGang(j *store.Job, get func(r int) rankStatus, now time.Time) {
 			r.Mode = string(js.Gang.Mode)
 			if js.Gang.StoppedBy >= 0 {
 				by := js.Gang.StoppedBy
-				r.StoppedBy = &by
-				if js.Gang.StopCode == "lost" && by < len(g.Ranks) && !g.Ranks[by].State.Terminal() {
-					g.Ranks[by].State = job.Lost
-				}
+				r.StoppedBy, r.StopCode = &by, js.Gang.StopCode
 			}
 		}
 		for _, tr := range js.History {
@@ -485,6 +482,26 @@ func applyGang(j *store.Job, get func(r int) rankStatus, now time.Time) {
 		}
 		if r.State.Terminal() && r.Ended == nil {
 			r.Ended = &now
+		}
+	}
+	// A rank whose node did not answer ended as the ranks it stopped heard:
+	// lost (no word from it), or with the code its agent said.
+	for i := range g.Ranks {
+		r := &g.Ranks[i]
+		if r.State.Terminal() || r.Reachable {
+			continue
+		}
+		for _, o := range g.Ranks {
+			if o.StoppedBy == nil || *o.StoppedBy != i || !o.State.Terminal() {
+				continue
+			}
+			if code, err := strconv.Atoi(o.StopCode); err == nil {
+				r.State, r.ExitCode = job.Failed, &code
+			} else {
+				r.State = job.Lost
+			}
+			r.Ended = o.Ended
+			break
 		}
 	}
 	if asked {

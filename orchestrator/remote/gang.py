@@ -528,8 +528,9 @@ def main():
             if s == 0:
                 lines = w.lines()
                 if w.eof and local.mode != "ended":
-                    # The wrapper is gone without a word: it was killed.
-                    from_wrapper(["end", "137"])
+                    # The wrapper is gone without a word (killed): the
+                    # rank is lost, as a job is without its exit record.
+                    from_wrapper(["end", "lost"])
                 for words in lines:
                     from_wrapper(words)
                 continue

@@ -37,8 +37,10 @@ type Rank struct {
 	// reserved for the gang), park (let them go after the hold limit,
 	// keeping its place) or run.
 	Mode string `json:"mode"`
-	// StoppedBy is the rank whose end stopped this one.
-	StoppedBy *int `json:"stopped_by"`
+	// StoppedBy is the rank whose end stopped this one; StopCode is how
+	// that rank ended, as this one heard it: its exit code, or "lost".
+	StoppedBy *int   `json:"stopped_by"`
+	StopCode  string `json:"stop_code"`
 	// Ended is when it reached a terminal state.
 	Ended *time.Time `json:"ended"`
 	// Reachable is false when its node did not answer the last question.
