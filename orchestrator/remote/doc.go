@@ -218,7 +218,8 @@
 // ended, lets its GPUs go and waits until every rank has ended before it
 // records its end, so its coordinator outlives every rank it may have to
 // stop. A cancelled rank's agent says so (end 143) on SIGTERM, so the
-// others stop at once.
+// others stop at once; one whose wrapper vanished without a word (killed)
+// reports its rank lost.
 //
 // # Cancel
 //
