@@ -140,10 +140,7 @@ gang_wait() {
 	local limit=${SSHQ_M_GANG_HOLD:-600} noted=
 	case $limit in '' | *[!0-9]*) limit=600 ;; esac
 	gang_ticket=$ticket
-	queue_lock 60 || {
-		jlog "cannot lock $lease_dir/queue.lock"
-		finish FAILED_SETUP 3
-	}
+	gang_lock
 	gang_mark wait || {
 		queue_unlock
 		finish FAILED_SETUP 3
@@ -174,6 +171,15 @@ gang_wait() {
 			;;
 		esac
 	done
+}
+
+# gang_lock: queue.lock, or the end: CANCELLED when a cancel interrupted
+# the wait for it (its SIGTERM reaches flock too), else a node problem.
+gang_lock() {
+	queue_lock 60 && return 0
+	if cancelled || [ -n "$got_signal" ]; then finish CANCELLED 143; fi
+	jlog "cannot lock $lease_dir/queue.lock"
+	finish FAILED_SETUP 3
 }
 
 # gang_take: under queue.lock, one try at this rank's GPUs.
@@ -227,17 +233,14 @@ gang_on_msg() {
 		fi
 		# The record stays (mode run) while the rank lives: status names
 		# each node's rank.
-		queue_lock 60
+		gang_lock
 		gang_mark run
 		queue_unlock
 		return 0
 		;;
 	release-ok)
 		[ "$gang_mode" = releasing ] || return 1
-		queue_lock 60 || {
-			jlog "cannot lock $lease_dir/queue.lock"
-			finish FAILED_SETUP 3
-		}
+		gang_lock
 		release_leases
 		leased=()
 		gang_requeue || {
@@ -249,7 +252,7 @@ gang_on_msg() {
 		;;
 	unpark)
 		[ "$gang_mode" = park ] || return 1
-		queue_lock 60
+		gang_lock
 		gang_mark wait
 		queue_unlock
 		jlog "the other ranks hold their GPUs: back in the queue at our place"

@@ -194,7 +194,7 @@ func TestGangPeerGoneBeforeStart(t *testing.T) {
 		t.Errorf("rank 0: %+v", g)
 	}
 	if b, _ := os.ReadFile(filepath.Join(n0.jobDir("gone"), "log")); !strings.Contains(string(b), "rank 1 ended with exit code 143") {
-		t.Errorf("rank 0's log:\n%s", b)
+		t.Errorf("rank 0's log:\n%s\nrank 1's:\n%s", b, n1.log(gangUID("gone", 1)))
 	}
 }
 
