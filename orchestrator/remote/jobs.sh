@@ -1,5 +1,6 @@
 # sshq node protocol, v1: jobs UID... reports the given jobs (liveness,
-# state history, exit code, GPUs, place in the queue). Needs lib.sh and
+# state history, exit code, GPUs, place in the queue, the reason it waits
+# or a limit ended it, its cores). Needs lib.sh and
 # sched.sh. Cancel ends its answer with the same report.
 
 cmd_jobs() {
@@ -10,7 +11,7 @@ cmd_jobs() {
 
 # report_jobs UID...: the records of the given jobs.
 report_jobs() {
-	local uid jd alive tm st ts rc idx u tn i
+	local uid jd alive tm st ts rc idx u tn i rs
 	local -A pos_of=()
 	# No queue.lock: a report must answer while the queue is busy (or a
 	# probe is stuck), and reading tickets needs none.
@@ -51,6 +52,15 @@ report_jobs() {
 		if [ -f "$jd/ticket" ]; then
 			read -r tn <"$jd/ticket"
 			[ -n "${pos_of[$tn]:-}" ] && printf 'queue\t%s\t%s\n' "$uid" "${pos_of[$tn]}"
+		fi
+		# Why it waits or how a limit ended it, and the cores it is
+		# pinned to (limits.sh, watch.sh).
+		if [ -s "$jd/reason" ] && IFS= read -r rs <"$jd/reason"; then
+			enc "$rs"
+			printf 'reason\t%s\t%s\n' "$uid" "$enc_out"
+		fi
+		if [ -s "$jd/cores" ] && read -r rs <"$jd/cores"; then
+			case $rs in '' | *[!0-9,-]*) ;; *) printf 'cores\t%s\t%s\n' "$uid" "$rs" ;; esac
 		fi
 	done
 }

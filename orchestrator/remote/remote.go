@@ -35,18 +35,22 @@ var (
 	logsSh string
 	//go:embed check.sh
 	checkSh string
+	//go:embed limits.sh
+	limitsSh string
+	//go:embed watch.sh
+	watchSh string
 )
 
 // scripts maps each action to its script. Submit's is also the job's
 // wrapper (the node keeps a copy), hence wrapper.sh in it.
 var scripts = map[string]string{
-	"submit": script(schedSh, submitSh, wrapperSh),
+	"submit": script(schedSh, limitsSh, watchSh, submitSh, wrapperSh),
 	"jobs":   script(schedSh, jobsSh),
 	"status": script(schedSh, statusSh),
 	"place":  script(schedSh, placeSh),
 	"cancel": script(schedSh, jobsSh, cancelSh),
 	"logs":   script(logsSh),
-	"check":  script(schedSh, checkSh),
+	"check":  script(schedSh, limitsSh, checkSh),
 }
 
 func script(parts ...string) string {
@@ -94,6 +98,14 @@ type JobSpec struct {
 	// means 1.
 	NodeRank, NumNodes int
 	NodeIPs            []string
+	// MemLimitMiB bounds the memory of the job's whole process tree (0:
+	// none): past it the job ends OUT_OF_MEMORY. TimeLimit bounds its
+	// time from the start of setup (0: none; whole seconds, rounded up):
+	// past it the job ends TIMEOUT. CPUs pins it to that many cores (0:
+	// not pinned).
+	MemLimitMiB int64
+	TimeLimit   time.Duration
+	CPUs        int
 }
 
 // submitCommand returns the command that creates the job on a node (see
@@ -117,6 +129,9 @@ func submitCommand(spec JobSpec) (cmd string, stdin []byte, err error) {
 		"SSHQ_M_NGPUS=" + strconv.Itoa(spec.NumGPUs),
 		"SSHQ_M_ALLOWED=" + sshpool.Quote(allowed),
 		"SSHQ_M_WORKDIR=" + sshpool.Quote(spec.WorkdirKey),
+		"SSHQ_M_MEM_KIB=" + strconv.FormatInt(spec.MemLimitMiB*1024, 10),
+		"SSHQ_M_TIME_S=" + strconv.FormatInt(int64((spec.TimeLimit+time.Second-1)/time.Second), 10),
+		"SSHQ_M_CPUS=" + strconv.Itoa(spec.CPUs),
 		"",
 	}, "\n")
 
@@ -187,6 +202,12 @@ func (spec JobSpec) validate() error {
 	}
 	if strings.Contains(spec.Setup, "\x00") || strings.Contains(spec.Run, "\x00") {
 		return fmt.Errorf("job %s: setup or run script holds a NUL byte, which bash cannot run", spec.UID)
+	}
+	if spec.MemLimitMiB < 0 || spec.TimeLimit < 0 || spec.CPUs < 0 {
+		return fmt.Errorf("job %s: a negative limit (memory %d MiB, time %v, %d CPUs)", spec.UID, spec.MemLimitMiB, spec.TimeLimit, spec.CPUs)
+	}
+	if spec.MemLimitMiB > 1<<40 {
+		return fmt.Errorf("job %s: memory limit %d MiB is past any machine", spec.UID, spec.MemLimitMiB)
 	}
 	numNodes := spec.NumNodes
 	if numNodes == 0 {

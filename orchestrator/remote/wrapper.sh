@@ -1,10 +1,11 @@
 # sshq node protocol, v1: the wrapper (action wrapper JOBDIR), which runs a
 # job in its tmux session with no controller anywhere: takes its place in
-# the queue, waits for its GPUs, runs setup and run, records how it ended.
-# Needs lib.sh and sched.sh.
+# the queue, waits for its GPUs, runs setup and run within the job's limits,
+# records how it ended. Needs lib.sh, sched.sh, limits.sh and watch.sh.
 
 # Files in its job directory: meta.sh (identity, from the controller),
-# state (lines "STATE unix_ts"), log, exit, gpus, ticket, cancel.
+# state (lines "STATE unix_ts"), log, exit, gpus, ticket, cancel; and
+# reason, cores, log.dropped (limits.sh, watch.sh).
 jd= uid= got_signal= ticket= tfd= wfd= rfd= running= my_login= disp_pid=
 declare -a lease_fds
 
@@ -19,6 +20,7 @@ set_state() {
 # left behind end first (see sweep_leftovers), so an ended job holds no GPU.
 finish() {
 	sweep_leftovers
+	limits_end
 	rm -f -- "$jd/secrets.sh"
 	if [ -n "$ticket" ]; then
 		rm -f -- "$lease_dir/queue/$ticket"
@@ -171,16 +173,32 @@ record_running() {
 # run_phase SCRIPT: run a user script with the job's environment in a fresh
 # bash. The task's variables are sourced there, not here, so no name a user
 # picks can clobber the wrapper's own variables; the wrapper's lock is closed
-# for the child so only the wrapper itself marks the job as alive.
+# for the child so only the wrapper itself marks the job as alive. The
+# wrapper watches it meanwhile (watch.sh), under the prefix its limits ask
+# for (a memory scope, taskset); a phase whose prefix could not start it
+# (its first act is to touch .phase) runs again without.
 run_phase() {
 	local wd=$HOME
 	[ -d "$jd/workdir" ] && wd=$jd/workdir
-	(
-		cd "$jd" || exit 1
-		restore_locale
-		exec "$BASH" -c '. ./env.sh && { [ ! -f ./secrets.sh ] || . ./secrets.sh; } && . ./gpu.env &&
-			cd -- "$1" && exec "$2" "$3"' sshq-phase "$wd" "$BASH" "$jd/$1"
-	) </dev/null >>"$jd/log" 2>&1 {wfd}<&-
+	limits_begin
+	phase_prefix "$1"
+	while :; do
+		rm -f -- "$jd/.phase"
+		(
+			cd "$jd" || exit 1
+			[ -n "$nap_fd" ] && exec {nap_fd}<&-
+			restore_locale
+			exec ${phase_pre[@]+"${phase_pre[@]}"} "$BASH" -c ': >./.phase && . ./env.sh &&
+				{ [ ! -f ./secrets.sh ] || . ./secrets.sh; } && . ./gpu.env && cd -- "$1" && exec "$2" "$3"' \
+				sshq-phase "$wd" "$BASH" "$jd/$1"
+		) </dev/null >>"$jd/log" 2>&1 {wfd}<&- &
+		watch_phase $!
+		[ ${#phase_pre[@]} -eq 0 ] || [ -e "$jd/.phase" ] && break
+		jlog "could not start $1 under: ${phase_pre[*]} (exit $phase_rc); running it without"
+		phase_pre=() lim_mem_mode=watchdog lim_scope= lim_cores=
+	done
+	rm -f -- "$jd/.phase"
+	return "$phase_rc"
 }
 
 # show_log: the pane `sshq attach` shows is the job's log, live and from
@@ -329,7 +347,8 @@ cmd_wrapper() {
 				exec {tfd}<&-
 				finish CANCELLED 143
 			fi
-			if queue_lock 60; then
+			# A node short of disk keeps the job waiting, in its place.
+			if disk_ok && queue_lock 60; then
 				if try_start; then
 					for u in "${leased[@]}"; do write_owner "$u"; done
 					rm -f -- "$lease_dir/queue/$ticket" "$jd/ticket"
@@ -348,6 +367,7 @@ cmd_wrapper() {
 		done
 	else
 		set_state PENDING
+		wait_disk
 	fi
 
 	cvd=
