@@ -71,9 +71,7 @@ func waitJobs(t *testing.T, c *sshtest.Cluster, home string, env []string, timeo
 		q := queue(t, c, home, env)
 		done := true
 		for _, j := range q {
-			switch j.State {
-			case "SUCCEEDED", "FAILED", "FAILED_SETUP", "CANCELLED", "LOST":
-			default:
+			if !job.State(j.State).Terminal() {
 				done = false
 			}
 		}

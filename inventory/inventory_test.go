@@ -184,6 +184,17 @@ func TestSettingsRoundTrip(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(s.Nodes, []string{"gpu-*", "box"}) {
 		t.Fatalf("%v %v", s, err)
 	}
+	d := Defaults{MemPerGPU: "60G", Mem: "16G", Time: "3d"}
+	if err := SaveSettings(home, Settings{Nodes: []string{"a"}, Defaults: d}); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = LoadSettings(home); err != nil || s.Defaults != d {
+		t.Errorf("defaults: %+v %v", s.Defaults, err)
+	}
+	os.WriteFile(SettingsPath(home), []byte("nodes: [a]\ndefaults: {mem_per_gpu: 60G, time: 3d, mem: 16}\n"), 0o600)
+	if s, err = LoadSettings(home); err != nil || s.Defaults != (Defaults{MemPerGPU: "60G", Time: "3d", Mem: "16"}) {
+		t.Errorf("defaults as a person writes them: %+v %v", s.Defaults, err)
+	}
 	os.WriteFile(SettingsPath(home), []byte("nodes: [a\n"), 0o600)
 	if _, err := LoadSettings(home); err == nil || !strings.Contains(err.Error(), "sshq init") {
 		t.Errorf("bad yaml: %v", err)

@@ -235,7 +235,9 @@ func (c *Controller) Init(patterns []string) (*InitView, error) {
 	if err != nil {
 		return nil, usageErrorf("%w; %s was left as it was", err, path)
 	}
-	settings := inventory.Settings{Nodes: patterns}
+	// Everything else config.yaml says (the limits' defaults) stays.
+	settings := c.settings
+	settings.Nodes, settings.SSHConfig = patterns, ""
 	if !c.ssh.Default {
 		// Later commands must read the same file the patterns name.
 		settings.SSHConfig, _ = filepath.Abs(c.ssh.Path)
@@ -305,6 +307,7 @@ func (c *Controller) Launch(ctx context.Context, r LaunchRequest) (*LaunchView, 
 	}
 	opts := r.Options
 	opts.Node = r.Node
+	opts.Defaults = c.settings.Defaults
 	j, p, err := c.cluster(names).Launch(ctx, st, r.Task, opts)
 	if err != nil {
 		return nil, err

@@ -211,7 +211,9 @@ type WaitRequest struct {
 type WaitView struct {
 	Jobs []JobView
 	// ExitCode is 0 when every job SUCCEEDED, else the exit code of the
-	// last failing job, or 1 for one that ended without a code (LOST, a
+	// last failing job: 124 for TIMEOUT (as timeout(1)), 137 for
+	// OUT_OF_MEMORY (128+SIGKILL, as a shell reports a job the kernel's
+	// OOM killer ended), or 1 for one that ended without a code (LOST, a
 	// job cancelled before it ran).
 	ExitCode int
 }
@@ -257,11 +259,16 @@ func waitOutcome(views []JobView) (*WaitView, bool) {
 		if !j.State.Terminal() {
 			return nil, false
 		}
-		if j.State != job.Succeeded {
+		switch {
+		case j.State == job.Succeeded:
+		case j.State == job.Timeout:
+			v.ExitCode = 124
+		case j.State == job.OutOfMemory:
+			v.ExitCode = 137
+		case j.ExitCode != nil && *j.ExitCode != 0:
+			v.ExitCode = *j.ExitCode
+		default:
 			v.ExitCode = 1
-			if j.ExitCode != nil && *j.ExitCode != 0 {
-				v.ExitCode = *j.ExitCode
-			}
 		}
 	}
 	return v, true

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/sshq/sshq/orchestrator/store"
 )
 
 // StatusView is the cluster at a glance (`sshq status`).
@@ -30,6 +32,12 @@ type RunningJob struct {
 	Name   string `json:"name"`
 	User   string `json:"user"`
 	GPUs   []int  `json:"gpus"` // nvidia-smi indices; empty for a job without GPUs
+	// The limits of this controller's own jobs (another controller's
+	// jobs show none): as in `sshq queue --json`.
+	MemLimitMiB *int64 `json:"mem_limit_mib"`
+	TimeLimitS  *int64 `json:"time_limit_s"`
+	CPUs        int    `json:"cpus"`
+	Cores       string `json:"cores"`
 }
 
 // Down lists the nodes that did not answer.
@@ -64,10 +72,40 @@ func (c *Controller) Status(ctx context.Context) (*StatusView, error) {
 		return nil, fmt.Errorf("status interrupted (%w)", err)
 	}
 	v := &StatusView{Nodes: make([]NodeView, len(nodes))}
+	own := c.ownJobs()
 	for i, n := range nodes {
 		v.Nodes[i] = NodeView{NodeStatus: n, Running: running(n)}
+		for k, r := range v.Nodes[i].Running {
+			if j := own[r.JobUID]; j != nil {
+				r.MemLimitMiB, r.TimeLimitS, r.CPUs, r.Cores = j.MemLimitMiB, j.TimeLimitS, j.CPUs, j.Cores
+				v.Nodes[i].Running[k] = r
+			}
+		}
 	}
 	return v, nil
+}
+
+// ownJobs are this controller's unfinished jobs by uid, from the store
+// alone (no node is asked): what status knows of their limits.
+func (c *Controller) ownJobs() map[string]*store.Job {
+	out := map[string]*store.Job{}
+	if !c.hasStore() {
+		return out
+	}
+	st, err := c.store()
+	if err != nil {
+		return out
+	}
+	s, err := st.Load()
+	if err != nil {
+		return out
+	}
+	for _, j := range s.Jobs {
+		if !j.State.Terminal() {
+			out[j.UID] = j
+		}
+	}
+	return out
 }
 
 // running are the jobs running on the node, each once: the GPU holders
@@ -112,6 +150,15 @@ type NodeCheck struct {
 	NvidiaSMI bool     `json:"nvidia_smi"`
 	Problems  []string `json:"problems"`
 	Ready     bool     `json:"ready"`
+	// MemLimit is how the node holds jobs to --mem: "cgroup" (a systemd
+	// user scope with MemoryMax) or "watchdog" (the job's wrapper sums
+	// its processes' memory every second); "" when the node did not say.
+	// ReserveMemMiB, DiskFloorMiB and LogCapMiB are the node's
+	// SSHQ_RESERVE_MEM, SSHQ_DISK_FLOOR and SSHQ_LOG_CAP (0: off).
+	MemLimit      string `json:"mem_limit"`
+	ReserveMemMiB int64  `json:"reserve_mem_mib"`
+	DiskFloorMiB  int64  `json:"disk_floor_mib"`
+	LogCapMiB     int64  `json:"log_cap_mib"`
 }
 
 // NodesView is every selected node's readiness, in selection order.
@@ -168,6 +215,7 @@ func (c *Controller) Nodes(ctx context.Context) (*NodesView, error) {
 		r.Tmux, r.Flock, r.NvidiaSMI = chk.Has("tmux"), chk.Has("flock"), chk.Has("nvidia-smi")
 		r.Problems = chk.Problems()
 		r.Ready = chk.Ready()
+		r.MemLimit, r.ReserveMemMiB, r.DiskFloorMiB, r.LogCapMiB = chk.MemLimit, chk.ReserveMemMiB, chk.DiskFloorMiB, chk.LogCapMiB
 	})
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("node check interrupted (%w)", err)

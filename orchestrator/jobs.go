@@ -15,6 +15,7 @@ import (
 
 	"github.com/gofrs/flock"
 
+	"github.com/sshq/sshq/inventory"
 	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/orchestrator/remote"
 	"github.com/sshq/sshq/orchestrator/store"
@@ -56,6 +57,10 @@ type LaunchOptions struct {
 	Progress func(wsync.Progress) // sync progress, may be nil
 	Notef    func(string, ...any) // progress notes for people, may be nil
 	Origin   string               // controller host name, for workdir keys
+	// Limits are the launch's --mem, --time and --cpus; Defaults fill
+	// what they leave unset (config.yaml's defaults).
+	Limits   LimitFlags
+	Defaults inventory.Defaults
 }
 
 // Launch places t, syncs its workdir and file mounts, submits it to the
@@ -67,6 +72,13 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	if note == nil {
 		note = func(string, ...any) {}
 	}
+	defaults, err := parseDefaults(opts.Defaults)
+	if err != nil {
+		return nil, Placement{}, err
+	}
+	if opts.Limits.CPUs < 0 {
+		return nil, Placement{}, usageErrorf("--cpus %d: give a number of cores, 1 or more", opts.Limits.CPUs)
+	}
 	p, asked := needsNoQuestion(t, c.Names, opts.Node)
 	if !asked {
 		var err error
@@ -74,8 +86,9 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 			return nil, p, err
 		}
 	}
+	lim := defaults.resolve(opts.Limits, p.NumGPUs)
 	var rec store.Job
-	err := st.Update(func(s *store.State) error {
+	err = st.Update(func(s *store.State) error {
 		j := s.NewJob(t.Name)
 		j.User = LocalUser()
 		j.Node = p.Node
@@ -85,6 +98,14 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 		j.Command = t.Run
 		j.TaskFile = t.File
 		j.EnvNames = sortedKeys(t.Envs)
+		if lim.MemMiB > 0 {
+			j.MemLimitMiB = &lim.MemMiB
+		}
+		if lim.Time > 0 {
+			secs := int64((lim.Time + time.Second - 1) / time.Second)
+			j.TimeLimitS = &secs
+		}
+		j.CPUs = lim.CPUs
 		rec = *j
 		return nil
 	})
@@ -107,7 +128,8 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	spec := remote.JobSpec{
 		UID: rec.UID, ID: rec.ID, Name: t.Name, User: rec.User, NumGPUs: p.NumGPUs,
 		AllowedGPUs: p.AllowedGPUs, Setup: t.Setup, Run: t.Run, NumNodes: 1,
-		NodeIPs: []string{nodeIP(c, ctx, p.Node)},
+		NodeIPs:     []string{nodeIP(c, ctx, p.Node)},
+		MemLimitMiB: lim.MemMiB, TimeLimit: lim.Time, CPUs: lim.CPUs,
 	}
 	if p.Accelerator == "" {
 		spec.AllowedGPUs = nil
@@ -428,6 +450,10 @@ func applyStatus(j *store.Job, js remote.JobStatus, now time.Time) {
 		j.QueuePosition = &pos
 	} else {
 		j.QueuePosition = nil
+	}
+	j.Reason = js.Reason
+	if js.Cores != "" {
+		j.Cores = js.Cores
 	}
 }
 

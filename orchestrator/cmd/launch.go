@@ -37,6 +37,9 @@ type LaunchOptions struct {
 	Secrets []string
 	Workdir string
 	Forward []string // [LOCAL:]REMOTE, while attached
+	Mem     string   // --mem as typed; "" takes config.yaml's default
+	Time    string   // --time as typed; "" takes the default
+	CPUs    int      // --cpus; 0 pins nothing
 	Detach  bool
 	DryRun  bool
 	JSON    bool
@@ -62,7 +65,14 @@ Examples:
    sshq launch task.yaml --gpus A100:2 --env LR=3e-4 -d
    sshq launch task.yaml --env-file .env    # dotenv, as sky launch --env-file
    sshq launch --gpus 1 -- python train.py --epochs 3
-   sshq launch --dry-run task.yaml          # validate and show the placement, touch nothing`,
+   sshq launch --gpus 1 --mem 32G --time 4h --cpus 8 task.yaml
+   sshq launch --dry-run task.yaml          # validate and show the placement, touch nothing
+
+Limits: --mem bounds the memory of the job's whole process tree (past it the job ends
+OUT_OF_MEMORY, exit code 137); --time bounds its time from the start of setup (past it the
+job gets SIGTERM, SIGKILL 10s later, and ends TIMEOUT, exit code 124); --cpus pins it to N
+cores. Without --mem or --time, config.yaml's defaults apply (defaults: {mem_per_gpu: 60G,
+mem: 16G, time: 3d}); --mem none or --time none lifts them.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "name", Usage: "job name (default: the task's name, or the command's program)"},
 			&cli.StringFlag{Name: "gpus", Usage: "GPUs to use: `N` or TYPE:N (A100:2); overrides the task's resources"},
@@ -72,6 +82,9 @@ Examples:
 			&cli.GenericFlag{Name: "secret", Value: &verbatim{}, Usage: "like --env, but never printed, logged or stored on this machine"},
 			&cli.StringFlag{Name: "workdir", Usage: "local directory to sync and run in"},
 			&cli.GenericFlag{Name: "forward", Value: &verbatim{}, Usage: "while attached, reach the job's port here: `[LOCAL:]REMOTE` (repeatable; resources.ports are forwarded too)"},
+			&cli.StringFlag{Name: "mem", Usage: "memory limit of the job's whole process tree: `SIZE` as 300M, 32G (binary units; none lifts the default)"},
+			&cli.StringFlag{Name: "time", Usage: "time limit: `DURATION` as 90s, 30m, 4h, 3d, HH:MM:SS or D-HH:MM:SS (none lifts the default)"},
+			&cli.IntFlag{Name: "cpus", Usage: "pin the job to `N` cores (taskset), apart from other sshq jobs' and near its GPUs"},
 			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "print the job id and return once it is queued"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "validate, place and print the plan; change nothing"},
 			&cli.BoolFlag{Name: "json", Usage: "machine-readable result (implies --detach)"},
@@ -82,7 +95,8 @@ Examples:
 			opts := &LaunchOptions{IO: f.IO, Ctx: c.Context, Controller: opener(c, f), Hostname: f.Hostname,
 				Args: c.Args().Slice(), Name: c.String("name"), GPUs: c.String("gpus"), Node: c.String("node"),
 				Env: *c.Generic("env").(*verbatim), EnvFile: c.String("env-file"), Secrets: *c.Generic("secret").(*verbatim), Workdir: c.String("workdir"),
-				Forward: *c.Generic("forward").(*verbatim), Detach: c.Bool("detach") || c.Bool("json"), DryRun: c.Bool("dry-run"), JSON: c.Bool("json")}
+				Forward: *c.Generic("forward").(*verbatim), Mem: c.String("mem"), Time: c.String("time"), CPUs: c.Int("cpus"),
+				Detach: c.Bool("detach") || c.Bool("json"), DryRun: c.Bool("dry-run"), JSON: c.Bool("json")}
 			if runF != nil {
 				return runF(opts)
 			}
@@ -157,8 +171,36 @@ func buildTask(opts *LaunchOptions) (*task.Task, error) {
 	return t, nil
 }
 
+// limitFlags reads --mem, --time and --cpus.
+func limitFlags(opts *LaunchOptions) (orchestrator.LimitFlags, error) {
+	var f orchestrator.LimitFlags
+	if opts.Mem != "" {
+		mib, err := orchestrator.ParseMem(opts.Mem)
+		if err != nil {
+			return f, usageErr("--mem: %v", err)
+		}
+		f.MemMiB = &mib
+	}
+	if opts.Time != "" {
+		d, err := orchestrator.ParseTime(opts.Time)
+		if err != nil {
+			return f, usageErr("--time: %v", err)
+		}
+		f.Time = &d
+	}
+	if opts.CPUs < 0 {
+		return f, usageErr("--cpus %d: give a number of cores, 1 or more", opts.CPUs)
+	}
+	f.CPUs = opts.CPUs
+	return f, nil
+}
+
 func launchRun(opts *LaunchOptions) error {
 	t, err := buildTask(opts)
+	if err != nil {
+		return err
+	}
+	limits, err := limitFlags(opts)
 	if err != nil {
 		return err
 	}
@@ -179,7 +221,7 @@ func launchRun(opts *LaunchOptions) error {
 	bar := newProgress(errOut, errStyle.TTY && !opts.JSON)
 	host, _ := opts.Hostname()
 	v, err := ctrl.Launch(ctx, orchestrator.LaunchRequest{Task: t, Node: opts.Node, Options: orchestrator.LaunchOptions{
-		Origin: host, Progress: bar.update,
+		Origin: host, Progress: bar.update, Limits: limits,
 		Notef: func(f string, a ...any) {
 			if !opts.JSON {
 				bar.clear()
@@ -194,7 +236,8 @@ func launchRun(opts *LaunchOptions) error {
 	j, p := v.Job, v.Placement
 	if opts.JSON {
 		return writeJSON(out, map[string]any{"id": j.ID, "uid": j.UID, "name": j.Name, "node": j.Node,
-			"gpus": j.GPUs, "num_gpus": j.NumGPUs, "state": j.State})
+			"gpus": j.GPUs, "num_gpus": j.NumGPUs, "state": j.State,
+			"mem_limit_mib": j.MemLimitMiB, "time_limit_s": j.TimeLimitS, "cpus": j.CPUs})
 	}
 	where := "starting"
 	switch {
@@ -205,6 +248,9 @@ func launchRun(opts *LaunchOptions) error {
 	}
 	if p.NumGPUs == 0 {
 		where += " (no GPU requested: add --gpus N, or resources.accelerators in the task, for GPUs)"
+	}
+	if l := limitsCell(j); l != "-" {
+		where += "; limits: " + l
 	}
 	fmt.Fprintf(errOut, "sshq: job #%d (%s) submitted to %s: %s\n", j.ID, j.Name, j.Node, where)
 	if opts.Detach {

@@ -34,7 +34,11 @@ Jobs on a node that does not answer keep their last known state and are marked.
 Examples:
    sshq queue
    sshq queue -a                 # include ended jobs
-   sshq queue --json | jq '.[] | select(.state=="FAILED") | .id'`,
+   sshq queue --json | jq '.[] | select(.state=="FAILED") | .id'
+
+LIMITS are the job's --mem, --time and --cpus (or config.yaml's defaults); REASON is why it
+waits (the node's disk under its floor) or how a limit ended it (OUT_OF_MEMORY: its memory
+peak and limit, or "node memory low"; TIMEOUT: its time limit).`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include ended jobs"},
 			&cli.BoolFlag{Name: "json", Usage: "machine-readable output"},
@@ -99,10 +103,10 @@ func renderQueue(io *IOStreams, views []orchestrator.JobView) {
 		if v.ExitCode != nil {
 			exit = fmt.Sprint(*v.ExitCode)
 		}
-		rows = append(rows, []string{fmt.Sprint(v.ID), v.Name, v.User, orDash(v.Node), gpus, state,
-			v.Submitted.Local().Format("01-02 15:04"), started, dur, exit})
+		rows = append(rows, []string{fmt.Sprint(v.ID), v.Name, v.User, orDash(v.Node), gpus, limitsCell(v.Job), state,
+			v.Submitted.Local().Format("01-02 15:04"), started, dur, exit, ui.Safe(orDash(v.Reason))})
 	}
-	fmt.Fprint(io.Out, st.Table([]string{"ID", "NAME", "USER", "NODE", "GPUS", "STATE", "SUBMITTED", "STARTED", "DURATION", "EXIT"}, rows))
+	fmt.Fprint(io.Out, st.Table([]string{"ID", "NAME", "USER", "NODE", "GPUS", "LIMITS", "STATE", "SUBMITTED", "STARTED", "DURATION", "EXIT", "REASON"}, rows))
 }
 
 // gpusCell is the GPUS column: how many, then which: `2 (0,1)` once they

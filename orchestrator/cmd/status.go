@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sshq/sshq/orchestrator"
+	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/ui"
 )
 
@@ -124,7 +125,7 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 					free++
 				case "leased":
 					if g.Holder != nil {
-						holder = st.Paint(ui.Blue, fmt.Sprintf("#%d %s (%s)", g.Holder.JobID, ui.Safe(g.Holder.Name), ui.Safe(orDash(g.Holder.User))))
+						holder = st.Paint(ui.Blue, fmt.Sprintf("#%d %s (%s)%s", g.Holder.JobID, ui.Safe(g.Holder.Name), ui.Safe(orDash(g.Holder.User)), runLimits(n.Running, g.Holder.JobUID)))
 					} else {
 						holder = st.Paint(ui.Blue, "leased")
 					}
@@ -158,7 +159,7 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 		for _, j := range n.Running {
 			if len(j.GPUs) == 0 {
 				noGPU++
-				cpu = append(cpu, fmt.Sprintf("#%d %s (%s)", j.JobID, ui.Safe(j.Name), ui.Safe(orDash(j.User))))
+				cpu = append(cpu, fmt.Sprintf("#%d %s (%s)%s", j.JobID, ui.Safe(j.Name), ui.Safe(orDash(j.User)), runLimits(n.Running, j.JobUID)))
 			}
 		}
 		if len(cpu) > 0 {
@@ -175,4 +176,19 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 	}
 	fmt.Fprintf(&b, "GPUs: %d free / %d total   jobs: %s, %d waiting\n", free, total, jobs, waiting)
 	return b.String()
+}
+
+// runLimits is " [mem 300M, time 4h]" for a running job of this
+// controller's that has limits, else "".
+func runLimits(running []orchestrator.RunningJob, uid string) string {
+	for _, r := range running {
+		if r.JobUID == uid {
+			l := limitsCell(&store.Job{MemLimitMiB: r.MemLimitMiB, TimeLimitS: r.TimeLimitS, CPUs: r.CPUs, Cores: r.Cores})
+			if l == "-" {
+				return ""
+			}
+			return " [" + l + "]"
+		}
+	}
+	return ""
 }

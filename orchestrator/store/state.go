@@ -44,6 +44,11 @@ type Job struct {
 	QueuePosition *int       `json:"queue_position"` // place in its node's FIFO while PENDING
 	EnvNames      []string   `json:"env_names"`      // names of the envs given to it, never values
 	LastSeen      *time.Time `json:"last_seen"`      // when its node last confirmed State
+	MemLimitMiB   *int64     `json:"mem_limit_mib"`  // memory limit of its whole process tree (--mem or the default); null for none
+	TimeLimitS    *int64     `json:"time_limit_s"`   // time limit from the start of setup, in seconds (--time or the default); null for none
+	CPUs          int        `json:"cpus"`           // cores it asked to be pinned to (--cpus); 0 for none
+	Cores         string     `json:"cores"`          // the cores its node pinned it to ("0-3,8"); "" for none
+	Reason        string     `json:"reason"`         // from its node: why it waits (disk low) or how a limit ended it; "" for none
 }
 
 // State is the whole of state.json: the unfinished jobs and the recently
