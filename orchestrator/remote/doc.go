@@ -4,7 +4,8 @@
 // SCRIPT sshq ACTION ARGS...` (built with sshpool.Command, every argument
 // one quoted word), where SCRIPT is lib.sh (shared helpers, the one
 // nvidia-smi wrapper), sched.sh where the action reads the queue or the
-// GPUs (the queue's rule), and the action's own file: submit.sh (with
+// GPUs (the queue's rule), limits.sh where it needs the node's limit
+// settings, and the action's own file: submit.sh (with watch.sh and
 // wrapper.sh, which the job keeps as its wrapper), jobs.sh, status.sh,
 // place.sh, cancel.sh, logs.sh, check.sh. Client does no SSH itself: it
 // runs each action as one command through a Runner (for sshpool,
@@ -23,6 +24,7 @@
 //	  workdir/             hard-link snapshot (cp -al) of the cache at submit time
 //	  wrapper.sh           this script, run as `wrapper.sh wrapper <jobdir>` in tmux
 //	  nodeenv              the submitting session's umask, PATH, SSHQ_* settings
+//	                       (the node's limit settings among them: see Job limits)
 //	  wrapper.lock         flock held by the wrapper alone while it lives (opened
 //	                       read-write: flock on NFS needs that)
 //	  wrapper.pid          the wrapper's own pids (itself, its display, a scope's
@@ -35,6 +37,12 @@
 //	  cancel               left by Cancel before it signals
 //	  exit                 the exit code, written once (temp + rename) after the terminal state
 //	  scope                the systemd user scope's name, when one is used
+//	  reason               one line: why the job waits (disk under the floor) or
+//	                       how a limit ended it
+//	  cores                the cores --cpus pinned it to ("0-3,8")
+//	  log.dropped          how many of the log's first bytes its cap dropped
+//	  .phase               touched by a phase's bash first: the prefix (scope,
+//	                       taskset) started it
 //
 // Shared by all users: the lease directory, $SSHQ_LEASE_DIR of the
 // submitting session, else /tmp/sshq-leases (mode 1777; a symlink is
@@ -45,6 +53,8 @@
 //	queue.lock             flock serializing every GPU decision on the node
 //	queue/<ns>-<uid>       a waiting job's ticket, "uid user name num_gpus since allowed login",
 //	                       flocked by its wrapper while it waits
+//	limits/<uid>           a running job's "uid limit_kib rss_kib cores run|end",
+//	                       flocked by its wrapper (see Job limits)
 //	running/<uid>          a running job's record, "uid id user name num_gpus since", from
 //	                       its start to its end, with or without GPUs; flocked by its
 //	                       wrapper (and, inherited, its processes) while it lives. Whose
@@ -125,7 +135,8 @@
 // PENDING, SETTING_UP, RUNNING,
 // then SUCCEEDED (exit 0), FAILED (the run's code), FAILED_SETUP (setup's
 // code, or 3 for a node problem: lease directory, nvidia-smi, a ticket that
-// cannot be written, wrapper.lock that cannot be locked) or CANCELLED.
+// cannot be written, wrapper.lock that cannot be locked), CANCELLED,
+// TIMEOUT (124) or OUT_OF_MEMORY (137): see Job limits.
 //
 // The exit record is written last, after the terminal state: until it
 // exists Jobs reports the state before it, so nobody takes an end whose
@@ -135,6 +146,66 @@
 // Submit fail (exit 3, reason on stderr) and Status report an error. A GPU
 // whose lock file is a symlink or not a regular file is "unusable": no job
 // is given it, the job's log and Status say why, other GPUs stay usable.
+//
+// # Job limits
+//
+// The controller puts a job's limits in meta.sh (SSHQ_M_MEM_KIB,
+// SSHQ_M_TIME_S, SSHQ_M_CPUS; 0 is none); the node's own settings come from
+// the submitting session's login environment, through nodeenv:
+// SSHQ_RESERVE_MEM (default the larger of 2 GiB and 5% of MemTotal),
+// SSHQ_DISK_FLOOR (default 2 GiB) and SSHQ_LOG_CAP (default 1 GiB), each a
+// size as 300M or 32G (binary; a bare number is MiB), 0 turning the floor
+// or the cap off. A setting that is not a size is logged and its default
+// used. limits.sh reads them; watch.sh holds the job to them.
+//
+// Before a job starts its wrapper checks the free space in $HOME (df)
+// against the floor: below it the job waits, in its place in the queue (a
+// job with GPUs does not try to start), its reason in the job's reason file
+// and once in its log, and starts once space is freed.
+//
+// run_phase runs each phase (setup, run) in the background and watches it
+// once a second (watch_phase, limits_tick) until it ends:
+//
+//   - --mem: the job's memory is the resident memory (statm) summed over its
+//     marked processes, as Cancel finds them (the wrapper's own excluded).
+//     Over the limit every one gets SIGKILL at once, as from the kernel's
+//     OOM killer, and the job ends OUT_OF_MEMORY (exit 137). Where the
+//     user's systemd runs, the user lingers and the memory controller is
+//     delegated to the user's manager (memory in user@UID.service's
+//     cgroup.controllers), each phase runs in `systemd-run --user --scope
+//     -p MemoryMax= -p MemorySwapMax=0` instead: the kernel holds the
+//     limit, and the tick ends the rest of the job once the scope's
+//     memory.events counts an OOM kill. Check reports which ("cgroup" or
+//     "watchdog").
+//   - --time: counted from the start of the first phase. Past it every
+//     process gets SIGTERM (and processes that appear later), SIGKILL 10s
+//     later, and the job ends TIMEOUT (exit 124).
+//   - The reserve: each tick writes the job's memory into its
+//     limits/<uid> record, in place (fixed width: no fork). When
+//     MemAvailable falls below the reserve, every wrapper reads the live
+//     records and picks the same job: the one furthest above its share (its
+//     --mem, else (MemTotal - reserve) / the number of jobs), never one
+//     below it. That job's wrapper kills it (OUT_OF_MEMORY, reason "node
+//     memory low") and marks its record "end"; while a record says "end",
+//     no other job is chosen, so one stop is given the time to free what it
+//     held.
+//   - The log cap: past it, the log's oldest blocks up to half the cap are
+//     punched out (fallocate --punch-hole): the file keeps its offsets, so a
+//     follower neither repeats nor skips, and log.dropped says where the
+//     kept part begins; Logs prints from there and says how much was
+//     dropped. Where punching fails (NFS, an old file system) the log is
+//     rewritten in place from its newest half, and lines written meanwhile
+//     may be lost. finish applies the cap once more.
+//
+// When a limit ended the job, its wrapper writes the reason (the memory
+// peak and limit, the time limit, the node's available memory and reserve)
+// and, as the log's last line, what happened. With --cpus the wrapper picks
+// the cores before the first phase, under queue.lock: of those this account
+// may use (Cpus_allowed_list), first those no live limits/ record holds and
+// near the job's GPUs (`nvidia-smi topo -m`'s CPU Affinity), then those
+// free, then near ones, then any; each phase runs under `taskset -c`. A
+// prefix (scope, taskset) that fails to start a phase (no .phase) is
+// logged, and the phase runs again without it.
 //
 // # Cancel
 //
@@ -165,6 +236,8 @@
 //	        exit <uid> <code>
 //	        gpu <uid> <index> <uuid>
 //	        queue <uid> <position>          (1 = head)
+//	        reason <uid> <text>             (encoded: why it waits, how a limit ended it)
+//	        cores <uid> <list>              (the cores --cpus pinned it to)
 //	Status: gpu <index> <uuid> free|leased|foreign|unusable
 //	        lease <uuid> <index> <uid> <id> <user> <name> <since> <login>
 //	        foreign <uuid> <pid,pid...>
@@ -183,12 +256,15 @@
 //	        then the jobs' records as Jobs prints them
 //	Check:  tool <name> <path|->, bash <version>, kernel <text>,
 //	        lease_dir <path> ok|absent|symlink|not-dir|not-writable,
-//	        gpus <n> | gpus - <error>, logind <kill_user_processes> <linger>
+//	        gpus <n> | gpus - <error>, logind <kill_user_processes> <linger>,
+//	        limits cgroup|watchdog <reserve_kib> <disk_floor_kib> <log_cap_kib>,
+//	        limits_warn <text>              (a setting it could not read)
 //
 // Status prints, before its records, what the driver said: sections after
 // "@@sshq NAME" marker lines holding nvidia-smi's own output, the owners of
 // the GPUs' processes and the host facts, which gpu.ParseProbe reads
-// (nvidia-smi's lines are not records). Logs prints raw log bytes; with
+// (nvidia-smi's lines are not records). Logs prints raw log bytes (after a
+// line saying how many its cap dropped, when it did); with
 // follow its exit status is the job's, or 125 when the job is unknown or
 // LOST.
 //
@@ -209,6 +285,13 @@
 //   - Owner records are mode 0666 and only informative: any user can
 //     overwrite them; leases themselves are kernel flocks.
 //   - MIG devices are not leased separately (their uuids are skipped).
+//   - The watchdog counts a page shared by several processes of a job once
+//     per process (as Slurm's default accounting), and a job can allocate
+//     fast enough to pass its limit by what it takes in one second. A
+//     process that cleared its environment is not counted, as Cancel does
+//     not find it; only the cgroup mechanism holds it.
+//   - Another user's job shows its limits in no report: Status gives only
+//     this controller's own jobs' limits (from its store).
 //   - The tmux server is `tmux -L sshq -f /dev/null`; killing it sends
 //     SIGHUP to running jobs.
 package remote
