@@ -49,7 +49,11 @@ func (c *Controller) Logs(ctx context.Context, r LogsRequest) (*LogsView, error)
 			if now.QueuePosition != nil {
 				pos = fmt.Sprintf(", #%d in %s's queue", *now.QueuePosition, now.Node)
 			}
-			r.Notef("job #%d is PENDING%s: its output starts when it gets its GPUs", now.ID, pos)
+			why := "its output starts when it gets its GPUs"
+			if now.Reason != "" {
+				why = "it waits: " + now.Reason
+			}
+			r.Notef("job #%d is PENDING%s: %s", now.ID, pos, why)
 		}
 	}
 	code, err := c.cluster(nil).Logs(ctx, j, r.Tail, r.Follow, r.Out, r.ErrOut)

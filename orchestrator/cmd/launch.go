@@ -276,6 +276,9 @@ func launchRun(opts *LaunchOptions) error {
 	if lv.Job.ExitCode != nil {
 		fmt.Fprintf(errOut, " (exit code %d)", *lv.Job.ExitCode)
 	}
+	if lv.Job.Reason != "" && lv.Job.State.Terminal() {
+		fmt.Fprintf(errOut, ": %s", ui.Safe(lv.Job.Reason))
+	}
 	fmt.Fprintln(errOut)
 	if lv.ExitCode != 0 {
 		return &ExitError{Code: lv.ExitCode}

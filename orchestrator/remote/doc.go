@@ -164,7 +164,8 @@
 // and once in its log, and starts once space is freed.
 //
 // run_phase runs each phase (setup, run) in the background and watches it
-// once a second (watch_phase, limits_tick) until it ends:
+// at least once a second (watch_phase, limits_tick) until it ends, and
+// sees it end within 0.1s:
 //
 //   - --mem: the job's memory is the resident memory (statm) summed over its
 //     marked processes, as Cancel finds them (the wrapper's own excluded).

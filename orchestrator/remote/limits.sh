@@ -268,7 +268,11 @@ pick_cores() {
 		[ -f "$f" ] && [ ! -L "$f" ] || continue
 		IFS=$tab read -r u lim rss cores st _ <"$f" 2>/dev/null || continue
 		[ "$u" != "$uid" ] && valid_uid "$u" && [ "$cores" != - ] || continue
-		lock_free "$f" && continue
+		if lock_free "$f"; then
+			# Its wrapper was killed before it could clean up.
+			[ -O "$f" ] && rm -f -- "$f"
+			continue
+		fi
 		cpulist_expand "$cores"
 		for c in ${cl_out[@]+"${cl_out[@]}"}; do taken[$c]=1; done
 	done

@@ -196,6 +196,7 @@ run_phase() {
 		[ ${#phase_pre[@]} -eq 0 ] || [ -e "$jd/.phase" ] && break
 		jlog "could not start $1 under: ${phase_pre[*]} (exit $phase_rc); running it without"
 		phase_pre=() lim_mem_mode=watchdog lim_scope= lim_cores=
+		rm -f -- "$jd/cores"
 	done
 	rm -f -- "$jd/.phase"
 	return "$phase_rc"
