@@ -86,6 +86,21 @@ func output(t *testing.T, ctrl *Controller, id int) string {
 	return out.String()
 }
 
+// noneLeft fails the test unless every process carrying the job's mark
+// ends soon: the wrapper itself ends a moment after its exit record, and
+// the deadline only guards against a hang.
+func noneLeft(t *testing.T, name, uid string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for p := alive(uid); len(p) > 0; p = alive(uid) {
+		if time.Now().After(deadline) {
+			t.Errorf("%s left processes running: %v", name, p)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // alive lists the processes still carrying the job's mark.
 func alive(uid string) []int {
 	var pids []int
@@ -163,9 +178,7 @@ func TestMemAndTimeLimitsEndJobsAndFreeTheirGPUs(t *testing.T) {
 		t.Errorf("sleeper: reason %q, log %q", s.Reason, output(t, ctrl, sleeper))
 	}
 	for _, v := range []JobView{h, s} {
-		if p := alive(v.UID); len(p) > 0 {
-			t.Errorf("%s left processes running: %v", v.Name, p)
-		}
+		noneLeft(t, v.Name, v.UID)
 	}
 	// Both GPUs are free again: a job asking for both starts.
 	both := launchLimited(t, ctrl, "both", "2", "echo both", LimitFlags{})
@@ -217,9 +230,7 @@ func TestNodeReserveStopsTheJobFurthestAboveItsShare(t *testing.T) {
 	if s := view(t, ctrl, small); s.State != job.Succeeded {
 		t.Errorf("the small neighbour: %s (%q)\n%s", s.State, s.Reason, output(t, ctrl, small))
 	}
-	if p := alive(h.UID); len(p) > 0 {
-		t.Errorf("the hog left processes running: %v", p)
-	}
+	noneLeft(t, "the hog", h.UID)
 }
 
 func freeKiB(t *testing.T, dir string) int64 {

@@ -114,7 +114,7 @@ mem_mechanism() {
 	u=$(id -u 2>/dev/null) || return 0
 	c=/sys/fs/cgroup/user.slice/user-$u.slice/user@$u.service/cgroup.controllers
 	[ -r "$c" ] || return 0
-	read -r c <"$c" 2>/dev/null || return 0
+	read -r c 2>/dev/null <"$c" || return 0
 	case " $c " in *" memory "*) ;; *) return 0 ;; esac
 	command -v systemd-run >/dev/null 2>&1 || return 0
 	case $(systemctl --user is-system-running 2>/dev/null) in running | degraded) ;; *) return 0 ;; esac
@@ -266,7 +266,7 @@ pick_cores() {
 	[ ${#allowed[@]} -gt 0 ] || return 1
 	for f in "$lease_dir"/limits/*; do
 		[ -f "$f" ] && [ ! -L "$f" ] || continue
-		IFS=$tab read -r u lim rss cores st _ <"$f" 2>/dev/null || continue
+		IFS=$tab read -r u lim rss cores st _ 2>/dev/null <"$f" || continue
 		[ "$u" != "$uid" ] && valid_uid "$u" && [ "$cores" != - ] || continue
 		if lock_free "$f"; then
 			# Its wrapper was killed before it could clean up.

@@ -83,7 +83,7 @@ limits_begin() {
 # memory scope, taskset.
 phase_prefix() {
 	phase_pre=()
-	lim_scope=
+	lim_scope= lim_cg=
 	if [ "$lim_mem_mode" = cgroup ]; then
 		lim_scope=sshq-$uid-${1%.sh}
 		phase_pre+=(systemd-run --user --scope --quiet --collect "--unit=$lim_scope" -p "MemoryMax=${lim_mem_kib}K" -p MemorySwapMax=0 --)
@@ -96,7 +96,7 @@ phase_prefix() {
 # wait). No fork: its stat's state follows the last ") ".
 phase_gone() {
 	local s
-	read -r s <"/proc/$1/stat" 2>/dev/null || return 0
+	read -r s 2>/dev/null <"/proc/$1/stat" || return 0
 	s=${s##*) }
 	case ${s:0:1} in Z | X) return 0 ;; esac
 	return 1
@@ -126,7 +126,7 @@ watch_phase() {
 # lim_publish: this job's memory, in place in its record.
 lim_publish() {
 	[ -n "$lim_rec" ] || return 0
-	printf '%s\t%s\t%12s\t%s\t%s\n' "$uid" "$lim_mem_kib" "$lim_rss" "${lim_cores:--}" "$lim_end" 1<>"$lim_rec" 2>/dev/null
+	printf '%s\t%s\t%12s\t%s\t%s\n' "$uid" "$lim_mem_kib" "$lim_rss" "${lim_cores:--}" "$lim_end" 2>/dev/null 1<>"$lim_rec"
 }
 
 # lim_oom REASON NOTE PIDS...: end the job for memory: SIGKILL now, as the
@@ -147,7 +147,7 @@ limits_tick() {
 	now=$now_ms
 	pids=$(leftover_pids)
 	for p in $pids; do
-		read -r a b _ <"/proc/$p/statm" 2>/dev/null && sum=$((sum + b))
+		read -r a b _ 2>/dev/null <"/proc/$p/statm" && sum=$((sum + b))
 	done
 	lim_rss=$((sum * lim_page_kib))
 	[ $lim_rss -gt $lim_peak ] && lim_peak=$lim_rss
@@ -182,14 +182,14 @@ limits_tick() {
 	if [ "$lim_mem_kib" -gt 0 ]; then
 		hsize "$lim_mem_kib"
 		limit=$hsize_out
-		if [ "$lim_mem_mode" = cgroup ]; then
-			if cg_oom "$1"; then
-				hsize "$lim_peak"
-				lim_oom "memory: peak $hsize_out, at the $limit limit (--mem)" \
-					"OUT_OF_MEMORY: the job reached its memory limit of $limit (--mem; peak $hsize_out) and the kernel killed it; its other processes were killed" $pids
-				return 0
-			fi
-		elif [ $lim_rss -gt "$lim_mem_kib" ]; then
+		if [ "$lim_mem_mode" = cgroup ] && cg_oom "$1"; then
+			hsize "$lim_peak"
+			lim_oom "memory: peak $hsize_out, at the $limit limit (--mem)" \
+				"OUT_OF_MEMORY: the job reached its memory limit of $limit (--mem; peak $hsize_out) and the kernel killed it; its other processes were killed" $pids
+			return 0
+		fi
+		# The watchdog, also where the phase's scope cannot be found.
+		if [ -z "$lim_cg" ] && [ $lim_rss -gt "$lim_mem_kib" ]; then
 			hsize "$lim_peak"
 			lim_oom "memory: peak $hsize_out, over the $limit limit (--mem)" \
 				"OUT_OF_MEMORY: the job used $hsize_out (peak), over its memory limit of $limit (--mem): its processes were killed" $pids
@@ -208,14 +208,14 @@ cg_oom() {
 	if [ -z "$lim_cg" ]; then
 		while read -r line; do
 			case $line in 0::*"/$lim_scope.scope") lim_cg=/sys/fs/cgroup${line#0::} ;; esac
-		done <"/proc/$1/cgroup" 2>/dev/null
+		done 2>/dev/null <"/proc/$1/cgroup"
 	fi
 	[ -n "$lim_cg" ] || return 1
 	while read -r k v; do
 		[ "$k" = oom_kill ] && [ "${v:-0}" -gt 0 ] 2>/dev/null || continue
-		read -r v <"$lim_cg/memory.peak" 2>/dev/null && [ $((v / 1024)) -gt $lim_peak ] && lim_peak=$((v / 1024))
+		read -r v 2>/dev/null <"$lim_cg/memory.peak" && [ $((v / 1024)) -gt $lim_peak ] && lim_peak=$((v / 1024))
 		return 0
-	done <"$lim_cg/memory.events" 2>/dev/null
+	done 2>/dev/null <"$lim_cg/memory.events"
 	return 1
 }
 
@@ -234,7 +234,7 @@ reserve_check() {
 	[ -n "$lim_rec" ] || return 0
 	for f in "$lease_dir"/limits/*; do
 		[ -f "$f" ] && [ ! -L "$f" ] || continue
-		IFS=$tab read -r u lim rss cores st _ <"$f" 2>/dev/null || continue
+		IFS=$tab read -r u lim rss cores st _ 2>/dev/null <"$f" || continue
 		rss=${rss// /}
 		valid_uid "$u" || continue
 		case $lim$rss in '' | *[!0-9]*) continue ;; esac

@@ -182,22 +182,33 @@ run_phase() {
 	[ -d "$jd/workdir" ] && wd=$jd/workdir
 	limits_begin
 	phase_prefix "$1"
+	# bash reports a background job a signal ended ("Killed ...") on its
+	# stderr, the pane: not while a phase runs.
+	local errfd
+	exec {errfd}>&2 2>/dev/null
 	while :; do
 		rm -f -- "$jd/.phase"
 		(
 			cd "$jd" || exit 1
 			[ -n "$nap_fd" ] && exec {nap_fd}<&-
+			exec {errfd}>&-
 			restore_locale
 			exec ${phase_pre[@]+"${phase_pre[@]}"} "$BASH" -c ': >./.phase && . ./env.sh &&
 				{ [ ! -f ./secrets.sh ] || . ./secrets.sh; } && . ./gpu.env && cd -- "$1" && exec "$2" "$3"' \
 				sshq-phase "$wd" "$BASH" "$jd/$1"
 		) </dev/null >>"$jd/log" 2>&1 {wfd}<&- &
 		watch_phase $!
-		[ ${#phase_pre[@]} -eq 0 ] || [ -e "$jd/.phase" ] && break
-		jlog "could not start $1 under: ${phase_pre[*]} (exit $phase_rc); running it without"
-		phase_pre=() lim_mem_mode=watchdog lim_scope= lim_cores=
-		rm -f -- "$jd/cores"
+		{ [ ${#phase_pre[@]} -eq 0 ] || [ -e "$jd/.phase" ] || cancelled || [ -n "$got_signal" ]; } && break
+		jlog "could not start $1 under: ${phase_pre[*]} (exit $phase_rc); trying without $([ "$lim_mem_mode" = cgroup ] && echo the memory scope || echo taskset)"
+		if [ "$lim_mem_mode" = cgroup ]; then
+			lim_mem_mode=watchdog
+		else
+			lim_cores=
+			rm -f -- "$jd/cores"
+		fi
+		phase_prefix "$1"
 	done
+	exec 2>&"$errfd" {errfd}>&-
 	rm -f -- "$jd/.phase"
 	return "$phase_rc"
 }
