@@ -129,3 +129,28 @@ func TestNodesShowsTheMemoryMechanism(t *testing.T) {
 		}
 	}
 }
+
+// status shows this controller's running jobs with their limits.
+func TestStatusShowsLimitsOfOwnJobs(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	train := &orchestrator.Holder{JobID: 3, JobUID: "c-3", Name: "train", User: "alice"}
+	mem, secs := int64(60<<10), int64(3*86400)
+	h.fake.status = func(context.Context) (*orchestrator.StatusView, error) {
+		return &orchestrator.StatusView{Nodes: []orchestrator.NodeView{{
+			NodeStatus: orchestrator.NodeStatus{Name: "box", Reachable: true, CPUs: 8, GPUs: []orchestrator.GPUStatus{gpu(0, "leased", train)}},
+			Running: []orchestrator.RunningJob{
+				{JobID: 3, JobUID: "c-3", Name: "train", User: "alice", GPUs: []int{0}, MemLimitMiB: &mem, TimeLimitS: &secs},
+				{JobID: 7, JobUID: "c-7", Name: "prep", User: "alice", GPUs: []int{}, CPUs: 2, Cores: "4-5"},
+			},
+		}}}, nil
+	}
+	if code := h.run("status"); code != 0 {
+		t.Fatalf("exit %d: %s", code, h.err.String())
+	}
+	for _, want := range []string{"#3 train (alice) [mem 60G, time 3d]", "#7 prep (alice) [2 cpus (4-5)]"} {
+		if !strings.Contains(h.out.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, h.out.String())
+		}
+	}
+}
