@@ -274,6 +274,8 @@ func TestStatusMatchesSimulatedTruth(t *testing.T) {
 	}
 }
 
+// The README's first command, as a new user runs it: every step must end
+// as the tour says, whatever the machine's load.
 func TestDemoTourEndToEnd(t *testing.T) {
 	t.Parallel()
 	requireTmux(t)
@@ -281,9 +283,24 @@ func TestDemoTourEndToEnd(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "Tour done") {
 		t.Fatalf("tour exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
-	for _, want := range []string{"PENDING (#1 in queue)", "#2 train-big", "train-big: cancelled", "waits-for-a100: SUCCEEDED", "GPUs: 7 free / 7 total"} {
+	me := localUserName(t)
+	// While train-big runs, status shows it as the holder of both A100s,
+	// and the A100 job behind it first in demo-a100's queue.
+	if n := len(linesContaining(r.stdout, fmt.Sprintf("#2 train-big (%s)", me))); n != 2 {
+		t.Errorf("status shows train-big (%s) holding %d GPUs, want both A100s:\n%s", me, n, r.stdout)
+	}
+	if !containsRow(r.stdout, "1", "waits-for-a100", me) {
+		t.Errorf("status does not list waits-for-a100 first in the queue:\n%s", r.stdout)
+	}
+	if w := linesContaining(r.stdout, "waits-for-a100  "); len(w) == 0 || !strings.Contains(w[0], "PENDING (#1 in queue)") {
+		t.Errorf("sshq queue does not show waits-for-a100 waiting first: %q", w)
+	}
+	if !containsRow(r.stdout, "2", "train-big", me, "demo-a100", "0,1", "CANCELLED") {
+		t.Errorf("sshq queue -a does not show train-big CANCELLED:\n%s", r.stdout)
+	}
+	for _, want := range []string{"#2 train-big: cancelled", "waits-for-a100: SUCCEEDED", "GPUs: 7 free / 7 total"} {
 		if !strings.Contains(r.stdout, want) {
-			t.Errorf("tour output lacks %q", want)
+			t.Errorf("tour output lacks %q:\n%s", want, r.stdout)
 		}
 	}
 }
