@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
 	"github.com/sshq/sshq/sshpool/sshtest"
@@ -31,6 +30,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	closeExamples()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -43,7 +43,7 @@ type result struct {
 // sshq runs the binary with a clean environment pointing at cluster c.
 func sshq(t *testing.T, c *sshtest.Cluster, home string, extraEnv []string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, sshqBin, args...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home, "SSHQ_HOME=" + filepath.Join(home, ".sshq")}
@@ -54,6 +54,10 @@ func sshq(t *testing.T, c *sshtest.Cluster, home string, extraEnv []string, args
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		// Errorf, not Fatalf: some tests run sshq from other goroutines.
+		t.Errorf("sshq %v still running after %s, killed\n%s\n%s", args, patience, out.String(), errb.String())
+	}
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
@@ -63,17 +67,15 @@ func sshq(t *testing.T, c *sshtest.Cluster, home string, extraEnv []string, args
 	return result{out.String(), errb.String(), code}
 }
 
-func TestNodesReportsStoppedNodeWithinTimeout(t *testing.T) {
+// A stopped node is reported down, the others checked, and the command
+// ends (a hang would run into sshq's two-minute deadline in this file).
+func TestNodesReportsStoppedNode(t *testing.T) {
 	t.Parallel()
 	c := sshtest.Start(t, sshtest.Options{Nodes: 3})
 	c.Nodes[2].Stop()
 	home := t.TempDir()
 	nodes := "SSHQ_NODES=node1,node2,node3"
-	start := time.Now()
 	r := sshq(t, c, home, []string{nodes}, "nodes")
-	if time.Since(start) > 15*time.Second {
-		t.Errorf("sshq nodes took %s with ConnectTimeout 3s", time.Since(start))
-	}
 	if r.code != 3 {
 		t.Errorf("exit code %d, want 3 (a node is down)\n%s%s", r.code, r.stdout, r.stderr)
 	}
@@ -317,7 +319,7 @@ func TestDemoServesUntilInterrupted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	waitFor(t, 30*time.Second, "demo prints its exports", func() bool { return strings.Contains(out.String(), "Ctrl-C stops") })
+	waitFor(t, "demo prints its exports", func() bool { return strings.Contains(out.String(), "Ctrl-C stops") })
 	var exports []string
 	for _, line := range strings.Split(out.String(), "\n") {
 		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "export "); ok {
@@ -366,7 +368,7 @@ func TestStatusWatchRefreshesUntilInterrupted(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "three refreshes", func() bool { return strings.Count(out.String(), "Tesla T4") >= 3 })
+	waitFor(t, "three refreshes", func() bool { return strings.Count(out.String(), "Tesla T4") >= 3 })
 	cmd.Process.Signal(os.Interrupt)
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("watch ended with %v after Ctrl-C", err)
