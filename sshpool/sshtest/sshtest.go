@@ -619,8 +619,9 @@ func killUnder(dir string) {
 			continue
 		}
 		for _, kv := range strings.Split(string(data), "\x00") {
-			if (strings.HasPrefix(kv, "HOME=") || strings.HasPrefix(kv, "TMUX_TMPDIR=")) &&
-				strings.HasPrefix(kv[strings.IndexByte(kv, '=')+1:], dir) {
+			k, v, _ := strings.Cut(kv, "=")
+			// dir+"/": /tmp/TestA12/001 must not take /tmp/TestA123's jobs.
+			if (k == "HOME" || k == "TMUX_TMPDIR") && (v == dir || strings.HasPrefix(v, dir+"/")) {
 				var pid int
 				fmt.Sscanf(filepath.Base(filepath.Dir(p)), "%d", &pid)
 				if pid > 0 && pid != os.Getpid() {
