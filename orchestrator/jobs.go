@@ -20,7 +20,6 @@ import (
 	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/task"
 	"github.com/sshq/sshq/orchestrator/wsync"
-	"github.com/sshq/sshq/sshpool"
 )
 
 // LocalUser is the controller's user name, recorded with each job.
@@ -63,10 +62,6 @@ type LaunchOptions struct {
 // SUBMITTING, with its node) before anything is sent, so a controller that
 // dies mid-launch leaves a job that reconcile can find.
 func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opts LaunchOptions) (*store.Job, Placement, error) {
-	note := opts.Notef
-	if note == nil {
-		note = func(string, ...any) {}
-	}
 	p, asked := needsNoQuestion(t, c.Names, opts.Node)
 	if !asked {
 		var err error
@@ -99,11 +94,6 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	}
 
 	node := c.Node(p.Node)
-	// Syncs may move gigabytes, but never forever: a node whose disk or
-	// home hangs must not hold the launch (keepalives only catch a dead
-	// connection, not a stuck command).
-	sctx, cancelSync := context.WithTimeout(ctx, SyncTimeout)
-	defer cancelSync()
 	spec := remote.JobSpec{
 		UID: rec.UID, ID: rec.ID, Name: t.Name, User: rec.User, NumGPUs: p.NumGPUs,
 		AllowedGPUs: p.AllowedGPUs, Setup: t.Setup, Run: t.Run, NumNodes: 1,
@@ -118,48 +108,12 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	for _, k := range sortedKeys(t.Secrets) {
 		spec.Secrets = append(spec.Secrets, remote.EnvVar{Name: k, Value: t.Secrets[k]})
 	}
-	var client *sshpool.Client
-	if t.Workdir != "" || len(t.FileMounts) > 0 {
-		if client, err = c.Pool.Get(ctx, p.Node); err != nil {
-			return fail(err)
-		}
+	key, unlock, err := c.syncTask(ctx, st, t, p.Node, opts)
+	if err != nil {
+		return fail(err)
 	}
-	if t.Workdir != "" {
-		key := wsync.WorkdirKey(opts.Origin, t.Workdir)
-		// Two launches of one workdir to one node (a sweep) must not sync
-		// into the same cache at once: one's snapshot could capture the
-		// other's half-done sync. Held until the snapshot is taken (submit).
-		unlock, err := lockWorkdir(ctx, st, p.Node, key)
-		if err != nil {
-			return fail(err)
-		}
-		defer unlock()
-		note("syncing %s to %s:~/.sshq/workdirs/%s", t.Workdir, p.Node, key)
-		if _, err := wsync.Push(sctx, wsync.SSH(client), t.Workdir, "~/.sshq/workdirs/"+key, wsync.Options{Progress: opts.Progress}); err != nil {
-			if ctx.Err() != nil {
-				return fail(fmt.Errorf("interrupted while syncing %s to %s: nothing was submitted (the next launch finishes the partial copy)", t.Workdir, p.Node))
-			}
-			return fail(fmt.Errorf("syncing workdir to %s: %w", p.Node, err))
-		}
-		spec.WorkdirKey = key
-	}
-	for _, remotePath := range sortedKeys(t.FileMounts) {
-		local := t.FileMounts[remotePath]
-		note("copying %s to %s:%s", local, p.Node, remotePath)
-		fi, err := os.Stat(local)
-		if err != nil {
-			return fail(fmt.Errorf("file_mounts: %w", err))
-		}
-		if fi.IsDir() {
-			// A mount may land in a directory that holds other data: never delete there.
-			_, err = wsync.Push(sctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress, NoDelete: true})
-		} else {
-			_, err = wsync.PushFile(sctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress})
-		}
-		if err != nil {
-			return fail(fmt.Errorf("file_mounts %s → %s:%s: %w", local, p.Node, remotePath, err))
-		}
-	}
+	defer unlock()
+	spec.WorkdirKey = key
 	// `sshq cancel` may have run while we synced: it can only mark the job
 	// in the store, since the node does not know it yet.
 	if err := st.Update(func(s *store.State) error {
