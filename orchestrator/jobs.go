@@ -55,6 +55,9 @@ type LaunchOptions struct {
 	Progress func(wsync.Progress) // sync progress, may be nil
 	Notef    func(string, ...any) // progress notes for people, may be nil
 	Origin   string               // controller host name, for workdir keys
+	// Placement, when set, is where the job goes, decided by the caller
+	// (the controller, when Slurm clusters are among the targets).
+	Placement *Placement
 }
 
 // Launch places t, syncs its workdir and file mounts, submits it to the
@@ -63,6 +66,12 @@ type LaunchOptions struct {
 // dies mid-launch leaves a job that reconcile can find.
 func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opts LaunchOptions) (*store.Job, Placement, error) {
 	p, asked := needsNoQuestion(t, c.Names, opts.Node)
+	if opts.Placement != nil {
+		p, asked = *opts.Placement, true
+	}
+	if p.Backend == store.BackendSlurm {
+		return c.launchSlurm(ctx, st, t, p, opts)
+	}
 	if !asked {
 		var err error
 		if p, err = c.Place(ctx, t, opts.Node); err != nil {
@@ -240,12 +249,12 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 	if err != nil {
 		return nil, nil, err
 	}
-	byNode := map[string][]string{}
+	byNode := map[string][]*store.Job{}
 	for _, j := range snap.Jobs {
 		if j.State.Terminal() || j.Node == "" || (only != nil && !only(j)) {
 			continue
 		}
-		byNode[j.Node] = append(byNode[j.Node], j.UID)
+		byNode[j.Node] = append(byNode[j.Node], j)
 	}
 	if len(byNode) == 0 {
 		// Nothing to ask: do not rewrite state.json for a read.
@@ -258,7 +267,7 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		return views, map[string]error{}, nil
 	}
 	type answer struct {
-		jobs map[string]remote.JobStatus
+		jobs jobReport
 		err  error
 	}
 	answers := map[string]answer{}
@@ -275,7 +284,7 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node))
 		defer cancel()
 		var a answer
-		a.jobs, a.err = c.Node(node).Jobs(ctx, byNode[node])
+		a.jobs, a.err = c.askJobs(ctx, node, byNode[node])
 		results <- struct {
 			node string
 			a    answer
@@ -296,9 +305,7 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		for _, j := range s.Jobs {
 			a, asked := answers[j.Node]
 			if asked && a.err == nil && !j.State.Terminal() {
-				if js, ok := a.jobs[j.UID]; ok {
-					applyStatus(j, js, now)
-				}
+				a.jobs.apply(j, now)
 			}
 			if only != nil && !only(j) {
 				continue
@@ -397,8 +404,8 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 	var errs []error
 	type res struct {
 		node     string
-		m        map[string]remote.CancelOutcome
-		statuses map[string]remote.JobStatus
+		m        map[string]string
+		statuses jobReport
 		err      error
 	}
 	ch := make(chan res, len(byNode))
@@ -407,27 +414,23 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 		nodes = append(nodes, n)
 	}
 	c.subset(nodes).Each(ctx, func(ctx context.Context, node string) {
-		var uids []string
-		for _, j := range byNode[node] {
-			uids = append(uids, j.UID)
-		}
 		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node)+grace+10*time.Second)
 		defer cancel()
-		m, statuses, err := c.Node(node).Cancel(ctx, uids, grace)
+		m, statuses, err := c.cancelOn(ctx, node, byNode[node], grace)
 		ch <- res{node, m, statuses, err}
 	})
 	close(ch)
-	statuses := map[int]remote.JobStatus{}
+	statuses := map[string]jobReport{}
 	for r := range ch {
 		for _, j := range byNode[r.node] {
 			if r.err != nil {
 				out[j.ID] = "error: " + r.err.Error()
 				continue
 			}
-			out[j.ID] = string(r.m[j.UID])
-			if js, ok := r.statuses[j.UID]; ok {
-				statuses[j.ID] = js
-			}
+			out[j.ID] = r.m[j.UID]
+		}
+		if r.err == nil {
+			statuses[r.node] = r.statuses
 		}
 		if r.err != nil {
 			errs = append(errs, r.err)
@@ -445,9 +448,7 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 				j.State, j.Ended = job.Cancelled, &now
 				out[id] = "cancelled"
 			case !j.State.Terminal():
-				if js, ok := statuses[id]; ok {
-					applyStatus(j, js, now)
-				}
+				statuses[j.Node].apply(j, now)
 			}
 		}
 		return nil
@@ -464,6 +465,9 @@ func (c *Cluster) Logs(ctx context.Context, j *store.Job, tail int, follow bool,
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opTimeout(ctx, j.Node))
 		defer cancel()
+	}
+	if j.Backend == store.BackendSlurm {
+		return c.slurmLogs(ctx, j, tail, follow, w)
 	}
 	return c.Node(j.Node).Logs(ctx, j.UID, tail, follow, w, errw)
 }

@@ -169,6 +169,7 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 		}
 		b.WriteString("\n")
 	}
+	b.WriteString(renderSlurm(st, v.Slurm))
 	jobs := fmt.Sprintf("%d running", running)
 	if noGPU > 0 {
 		jobs += fmt.Sprintf(" (%d without GPUs)", noGPU)
