@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/sshq/sshq/orchestrator"
+	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/ui"
 )
@@ -69,6 +70,24 @@ func renderSlurm(st ui.Style, clusters []orchestrator.SlurmStatus) string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// slurmTotals are the clusters' part of status's totals: GPUs free and in
+// all, and the jobs running and waiting in their queues, any user's.
+func slurmTotals(clusters []orchestrator.SlurmStatus) (free, total, running, waiting int) {
+	for _, c := range clusters {
+		used, all := c.GPUsInUse()
+		free, total = free+all-used, total+all
+		for _, q := range c.Queue {
+			switch {
+			case q.State == job.Pending:
+				waiting++
+			case q.State == job.Running:
+				running++
+			}
+		}
+	}
+	return free, total, running, waiting
 }
 
 // slurmGPUsCell is a node's GPUs by gres type: "a100 1/2".
