@@ -248,6 +248,13 @@ func (c *Controller) Init(patterns []string) (*InitView, error) {
 		return nil, usageErrorf("%w; %s was left as it was", err, path)
 	}
 	settings := inventory.Settings{Nodes: patterns, Slurm: c.settings.Slurm}
+	if c.slurm.source == "--slurm" {
+		// `sshq init --slurm login gpu-*` saves both lists.
+		if _, err := c.SlurmHosts(); err != nil {
+			return nil, fmt.Errorf("%w\n  %s was left as it was.", err, path)
+		}
+		settings.Slurm = c.slurm.patterns
+	}
 	if !c.ssh.Default {
 		// Later commands must read the same file the patterns name.
 		settings.SSHConfig, _ = filepath.Abs(c.ssh.Path)
