@@ -52,7 +52,8 @@ func renderSlurm(st ui.Style, clusters []orchestrator.SlurmStatus) string {
 		b.WriteString(indent(st.Table([]string{"NODE", "STATE", "GPUS IN USE", "CPUS", "MEMORY"}, rows), "  "))
 		if len(c.Queue) > 0 {
 			rows = rows[:0]
-			for _, q := range c.Queue {
+			shown := slurmQueueShown(c.Queue)
+			for _, q := range shown {
 				id := "-"
 				if q.JobID != nil {
 					id = fmt.Sprintf("#%d", *q.JobID)
@@ -66,10 +67,37 @@ func renderSlurm(st ui.Style, clusters []orchestrator.SlurmStatus) string {
 			}
 			b.WriteString("  queue:\n")
 			b.WriteString(indent(st.Table([]string{"SLURM ID", "JOB", "NAME", "USER", "STATE", "GRES", "TIME", "NODES (REASON)"}, rows), "  "))
+			if more := len(c.Queue) - len(shown); more > 0 {
+				fmt.Fprintf(&b, "  … and %d more job(s) of other users (`sshq status --json` lists them all)\n", more)
+			}
 		}
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// slurmQueueMax is how many jobs of a Slurm queue status prints: a big
+// cluster's queue holds thousands, of which this controller's matter here.
+const slurmQueueMax = 20
+
+// slurmQueueShown is the part of a Slurm queue status prints: this
+// controller's jobs, then the others in Slurm's order, up to slurmQueueMax.
+func slurmQueueShown(queue []orchestrator.SlurmQueueStatus) []orchestrator.SlurmQueueStatus {
+	if len(queue) <= slurmQueueMax {
+		return queue
+	}
+	var out []orchestrator.SlurmQueueStatus
+	for _, q := range queue {
+		if q.JobID != nil {
+			out = append(out, q)
+		}
+	}
+	for _, q := range queue {
+		if q.JobID == nil && len(out) < slurmQueueMax {
+			out = append(out, q)
+		}
+	}
+	return out
 }
 
 // slurmTotals are the clusters' part of status's totals: GPUs free and in

@@ -2,6 +2,7 @@ package cmd
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -108,5 +109,28 @@ func TestQueueShowsSlurmJobs(t *testing.T) {
 	}
 	if strings.Contains(out, "waiting") {
 		t.Errorf("a Slurm job's GPUS column says waiting; Slurm names no indices:\n%s", out)
+	}
+}
+
+// A big cluster's queue is cut short in the table, this controller's
+// jobs kept, the rest counted.
+func TestStatusCutsALongSlurmQueue(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	mine := 7
+	var queue []orchestrator.SlurmQueueStatus
+	for i := range 500 {
+		queue = append(queue, orchestrator.SlurmQueueStatus{SlurmID: fmt.Sprint(1000 + i), Name: "theirs", User: "bob", State: job.Pending, SlurmState: "PENDING", Reason: "Priority"})
+	}
+	queue = append(queue, orchestrator.SlurmQueueStatus{SlurmID: "9999", JobID: &mine, Name: "mine", State: job.Pending, SlurmState: "PENDING", Reason: "Priority"})
+	h.fake.status = func(context.Context) (*orchestrator.StatusView, error) {
+		return &orchestrator.StatusView{Slurm: []orchestrator.SlurmStatus{{Login: "login", Reachable: true, Queue: queue}}}, nil
+	}
+	if code := h.run("status"); code != 0 {
+		t.Fatalf("exit %d: %s", code, h.err.String())
+	}
+	out := h.out.String()
+	if n := strings.Count(out, "theirs"); n != slurmQueueMax-1 || !strings.Contains(out, "#7") || !strings.Contains(out, "and 481 more job(s)") {
+		t.Errorf("%d of their jobs shown, want %d, ours and a count of the rest:\n%s", n, slurmQueueMax-1, out)
 	}
 }
