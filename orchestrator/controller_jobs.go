@@ -49,6 +49,12 @@ func (c *Controller) Logs(ctx context.Context, r LogsRequest) (*LogsView, error)
 			if now.QueuePosition != nil {
 				pos = fmt.Sprintf(", #%d in %s's queue", *now.QueuePosition, now.Node)
 			}
+			if now.Backend == store.BackendSlurm {
+				pos = fmt.Sprintf(" in %s's Slurm queue", now.Node)
+				if now.Reason != "" {
+					pos += " (" + now.Reason + ")"
+				}
+			}
 			r.Notef("job #%d is PENDING%s: its output starts when it gets its GPUs", now.ID, pos)
 		}
 	}
@@ -283,6 +289,9 @@ func (c *Controller) Attach(ref string) (*AttachTarget, error) {
 	j := jobs[0]
 	if j.State.Terminal() {
 		return nil, usageErrorf("job #%d has ended (%s); read its output with `sshq logs %d`", j.ID, j.State, j.ID)
+	}
+	if j.Backend == store.BackendSlurm {
+		return nil, usageErrorf("job #%d runs under Slurm (job %s via %s), which gives it no tmux session: follow its output with `sshq logs -f %d`", j.ID, j.SlurmID, j.Node, j.ID)
 	}
 	argv := []string{"ssh"}
 	if !c.ssh.Default {

@@ -20,7 +20,6 @@ import (
 	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/task"
 	"github.com/sshq/sshq/orchestrator/wsync"
-	"github.com/sshq/sshq/sshpool"
 )
 
 // LocalUser is the controller's user name, recorded with each job.
@@ -57,6 +56,9 @@ type LaunchOptions struct {
 	Notef    func(string, ...any) // progress notes for people, may be nil
 	Origin   string               // controller host name, for workdir keys
 	Shell    *remote.ShellSpec    // an interactive job (sshq shell); nil for a batch job
+	// Placement, when set, is where the job goes, decided by the caller
+	// (the controller, when Slurm clusters are among the targets).
+	Placement *Placement
 }
 
 // Launch places t, syncs its workdir and file mounts, submits it to the
@@ -64,11 +66,13 @@ type LaunchOptions struct {
 // SUBMITTING, with its node) before anything is sent, so a controller that
 // dies mid-launch leaves a job that reconcile can find.
 func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opts LaunchOptions) (*store.Job, Placement, error) {
-	note := opts.Notef
-	if note == nil {
-		note = func(string, ...any) {}
-	}
 	p, asked := needsNoQuestion(t, c.Names, opts.Node)
+	if opts.Placement != nil {
+		p, asked = *opts.Placement, true
+	}
+	if p.Backend == store.BackendSlurm {
+		return c.launchSlurm(ctx, st, t, p, opts)
+	}
 	if !asked {
 		var err error
 		if p, err = c.Place(ctx, t, opts.Node); err != nil {
@@ -100,11 +104,6 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	}
 
 	node := c.Node(p.Node)
-	// Syncs may move gigabytes, but never forever: a node whose disk or
-	// home hangs must not hold the launch (keepalives only catch a dead
-	// connection, not a stuck command).
-	sctx, cancelSync := context.WithTimeout(ctx, SyncTimeout)
-	defer cancelSync()
 	spec := remote.JobSpec{
 		UID: rec.UID, ID: rec.ID, Name: t.Name, User: rec.User, NumGPUs: p.NumGPUs,
 		AllowedGPUs: p.AllowedGPUs, Setup: t.Setup, Run: t.Run, NumNodes: 1,
@@ -119,48 +118,12 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	for _, k := range sortedKeys(t.Secrets) {
 		spec.Secrets = append(spec.Secrets, remote.EnvVar{Name: k, Value: t.Secrets[k]})
 	}
-	var client *sshpool.Client
-	if t.Workdir != "" || len(t.FileMounts) > 0 {
-		if client, err = c.Pool.Get(ctx, p.Node); err != nil {
-			return fail(err)
-		}
+	key, unlock, err := c.syncTask(ctx, st, t, p.Node, opts)
+	if err != nil {
+		return fail(err)
 	}
-	if t.Workdir != "" {
-		key := wsync.WorkdirKey(opts.Origin, t.Workdir)
-		// Two launches of one workdir to one node (a sweep) must not sync
-		// into the same cache at once: one's snapshot could capture the
-		// other's half-done sync. Held until the snapshot is taken (submit).
-		unlock, err := lockWorkdir(ctx, st, p.Node, key)
-		if err != nil {
-			return fail(err)
-		}
-		defer unlock()
-		note("syncing %s to %s:~/.sshq/workdirs/%s", t.Workdir, p.Node, key)
-		if _, err := wsync.Push(sctx, wsync.SSH(client), t.Workdir, "~/.sshq/workdirs/"+key, wsync.Options{Progress: opts.Progress}); err != nil {
-			if ctx.Err() != nil {
-				return fail(fmt.Errorf("interrupted while syncing %s to %s: nothing was submitted (the next launch finishes the partial copy)", t.Workdir, p.Node))
-			}
-			return fail(fmt.Errorf("syncing workdir to %s: %w", p.Node, err))
-		}
-		spec.WorkdirKey = key
-	}
-	for _, remotePath := range sortedKeys(t.FileMounts) {
-		local := t.FileMounts[remotePath]
-		note("copying %s to %s:%s", local, p.Node, remotePath)
-		fi, err := os.Stat(local)
-		if err != nil {
-			return fail(fmt.Errorf("file_mounts: %w", err))
-		}
-		if fi.IsDir() {
-			// A mount may land in a directory that holds other data: never delete there.
-			_, err = wsync.Push(sctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress, NoDelete: true})
-		} else {
-			_, err = wsync.PushFile(sctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress})
-		}
-		if err != nil {
-			return fail(fmt.Errorf("file_mounts %s → %s:%s: %w", local, p.Node, remotePath, err))
-		}
-	}
+	defer unlock()
+	spec.WorkdirKey = key
 	// `sshq cancel` may have run while we synced: it can only mark the job
 	// in the store, since the node does not know it yet.
 	if err := st.Update(func(s *store.State) error {
@@ -287,12 +250,12 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 	if err != nil {
 		return nil, nil, err
 	}
-	byNode := map[string][]string{}
+	byNode := map[string][]*store.Job{}
 	for _, j := range snap.Jobs {
 		if j.State.Terminal() || j.Node == "" || (only != nil && !only(j)) {
 			continue
 		}
-		byNode[j.Node] = append(byNode[j.Node], j.UID)
+		byNode[j.Node] = append(byNode[j.Node], j)
 	}
 	if len(byNode) == 0 {
 		// Nothing to ask: do not rewrite state.json for a read.
@@ -305,7 +268,7 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		return views, map[string]error{}, nil
 	}
 	type answer struct {
-		jobs map[string]remote.JobStatus
+		jobs jobReport
 		err  error
 	}
 	answers := map[string]answer{}
@@ -322,7 +285,7 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node))
 		defer cancel()
 		var a answer
-		a.jobs, a.err = c.Node(node).Jobs(ctx, byNode[node])
+		a.jobs, a.err = c.askJobs(ctx, node, byNode[node])
 		results <- struct {
 			node string
 			a    answer
@@ -343,9 +306,7 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		for _, j := range s.Jobs {
 			a, asked := answers[j.Node]
 			if asked && a.err == nil && !j.State.Terminal() {
-				if js, ok := a.jobs[j.UID]; ok {
-					applyStatus(j, js, now)
-				}
+				a.jobs.apply(j, now)
 			}
 			if only != nil && !only(j) {
 				continue
@@ -444,8 +405,8 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 	var errs []error
 	type res struct {
 		node     string
-		m        map[string]remote.CancelOutcome
-		statuses map[string]remote.JobStatus
+		m        map[string]string
+		statuses jobReport
 		err      error
 	}
 	ch := make(chan res, len(byNode))
@@ -454,27 +415,23 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 		nodes = append(nodes, n)
 	}
 	c.subset(nodes).Each(ctx, func(ctx context.Context, node string) {
-		var uids []string
-		for _, j := range byNode[node] {
-			uids = append(uids, j.UID)
-		}
 		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node)+grace+10*time.Second)
 		defer cancel()
-		m, statuses, err := c.Node(node).Cancel(ctx, uids, grace)
+		m, statuses, err := c.cancelOn(ctx, node, byNode[node], grace)
 		ch <- res{node, m, statuses, err}
 	})
 	close(ch)
-	statuses := map[int]remote.JobStatus{}
+	statuses := map[string]jobReport{}
 	for r := range ch {
 		for _, j := range byNode[r.node] {
 			if r.err != nil {
 				out[j.ID] = "error: " + r.err.Error()
 				continue
 			}
-			out[j.ID] = string(r.m[j.UID])
-			if js, ok := r.statuses[j.UID]; ok {
-				statuses[j.ID] = js
-			}
+			out[j.ID] = r.m[j.UID]
+		}
+		if r.err == nil {
+			statuses[r.node] = r.statuses
 		}
 		if r.err != nil {
 			errs = append(errs, r.err)
@@ -492,9 +449,7 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 				j.State, j.Ended = job.Cancelled, &now
 				out[id] = "cancelled"
 			case !j.State.Terminal():
-				if js, ok := statuses[id]; ok {
-					applyStatus(j, js, now)
-				}
+				statuses[j.Node].apply(j, now)
 			}
 		}
 		return nil
@@ -511,6 +466,9 @@ func (c *Cluster) Logs(ctx context.Context, j *store.Job, tail int, follow bool,
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opTimeout(ctx, j.Node))
 		defer cancel()
+	}
+	if j.Backend == store.BackendSlurm {
+		return c.slurmLogs(ctx, j, tail, follow, w)
 	}
 	return c.Node(j.Node).Logs(ctx, j.UID, tail, follow, w, errw)
 }

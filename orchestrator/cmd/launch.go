@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sshq/sshq/orchestrator"
+	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/task"
 	"github.com/sshq/sshq/orchestrator/ui"
 	"github.com/sshq/sshq/orchestrator/wsync"
@@ -194,7 +195,7 @@ func launchRun(opts *LaunchOptions) error {
 	j, p := v.Job, v.Placement
 	if opts.JSON {
 		return writeJSON(out, map[string]any{"id": j.ID, "uid": j.UID, "name": j.Name, "node": j.Node,
-			"gpus": j.GPUs, "num_gpus": j.NumGPUs, "state": j.State})
+			"gpus": j.GPUs, "num_gpus": j.NumGPUs, "state": j.State, "backend": j.Backend, "slurm_id": j.SlurmID})
 	}
 	where := "starting"
 	switch {
@@ -202,6 +203,9 @@ func launchRun(opts *LaunchOptions) error {
 		where = fmt.Sprintf("waiting in the node's queue behind %d job(s) for %d GPU(s)", p.QueueAhead, p.NumGPUs)
 	case !p.FitsNow:
 		where = fmt.Sprintf("waiting in the node's queue until %d GPU(s) free up", p.NumGPUs)
+	}
+	if j.Backend == store.BackendSlurm {
+		where = fmt.Sprintf("Slurm job %s (%s)", j.SlurmID, p.Reason)
 	}
 	if p.NumGPUs == 0 {
 		where += " (no GPU requested: add --gpus N, or resources.accelerators in the task, for GPUs)"
@@ -250,7 +254,10 @@ func dryRun(opts *LaunchOptions, ctrl Controller, t *task.Task) error {
 	if p.NumGPUs > 0 {
 		fmt.Fprintf(out, "  gpus:     %d × %s\n", p.NumGPUs, orAny(p.Accelerator))
 	}
-	if !p.FitsNow {
+	switch {
+	case p.Backend == store.BackendSlurm:
+		fmt.Fprintf(out, "  slurm:    sbatch through %s (Slurm picks the compute nodes; num_nodes %d)\n", p.Node, max(t.NumNodes, 1))
+	case !p.FitsNow:
 		fmt.Fprintf(out, "  queue:    would wait behind %d job(s) until GPUs free up\n", p.QueueAhead)
 	}
 	if t.Workdir != "" {

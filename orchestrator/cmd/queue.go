@@ -81,6 +81,9 @@ func renderQueue(io *IOStreams, views []orchestrator.JobView) {
 		if v.State == job.Pending && v.QueuePosition != nil {
 			state = fmt.Sprintf("PENDING (#%d in queue)", *v.QueuePosition)
 		}
+		if v.Reason != "" {
+			state += " (" + ui.Safe(v.Reason) + ")"
+		}
 		state = st.Paint(stateColor(v.State), state)
 		if !v.NodeReachable {
 			state += st.Paint(ui.Gray, " (node unreachable)")
@@ -99,7 +102,11 @@ func renderQueue(io *IOStreams, views []orchestrator.JobView) {
 		if v.ExitCode != nil {
 			exit = fmt.Sprint(*v.ExitCode)
 		}
-		rows = append(rows, []string{fmt.Sprint(v.ID), v.Name, v.User, orDash(v.Node), gpus, state,
+		node := orDash(v.Node)
+		if isSlurm(v) {
+			node = slurmNode(v)
+		}
+		rows = append(rows, []string{fmt.Sprint(v.ID), v.Name, v.User, node, gpus, state,
 			v.Submitted.Local().Format("01-02 15:04"), started, dur, exit})
 	}
 	fmt.Fprint(io.Out, st.Table([]string{"ID", "NAME", "USER", "NODE", "GPUS", "STATE", "SUBMITTED", "STARTED", "DURATION", "EXIT"}, rows))
@@ -109,6 +116,9 @@ func renderQueue(io *IOStreams, views []orchestrator.JobView) {
 // are leased, `1 (waiting)` before, `-` for a job that asked for none.
 func gpusCell(v orchestrator.JobView) string {
 	switch {
+	case isSlurm(v) && v.NumGPUs > 0:
+		// Slurm names no GPU indices: CUDA_VISIBLE_DEVICES tells the job.
+		return fmt.Sprint(v.NumGPUs)
 	case len(v.GPUs) > 0:
 		idx := make([]string, len(v.GPUs))
 		for i, g := range v.GPUs {

@@ -44,7 +44,16 @@ type Job struct {
 	QueuePosition *int       `json:"queue_position"` // place in its node's FIFO while PENDING
 	EnvNames      []string   `json:"env_names"`      // names of the envs given to it, never values
 	LastSeen      *time.Time `json:"last_seen"`      // when its node last confirmed State
+	// A job on a Slurm cluster (Backend "slurm") runs under sbatch through
+	// its Node, the cluster's login node, not in that node's own queue.
+	Backend  string `json:"backend"`   // "" for a node's own queue, or BackendSlurm
+	SlurmID  string `json:"slurm_id"`  // Slurm's job id once sbatch took it; "" otherwise
+	SlurmDir string `json:"slurm_dir"` // its job directory on the login node (~/...); "" otherwise
+	Reason   string `json:"reason"`    // why it waits or ended, in Slurm's words; "" when none
 }
+
+// BackendSlurm is Job.Backend for a job submitted to a Slurm cluster.
+const BackendSlurm = "slurm"
 
 // State is the whole of state.json: the unfinished jobs and the recently
 // ended ones (see [KeepEnded]). Change it only inside [Store.Update].

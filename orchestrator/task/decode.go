@@ -143,7 +143,7 @@ func (d *decoder) top(root *node) error {
 		case "workdir":
 			err = d.workdir(v)
 		case "num_nodes":
-			err = d.numNodes(v)
+			t.NumNodes, err = d.numNodes(v)
 		case "resources":
 			err = d.resources(v, "resources", true)
 		case "envs":
@@ -253,20 +253,23 @@ func (d *decoder) script(v *node, field string) (string, error) {
 	return v.text, nil
 }
 
-func (d *decoder) numNodes(v *node) error {
+// numNodes reads num_nodes. More than one node is a placement question,
+// not a file error: a Slurm cluster runs it, plain nodes refuse it at launch.
+func (d *decoder) numNodes(v *node) (int, error) {
 	if v.kind == kNull {
-		return nil
+		return 1, nil
 	}
 	if v.kind != kScalar || v.stype != sInt || !v.intOK {
-		return d.errf(v.at, "num_nodes", "must be a whole number of nodes, not %s: write num_nodes: 1", v.describe())
+		return 0, d.errf(v.at, "num_nodes", "must be a whole number of nodes, not %s: write num_nodes: 1", v.describe())
 	}
 	switch n := v.intVal; {
 	case n < 1:
-		return d.errf(v.at, "num_nodes", "must be at least 1, not %d", n)
-	case n > 1:
-		return d.errf(v.at, "num_nodes", "multi-node tasks are not supported yet: sshq runs a task on one node; set num_nodes: 1 (or remove it)")
+		return 0, d.errf(v.at, "num_nodes", "must be at least 1, not %d", n)
+	case n > MaxNumNodes:
+		return 0, d.errf(v.at, "num_nodes", "%d is more nodes than sshq runs a task on (at most %d)", n, MaxNumNodes)
+	default:
+		return int(n), nil
 	}
-	return nil
 }
 
 func looksLikeURL(s string) bool {
