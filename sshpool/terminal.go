@@ -48,14 +48,14 @@ func (c *Client) Interactive(ctx context.Context, cmd string, t Terminal) (int, 
 		w, h = 80, 24
 	}
 	modes := ssh.TerminalModes{ssh.ECHO: 1, ssh.TTY_OP_ISPEED: 38400, ssh.TTY_OP_OSPEED: 38400}
-	if err := c.await(ctx, func() error { return sess.RequestPty(term, h, w, modes) }); err != nil {
+	if err := c.await(ctx, func() error { return sess.RequestPty(term, h, w, modes) }, func() { sess.Close() }); err != nil {
 		if ctx.Err() != nil || !c.Alive() {
 			return -1, err
 		}
 		return -1, notStarted{fmt.Errorf("%s refused a terminal: %w (is PermitTTY off in its sshd_config?)", c.Node.Name, err)}
 	}
 	sess.Stdin, sess.Stdout, sess.Stderr = t.In, t.Out, t.Out
-	if err := c.await(ctx, func() error { return sess.Start(cmd) }); err != nil {
+	if err := c.await(ctx, func() error { return sess.Start(cmd) }, func() { sess.Close() }); err != nil {
 		if ctx.Err() != nil || !c.Alive() {
 			return -1, err
 		}
