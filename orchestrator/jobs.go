@@ -142,7 +142,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	case errors.As(err, &refused):
 		return fail(fmt.Errorf("%s refused the job: %s", p.Node, refused.Msg))
 	case errors.Is(err, remote.ErrNoAnswer):
-		return c.settleSubmit(st, rec, p, ctx.Err() != nil)
+		return c.settleSubmit(st, rec, p, ctx.Err() != nil, err)
 	case err != nil:
 		return fail(err)
 	}
@@ -181,17 +181,19 @@ var ErrSubmittedBeforeInterrupt = errors.New("interrupted after the job was subm
 // settleSubmit finds out, with a fresh deadline, whether a submit whose
 // answer was lost (Ctrl-C, a dropped connection) reached the node, and
 // records the truth: the job is queued there, or nothing was submitted.
-func (c *Cluster) settleSubmit(st *store.Store, rec store.Job, p Placement, interrupted bool) (*store.Job, Placement, error) {
+//
+// lost is why the answer was lost; it is part of every failure reported.
+func (c *Cluster) settleSubmit(st *store.Store, rec store.Job, p Placement, interrupted bool, lost error) (*store.Job, Placement, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	m, err := c.Node(p.Node).Jobs(ctx, []string{rec.UID})
 	js, known := m[rec.UID], err == nil
 	switch {
 	case !known:
-		return nil, p, fmt.Errorf("lost the answer of %s while submitting job #%d; it may be queued there: `sshq queue` will tell", p.Node, rec.ID)
+		return nil, p, fmt.Errorf("lost the answer of %s while submitting job #%d (%v); it may be queued there: `sshq queue` will tell", p.Node, rec.ID, lost)
 	case !js.Found:
 		_ = st.Update(func(s *store.State) error { s.Delete(rec.ID); return nil })
-		return nil, p, errors.New("nothing was submitted")
+		return nil, p, fmt.Errorf("nothing was submitted: %w", lost)
 	}
 	_ = st.Update(func(s *store.State) error {
 		if j := s.Job(rec.ID); j != nil {
