@@ -84,6 +84,9 @@ type Settings struct {
 	// SSHConfig is the ssh config `sshq init` read the nodes from, when it
 	// was not the default one.
 	SSHConfig string `yaml:"ssh_config,omitempty"`
+	// Slurm are the hosts of the ssh config that are Slurm login nodes:
+	// jobs placed there go through sbatch instead of the host's own queue.
+	Slurm []string `yaml:"slurm,omitempty"`
 	// Defaults are the limits of a job whose launch does not set them.
 	Defaults Defaults `yaml:"defaults,omitempty"`
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/sshq/sshq/inventory"
 	"github.com/sshq/sshq/orchestrator/gpu"
 	"github.com/sshq/sshq/orchestrator/remote"
+	"github.com/sshq/sshq/orchestrator/slurm"
 	"github.com/sshq/sshq/sshpool"
 )
 
@@ -22,6 +23,9 @@ type Cluster struct {
 	// Runner, when set, runs the node commands in place of Pool (a test's
 	// fake, or nodes reached another way). Workdir syncs still need Pool.
 	Runner func(node string) remote.Runner
+	// Slurm, when set, gives the client of a Slurm login node, for the
+	// jobs submitted there; else one is made over Runner or Pool.
+	Slurm func(login string) *slurm.Client
 }
 
 // Node returns the client of the node called name.

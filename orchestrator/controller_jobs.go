@@ -50,7 +50,12 @@ func (c *Controller) Logs(ctx context.Context, r LogsRequest) (*LogsView, error)
 				pos = fmt.Sprintf(", #%d in %s's queue", *now.QueuePosition, now.Node)
 			}
 			why := "its output starts when it gets its GPUs"
-			if now.Reason != "" {
+			if now.Backend == store.BackendSlurm {
+				pos = fmt.Sprintf(" in %s's Slurm queue", now.Node)
+				if now.Reason != "" {
+					pos += " (" + now.Reason + ")"
+				}
+			} else if now.Reason != "" {
 				why = "it waits: " + now.Reason
 			}
 			r.Notef("job #%d is PENDING%s: %s", now.ID, pos, why)
@@ -294,6 +299,9 @@ func (c *Controller) Attach(ref string) (*AttachTarget, error) {
 	j := jobs[0]
 	if j.State.Terminal() {
 		return nil, usageErrorf("job #%d has ended (%s); read its output with `sshq logs %d`", j.ID, j.State, j.ID)
+	}
+	if j.Backend == store.BackendSlurm {
+		return nil, usageErrorf("job #%d runs under Slurm (job %s via %s), which gives it no tmux session: follow its output with `sshq logs -f %d`", j.ID, j.SlurmID, j.Node, j.ID)
 	}
 	argv := []string{"ssh"}
 	if !c.ssh.Default {

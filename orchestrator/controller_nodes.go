@@ -12,6 +12,8 @@ import (
 // StatusView is the cluster at a glance (`sshq status`).
 type StatusView struct {
 	Nodes []NodeView `json:"nodes"`
+	// Slurm are the Slurm clusters, one per login node (--slurm).
+	Slurm []SlurmStatus `json:"slurm"`
 }
 
 // NodeView is one node of StatusView: what it reported, and the jobs
@@ -48,6 +50,11 @@ func (v *StatusView) Down() []string {
 			down = append(down, n.Name)
 		}
 	}
+	for _, s := range v.Slurm {
+		if !s.Reachable {
+			down = append(down, s.Login)
+		}
+	}
 	return down
 }
 
@@ -67,11 +74,17 @@ func (c *Controller) Status(ctx context.Context) (*StatusView, error) {
 	if err != nil {
 		return nil, err
 	}
+	hosts, err := c.SlurmHosts()
+	if err != nil {
+		return nil, err
+	}
+	slurmDone := c.slurmStatus(ctx, hosts)
 	nodes := c.cluster(names).Status(ctx)
+	sl := slurmDone()
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("status interrupted (%w)", err)
 	}
-	v := &StatusView{Nodes: make([]NodeView, len(nodes))}
+	v := &StatusView{Nodes: make([]NodeView, len(nodes)), Slurm: sl}
 	own := c.ownJobs()
 	for i, n := range nodes {
 		v.Nodes[i] = NodeView{NodeStatus: n, Running: running(n)}
@@ -164,6 +177,8 @@ type NodeCheck struct {
 // NodesView is every selected node's readiness, in selection order.
 type NodesView struct {
 	Nodes []NodeCheck `json:"nodes"`
+	// Slurm are the Slurm login nodes' checks (--slurm).
+	Slurm []SlurmCheck `json:"slurm"`
 }
 
 // Err is an UnreachableError counting the nodes that did not answer.
@@ -174,8 +189,13 @@ func (v *NodesView) Err() error {
 			down++
 		}
 	}
+	for _, r := range v.Slurm {
+		if !r.Reachable {
+			down++
+		}
+	}
 	if down > 0 {
-		return &UnreachableError{fmt.Errorf("%d of %d nodes unreachable", down, len(v.Nodes))}
+		return &UnreachableError{fmt.Errorf("%d of %d nodes unreachable", down, len(v.Nodes)+len(v.Slurm))}
 	}
 	return nil
 }
@@ -187,6 +207,16 @@ func (c *Controller) Nodes(ctx context.Context) (*NodesView, error) {
 	if err != nil {
 		return nil, err
 	}
+	hosts, err := c.SlurmHosts()
+	if err != nil {
+		return nil, err
+	}
+	var slurmChecks []SlurmCheck
+	slurmDone := make(chan struct{})
+	go func() {
+		defer close(slurmDone)
+		slurmChecks = c.slurmChecks(ctx, hosts)
+	}()
 	results := make([]NodeCheck, len(names))
 	idx := map[string]int{}
 	for i, n := range names {
@@ -217,8 +247,9 @@ func (c *Controller) Nodes(ctx context.Context) (*NodesView, error) {
 		r.Ready = chk.Ready()
 		r.MemLimit, r.ReserveMemMiB, r.DiskFloorMiB, r.LogCapMiB = chk.MemLimit, chk.ReserveMemMiB, chk.DiskFloorMiB, chk.LogCapMiB
 	})
+	<-slurmDone
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("node check interrupted (%w)", err)
 	}
-	return &NodesView{Nodes: results}, nil
+	return &NodesView{Nodes: results, Slurm: slurmChecks}, nil
 }

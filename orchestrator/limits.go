@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sshq/sshq/inventory"
+	"github.com/sshq/sshq/orchestrator/store"
 )
 
 // Limits are what one job may use on its node. The node holds the job to
@@ -198,4 +199,32 @@ func (ld limitDefaults) resolve(f LimitFlags, numGPUs int) Limits {
 		l.Time = *f.Time
 	}
 	return l
+}
+
+// slurm is the limits of a job sent to a Slurm cluster: only what the
+// launch asked for. config.yaml's defaults guard sshq's own nodes; a
+// cluster has its own (the partition's default memory and time, and its
+// MaxTime, which a default could exceed and have every job refused).
+func (f LimitFlags) slurm() Limits {
+	l := Limits{CPUs: f.CPUs}
+	if f.MemMiB != nil {
+		l.MemMiB = *f.MemMiB
+	}
+	if f.Time != nil {
+		l.Time = *f.Time
+	}
+	return l
+}
+
+// recordLimits notes a job's limits in its record, for queue and status.
+func recordLimits(j *store.Job, l Limits) {
+	if l.MemMiB > 0 {
+		mib := l.MemMiB
+		j.MemLimitMiB = &mib
+	}
+	if l.Time > 0 {
+		secs := int64((l.Time + time.Second - 1) / time.Second)
+		j.TimeLimitS = &secs
+	}
+	j.CPUs = l.CPUs
 }

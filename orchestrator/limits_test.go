@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/sshq/sshq/inventory"
+	"github.com/sshq/sshq/orchestrator/store"
+	"github.com/sshq/sshq/orchestrator/task"
 )
 
 func TestParseMem(t *testing.T) {
@@ -71,5 +73,31 @@ func TestLimitDefaults(t *testing.T) {
 	}
 	if _, err := parseDefaults(inventory.Defaults{Time: "forever"}); err == nil || !strings.Contains(err.Error(), "defaults.time") {
 		t.Errorf("a bad default: %v", err)
+	}
+}
+
+// On Slurm the launch's limits become sbatch's, over the task's
+// resources; config.yaml's defaults stay on sshq's own nodes (a cluster
+// has its own, and a default over a partition's MaxTime would have every
+// job refused).
+func TestSlurmSpecLimits(t *testing.T) {
+	t.Parallel()
+	tk := &task.Task{Run: "true"}
+	tk.Resources.CPUs.Value, tk.Resources.Memory.Value = 4, 8
+	rec := store.Job{UID: "c-1", ID: 1}
+	defaults := inventory.Defaults{MemPerGPU: "60G", Mem: "16G", Time: "3d"}
+	spec := slurmSpec(rec, tk, Placement{NumGPUs: 1}, "", LaunchOptions{Defaults: defaults})
+	if spec.CPUs != 4 || spec.MemoryMB != 8192 || spec.Time != 0 {
+		t.Errorf("no flags: cpus %d mem %d time %s; want the task's 4 and 8192, no time", spec.CPUs, spec.MemoryMB, spec.Time)
+	}
+	mem, d := int64(300), 90*time.Minute
+	spec = slurmSpec(rec, tk, Placement{NumGPUs: 1}, "", LaunchOptions{Defaults: defaults, Limits: LimitFlags{MemMiB: &mem, Time: &d, CPUs: 2}})
+	if spec.CPUs != 2 || spec.MemoryMB != 300 || spec.Time != d {
+		t.Errorf("flags: cpus %d mem %d time %s; want 2, 300, 1h30m", spec.CPUs, spec.MemoryMB, spec.Time)
+	}
+	none := int64(0)
+	spec = slurmSpec(rec, tk, Placement{}, "", LaunchOptions{Limits: LimitFlags{MemMiB: &none}})
+	if spec.MemoryMB != 8192 {
+		t.Errorf("--mem none: mem %d; want the task's 8192 (none asks for no limit of sshq's own)", spec.MemoryMB)
 	}
 }

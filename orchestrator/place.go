@@ -30,6 +30,9 @@ type Placement struct {
 	FreeGPUs    int        `json:"free_gpus"`
 	QueueAhead  int        `json:"queue_ahead"`
 	Reason      string     `json:"reason"`
+	// Backend is store.BackendSlurm when Node is a Slurm login node: the
+	// job goes through sbatch, and Slurm picks its compute nodes.
+	Backend string `json:"backend,omitempty"`
 }
 
 // nodeOffer is one node's answer to a placement question.

@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sshq/sshq/orchestrator"
+	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/task"
 	"github.com/sshq/sshq/orchestrator/ui"
 	"github.com/sshq/sshq/orchestrator/wsync"
@@ -82,9 +83,7 @@ mem: 16G, time: 3d}); --mem none or --time none lifts them.`,
 			&cli.GenericFlag{Name: "secret", Value: &verbatim{}, Usage: "like --env, but never printed, logged or stored on this machine"},
 			&cli.StringFlag{Name: "workdir", Usage: "local directory to sync and run in"},
 			&cli.GenericFlag{Name: "forward", Value: &verbatim{}, Usage: "while attached, reach the job's port here: `[LOCAL:]REMOTE` (repeatable; resources.ports are forwarded too)"},
-			&cli.StringFlag{Name: "mem", Usage: "memory limit of the job's whole process tree: `SIZE` as 300M, 32G (binary units; none lifts the default)"},
-			&cli.StringFlag{Name: "time", Usage: "time limit: `DURATION` as 90s, 30m, 4h, 3d, HH:MM:SS or D-HH:MM:SS (none lifts the default)"},
-			&cli.IntFlag{Name: "cpus", Usage: "pin the job to `N` cores (taskset), apart from other sshq jobs' and near its GPUs"},
+			limitFlagDefs[0], limitFlagDefs[1], limitFlagDefs[2],
 			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "print the job id and return once it is queued"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "validate, place and print the plan; change nothing"},
 			&cli.BoolFlag{Name: "json", Usage: "machine-readable result (implies --detach)"},
@@ -171,27 +170,35 @@ func buildTask(opts *LaunchOptions) (*task.Task, error) {
 	return t, nil
 }
 
-// limitFlags reads --mem, --time and --cpus.
-func limitFlags(opts *LaunchOptions) (orchestrator.LimitFlags, error) {
+// limitFlagDefs are --mem, --time and --cpus, which launch and shell share.
+var limitFlagDefs = [3]cli.Flag{
+	&cli.StringFlag{Name: "mem", Usage: "memory limit of the job's whole process tree: `SIZE` as 300M, 32G (binary units; none lifts the default)"},
+	&cli.StringFlag{Name: "time", Usage: "time limit: `DURATION` as 90s, 30m, 4h, 3d, HH:MM:SS or D-HH:MM:SS (none lifts the default)"},
+	&cli.IntFlag{Name: "cpus", Usage: "pin the job to `N` cores (taskset), apart from other sshq jobs' and near its GPUs"},
+}
+
+// limitFlags reads --mem, --time and --cpus as typed ("" for a flag not
+// given: config.yaml's default).
+func limitFlags(mem, dur string, cpus int) (orchestrator.LimitFlags, error) {
 	var f orchestrator.LimitFlags
-	if opts.Mem != "" {
-		mib, err := orchestrator.ParseMem(opts.Mem)
+	if mem != "" {
+		mib, err := orchestrator.ParseMem(mem)
 		if err != nil {
 			return f, usageErr("--mem: %v", err)
 		}
 		f.MemMiB = &mib
 	}
-	if opts.Time != "" {
-		d, err := orchestrator.ParseTime(opts.Time)
+	if dur != "" {
+		d, err := orchestrator.ParseTime(dur)
 		if err != nil {
 			return f, usageErr("--time: %v", err)
 		}
 		f.Time = &d
 	}
-	if opts.CPUs < 0 {
-		return f, usageErr("--cpus %d: give a number of cores, 1 or more", opts.CPUs)
+	if cpus < 0 {
+		return f, usageErr("--cpus %d: give a number of cores, 1 or more", cpus)
 	}
-	f.CPUs = opts.CPUs
+	f.CPUs = cpus
 	return f, nil
 }
 
@@ -200,7 +207,7 @@ func launchRun(opts *LaunchOptions) error {
 	if err != nil {
 		return err
 	}
-	limits, err := limitFlags(opts)
+	limits, err := limitFlags(opts.Mem, opts.Time, opts.CPUs)
 	if err != nil {
 		return err
 	}
@@ -236,7 +243,7 @@ func launchRun(opts *LaunchOptions) error {
 	j, p := v.Job, v.Placement
 	if opts.JSON {
 		return writeJSON(out, map[string]any{"id": j.ID, "uid": j.UID, "name": j.Name, "node": j.Node,
-			"gpus": j.GPUs, "num_gpus": j.NumGPUs, "state": j.State,
+			"gpus": j.GPUs, "num_gpus": j.NumGPUs, "state": j.State, "backend": j.Backend, "slurm_id": j.SlurmID,
 			"mem_limit_mib": j.MemLimitMiB, "time_limit_s": j.TimeLimitS, "cpus": j.CPUs})
 	}
 	where := "starting"
@@ -245,6 +252,9 @@ func launchRun(opts *LaunchOptions) error {
 		where = fmt.Sprintf("waiting in the node's queue behind %d job(s) for %d GPU(s)", p.QueueAhead, p.NumGPUs)
 	case !p.FitsNow:
 		where = fmt.Sprintf("waiting in the node's queue until %d GPU(s) free up", p.NumGPUs)
+	}
+	if j.Backend == store.BackendSlurm {
+		where = fmt.Sprintf("Slurm job %s (%s)", j.SlurmID, p.Reason)
 	}
 	if p.NumGPUs == 0 {
 		where += " (no GPU requested: add --gpus N, or resources.accelerators in the task, for GPUs)"
@@ -299,7 +309,10 @@ func dryRun(opts *LaunchOptions, ctrl Controller, t *task.Task) error {
 	if p.NumGPUs > 0 {
 		fmt.Fprintf(out, "  gpus:     %d × %s\n", p.NumGPUs, orAny(p.Accelerator))
 	}
-	if !p.FitsNow {
+	switch {
+	case p.Backend == store.BackendSlurm:
+		fmt.Fprintf(out, "  slurm:    sbatch through %s (Slurm picks the compute nodes; num_nodes %d)\n", p.Node, max(t.NumNodes, 1))
+	case !p.FitsNow:
 		fmt.Fprintf(out, "  queue:    would wait behind %d job(s) until GPUs free up\n", p.QueueAhead)
 	}
 	if t.Workdir != "" {

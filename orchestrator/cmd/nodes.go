@@ -89,6 +89,7 @@ func nodesRun(opts *NodesOptions) error {
 		}
 		rows = append(rows, []string{r.Name, fmt.Sprintf("%s:%d", r.Host, r.Port), state, lat, fmt.Sprint(r.GPUs), nodeLimits(r), note})
 	}
+	rows = append(rows, slurmNodeRows(st, v.Slurm)...)
 	fmt.Fprint(opts.IO.Out, st.Table([]string{"NODE", "ADDRESS", "STATE", "LATENCY", "GPUS", "LIMITS", "NOTES"}, rows))
 	return v.Err()
 }

@@ -103,7 +103,11 @@ func renderQueue(io *IOStreams, views []orchestrator.JobView) {
 		if v.ExitCode != nil {
 			exit = fmt.Sprint(*v.ExitCode)
 		}
-		rows = append(rows, []string{fmt.Sprint(v.ID), v.Name, v.User, orDash(v.Node), gpus, limitsCell(v.Job), state,
+		node := orDash(v.Node)
+		if isSlurm(v) {
+			node = slurmNode(v)
+		}
+		rows = append(rows, []string{fmt.Sprint(v.ID), v.Name, v.User, node, gpus, limitsCell(v.Job), state,
 			v.Submitted.Local().Format("01-02 15:04"), started, dur, exit, ui.Safe(orDash(v.Reason))})
 	}
 	fmt.Fprint(io.Out, st.Table([]string{"ID", "NAME", "USER", "NODE", "GPUS", "LIMITS", "STATE", "SUBMITTED", "STARTED", "DURATION", "EXIT", "REASON"}, rows))
@@ -113,6 +117,9 @@ func renderQueue(io *IOStreams, views []orchestrator.JobView) {
 // are leased, `1 (waiting)` before, `-` for a job that asked for none.
 func gpusCell(v orchestrator.JobView) string {
 	switch {
+	case isSlurm(v) && v.NumGPUs > 0:
+		// Slurm names no GPU indices: CUDA_VISIBLE_DEVICES tells the job.
+		return fmt.Sprint(v.NumGPUs)
 	case len(v.GPUs) > 0:
 		idx := make([]string, len(v.GPUs))
 		for i, g := range v.GPUs {

@@ -170,6 +170,9 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 		}
 		b.WriteString("\n")
 	}
+	b.WriteString(renderSlurm(st, v.Slurm))
+	sf, stot, sr, sw := slurmTotals(v.Slurm)
+	free, total, running, waiting = free+sf, total+stot, running+sr, waiting+sw
 	jobs := fmt.Sprintf("%d running", running)
 	if noGPU > 0 {
 		jobs += fmt.Sprintf(" (%d without GPUs)", noGPU)

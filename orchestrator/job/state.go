@@ -11,8 +11,9 @@ type State string
 // only on the controller (the job is recorded before anything touches a
 // node); Lost is never written on a node: it is derived for a job whose
 // wrapper is gone without an exit record. Timeout and OutOfMemory are a
-// job ended by its limits: its time limit (--time), or its memory limit
-// (--mem) or the node's memory running low.
+// job ended at its limits: its time limit (--time), or its memory limit
+// (--mem) or the node's memory running low; on a Slurm cluster, Slurm
+// ends a job at its limits itself and reports the same two states.
 const (
 	Submitting  State = "SUBMITTING"
 	Pending     State = "PENDING"

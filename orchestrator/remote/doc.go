@@ -7,7 +7,8 @@
 // GPUs (the queue's rule), limits.sh where it needs the node's limit
 // settings, and the action's own file: submit.sh (with watch.sh and
 // wrapper.sh, which the job keeps as its wrapper), jobs.sh, status.sh,
-// place.sh, cancel.sh, logs.sh, check.sh. Client does no SSH itself: it
+// place.sh, cancel.sh, logs.sh, check.sh; shell.sh, the interactive run
+// phase, travels with wrapper.sh. Client does no SSH itself: it
 // runs each action as one command through a Runner (for sshpool,
 // Pool.Node(alias)), so every action is one SSH session on one node.
 //
@@ -17,7 +18,9 @@
 //
 //	workdirs/<key>/        the synced workdir cache (written by sync, never in place)
 //	jobs/<uid>/            one job, mode 0700 (it may hold secrets):
-//	  meta.sh              identity from the controller (uid, id, user, name, GPUs, workdir key)
+//	  meta.sh              identity from the controller (uid, id, user, name, GPUs, workdir key;
+//	                       the job's limits, see Job limits; SSHQ_M_SHELL, the idle
+//	                       limit in seconds, for `sshq shell`)
 //	  env.sh               the job's environment: task envs, then sshq's values (export NAME='value')
 //	  secrets.sh           secret envs, 0600; removed when the job ends
 //	  setup.sh, run.sh     the task's scripts
@@ -43,6 +46,8 @@
 //	  log.dropped          how many of the log's first bytes its cap dropped
 //	  .phase               touched by a phase's bash first: the prefix (scope,
 //	                       taskset) started it
+//	  shell.pid            an interactive job's shell, while it runs
+//	  idle                 left when an interactive job's shell was ended for want of a client
 //
 // Shared by all users: the lease directory, $SSHQ_LEASE_DIR of the
 // submitting session, else /tmp/sshq-leases (mode 1777; a symlink is
@@ -163,9 +168,9 @@
 // job with GPUs does not try to start), its reason in the job's reason file
 // and once in its log, and starts once space is freed.
 //
-// run_phase runs each phase (setup, run) in the background and watches it
-// at least once a second (watch_phase, limits_tick) until it ends, and
-// sees it end within 0.1s:
+// The wrapper runs each phase (setup, run, or an interactive shell) in the
+// background and watches it at least once a second (limited, watch_phase,
+// limits_tick) until it ends, and sees it end within 0.1s:
 //
 //   - --mem: the job's memory is the resident memory (statm) summed over its
 //     marked processes, as Cancel finds them (the wrapper's own excluded).
@@ -207,6 +212,32 @@
 // free, then near ones, then any; each phase runs under `taskset -c`. A
 // prefix (scope, taskset) that fails to start a phase (no .phase) is
 // logged, and the phase runs again without it.
+//
+// # Interactive shells
+//
+// A job whose meta.sh sets SSHQ_M_SHELL (`sshq shell`) waits, leases and
+// runs setup like any other, with the pane showing its log meanwhile.
+// Then, instead of run.sh, the wrapper stops the display, gives the pane's
+// keys their signals back (stty sane) and runs the account's login shell
+// (getent passwd; bash when that is nologin or missing) on the pane's tty,
+// in the wrapper's process group (the terminal's foreground one), as
+// `exec -l`, in the workdir snapshot (else $HOME), with
+// env.sh, secrets.sh and gpu.env exported: the shell is the job's main
+// process, carries its mark and holds its leases, and its exit status is
+// the job's (SUCCEEDED for 0, else FAILED). The controller reaches it by
+// `tmux attach` to the job's session, so a dropped connection only
+// detaches a client. While the shell runs, a watcher looks once a second:
+// an interactive shell ignores SIGTERM, so when Cancel's mark appears it
+// sends the shell SIGHUP, as a closed terminal would, and the job ends
+// CANCELLED with the shell's 129 instead of waiting out the grace. Every
+// 5s (every 1s for limits under 20s) it asks tmux for #{session_attached};
+// after SSHQ_M_SHELL seconds (0: never) with no client it leaves "idle"
+// and hangs the shell up too, and the job ends CANCELLED with the shell's
+// status, the log saying why. A shell still there 5s after SIGHUP gets
+// SIGKILL. An answer tmux does not give restarts the clock. The shell is
+// a phase like run.sh for the job's limits (see Job limits): it runs under
+// the same prefix and is watched the same way, and at --time it also gets
+// SIGHUP, since it ignores the SIGTERM.
 //
 // # Cancel
 //

@@ -23,6 +23,8 @@ var (
 	submitSh string
 	//go:embed wrapper.sh
 	wrapperSh string
+	//go:embed shell.sh
+	shellSh string
 	//go:embed jobs.sh
 	jobsSh string
 	//go:embed status.sh
@@ -44,7 +46,7 @@ var (
 // scripts maps each action to its script. Submit's is also the job's
 // wrapper (the node keeps a copy), hence wrapper.sh in it.
 var scripts = map[string]string{
-	"submit": script(schedSh, limitsSh, watchSh, submitSh, wrapperSh),
+	"submit": script(schedSh, limitsSh, watchSh, submitSh, wrapperSh, shellSh),
 	"jobs":   script(schedSh, jobsSh),
 	"status": script(schedSh, statusSh),
 	"place":  script(schedSh, placeSh),
@@ -106,6 +108,17 @@ type JobSpec struct {
 	MemLimitMiB int64
 	TimeLimit   time.Duration
 	CPUs        int
+	// Shell makes the job `sshq shell`'s: after setup, its tmux pane runs
+	// the account's login shell instead of Run (see shell.sh), within the
+	// same limits; nil for a batch job.
+	Shell *ShellSpec
+}
+
+// ShellSpec is an interactive job's.
+type ShellSpec struct {
+	// Idle ends the shell after that long with no tmux client attached
+	// (whole seconds, at least one); 0 never does.
+	Idle time.Duration
 }
 
 // submitCommand returns the command that creates the job on a node (see
@@ -134,6 +147,9 @@ func submitCommand(spec JobSpec) (cmd string, stdin []byte, err error) {
 		"SSHQ_M_CPUS=" + strconv.Itoa(spec.CPUs),
 		"",
 	}, "\n")
+	if spec.Shell != nil {
+		meta += "SSHQ_M_SHELL=" + strconv.FormatInt(int64(spec.Shell.idleSeconds()), 10) + "\n"
+	}
 
 	ips := strings.Join(spec.NodeIPs, "\n")
 	static := []EnvVar{
@@ -174,6 +190,15 @@ func submitCommand(spec JobSpec) (cmd string, stdin []byte, err error) {
 	add("setup.sh", spec.Setup)
 	add("run.sh", spec.Run)
 	return command("submit", spec.UID), b, nil
+}
+
+// idleSeconds rounds Idle up to whole seconds: a limit of 0.5s must not
+// become "never".
+func (s *ShellSpec) idleSeconds() int64 {
+	if s.Idle <= 0 {
+		return 0
+	}
+	return int64((s.Idle + time.Second - 1) / time.Second)
 }
 
 // validate refuses a spec the node could not take as it is meant.

@@ -1,8 +1,8 @@
 # sshq node protocol, v1: the watch, by which a job's wrapper holds it to
-# its limits while setup or run runs: --mem, --time, the node's memory
+# its limits while setup, run or a shell runs: --mem, --time, the node's memory
 # reserve and the log cap, once a second (see doc.go, "Job limits"). Needs
 # lib.sh, sched.sh, limits.sh; the wrapper calls limits_begin (through
-# run_phase), watch_phase and limits_end (from finish).
+# limited, for every phase), watch_phase and limits_end (from finish).
 #
 # Shared record $lease_dir/limits/<uid>, "uid limit_kib rss_kib cores
 # run|end", flocked by its wrapper while it lives; rss is padded to a fixed
@@ -79,7 +79,7 @@ limits_begin() {
 	return 0
 }
 
-# phase_prefix PHASE: what run_phase puts before the phase's bash: the
+# phase_prefix PHASE: what limited puts before the phase's bash: the
 # memory scope, taskset.
 phase_prefix() {
 	phase_pre=()
@@ -157,6 +157,9 @@ limits_tick() {
 		lim_reason="time limit $hsecs_out reached (--time)"
 		lim_note="TIMEOUT: the job reached its time limit of $hsecs_out (--time): its processes got SIGTERM"
 		[ -n "$lim_scope" ] && systemctl --user kill --signal=TERM "$lim_scope.scope" >/dev/null 2>&1
+		# An interactive shell (sshq shell) ignores SIGTERM: hang it up, as
+		# a closed terminal would, and it passes the hangup to its jobs.
+		[ -s "$jd/shell.pid" ] && read -r p <"$jd/shell.pid" 2>/dev/null && kill -HUP "$p" 2>/dev/null
 	fi
 	case $lim_state in
 	OUT_OF_MEMORY)

@@ -1,7 +1,8 @@
 # sshq node protocol, v1: the wrapper (action wrapper JOBDIR), which runs a
 # job in its tmux session with no controller anywhere: takes its place in
-# the queue, waits for its GPUs, runs setup and run within the job's limits,
-# records how it ended. Needs lib.sh, sched.sh, limits.sh and watch.sh.
+# the queue, waits for its GPUs, runs setup and run (or, for `sshq shell`,
+# an interactive shell: shell.sh) within the job's limits, records how it
+# ended. Needs lib.sh, sched.sh, limits.sh, watch.sh and shell.sh.
 
 # Files in its job directory: meta.sh (identity, from the controller),
 # state (lines "STATE unix_ts"), log, exit, gpus, ticket, cancel; and
@@ -33,9 +34,10 @@ finish() {
 }
 
 # own_pids: the wrapper's own processes, which carry the job's mark but are
-# not the job's: itself, the scope's outer wrapper waiting on it, the display.
+# not the job's: itself, the scope's outer wrapper waiting on it, the
+# display, a shell's watcher (shell.sh).
 own_pids() {
-	printf '%s\n' $$ ${disp_pid:+"$disp_pid"}
+	printf '%s\n' $$ ${disp_pid:+"$disp_pid"} ${shell_watch_pid:+"$shell_watch_pid"}
 	[ -n "${SSHQ_IN_SCOPE:-}" ] && printf '%s\n' "$PPID"
 }
 
@@ -173,40 +175,56 @@ record_running() {
 # run_phase SCRIPT: run a user script with the job's environment in a fresh
 # bash. The task's variables are sourced there, not here, so no name a user
 # picks can clobber the wrapper's own variables; the wrapper's lock is closed
-# for the child so only the wrapper itself marks the job as alive. The
-# wrapper watches it meanwhile (watch.sh), under the prefix its limits ask
-# for (a memory scope, taskset); a phase whose prefix could not start it
-# (its first act is to touch .phase) runs again without.
+# for the child so only the wrapper itself marks the job as alive.
 run_phase() {
 	local wd=$HOME
 	[ -d "$jd/workdir" ] && wd=$jd/workdir
+	limited "$1" start_script "$1" "$wd"
+}
+
+# start_script SCRIPT WD: run_phase's phase, in the background, under the
+# limits' prefix; its output goes to the log alone.
+start_script() {
+	(
+		cd "$jd" || exit 1
+		[ -n "$nap_fd" ] && exec {nap_fd}<&-
+		exec {errfd}>&-
+		restore_locale
+		exec ${phase_pre[@]+"${phase_pre[@]}"} "$BASH" -c ': >./.phase && . ./env.sh &&
+			{ [ ! -f ./secrets.sh ] || . ./secrets.sh; } && . ./gpu.env && cd -- "$1" && exec "$2" "$3"' \
+			sshq-phase "$2" "$BASH" "$jd/$1"
+	) </dev/null >>"$jd/log" 2>&1 {wfd}<&- &
+}
+
+# limited PHASE START ARGS...: a phase (setup.sh, run.sh, or the shell)
+# within the job's limits: START ARGS... starts it in the background under
+# the prefix its limits ask for (phase_pre: a memory scope, taskset), and
+# the wrapper watches it meanwhile (watch.sh). A phase whose prefix could
+# not start it (its first act is to touch .phase) runs again without.
+# Returns the phase's exit status; a phase a limit ended finishes the job.
+limited() {
+	local phase=$1
+	shift
 	limits_begin
-	phase_prefix "$1"
+	phase_prefix "$phase"
 	# bash reports a background job a signal ended ("Killed ...") on its
-	# stderr, the pane: not while a phase runs.
+	# stderr, the pane: not while a phase runs. START finds the pane's
+	# stderr in errfd.
 	local errfd
 	exec {errfd}>&2 2>/dev/null
 	while :; do
 		rm -f -- "$jd/.phase"
-		(
-			cd "$jd" || exit 1
-			[ -n "$nap_fd" ] && exec {nap_fd}<&-
-			exec {errfd}>&-
-			restore_locale
-			exec ${phase_pre[@]+"${phase_pre[@]}"} "$BASH" -c ': >./.phase && . ./env.sh &&
-				{ [ ! -f ./secrets.sh ] || . ./secrets.sh; } && . ./gpu.env && cd -- "$1" && exec "$2" "$3"' \
-				sshq-phase "$wd" "$BASH" "$jd/$1"
-		) </dev/null >>"$jd/log" 2>&1 {wfd}<&- &
+		"$@"
 		watch_phase $!
 		{ [ ${#phase_pre[@]} -eq 0 ] || [ -e "$jd/.phase" ] || cancelled || [ -n "$got_signal" ]; } && break
-		jlog "could not start $1 under: ${phase_pre[*]} (exit $phase_rc); trying without $([ "$lim_mem_mode" = cgroup ] && echo the memory scope || echo taskset)"
+		jlog "could not start $phase under: ${phase_pre[*]} (exit $phase_rc); trying without $([ "$lim_mem_mode" = cgroup ] && echo the memory scope || echo taskset)"
 		if [ "$lim_mem_mode" = cgroup ]; then
 			lim_mem_mode=watchdog
 		else
 			lim_cores=
 			rm -f -- "$jd/cores"
 		fi
-		phase_prefix "$1"
+		phase_prefix "$phase"
 	done
 	exec 2>&"$errfd" {errfd}>&-
 	rm -f -- "$jd/.phase"
@@ -410,9 +428,13 @@ cmd_wrapper() {
 	fi
 	if cancelled; then finish CANCELLED 143; fi
 	set_state RUNNING
-	run_phase run.sh
+	if [ -n "${SSHQ_M_SHELL:-}" ]; then
+		run_shell # sshq shell: see shell.sh
+	else
+		run_phase run.sh
+	fi
 	rc=$?
-	if cancelled; then finish CANCELLED "$rc"; fi
+	if cancelled || [ -e "$jd/idle" ]; then finish CANCELLED "$rc"; fi
 	if [ $rc -eq 0 ]; then finish SUCCEEDED 0; fi
 	finish FAILED "$rc"
 }

@@ -438,9 +438,9 @@ func TestJobJSONContract(t *testing.T) {
 	data, _ := json.Marshal(st.Jobs[0])
 	var m map[string]any
 	json.Unmarshal(data, &m)
-	want := []string{"accelerator", "command", "cores", "cpus", "ended", "env_names", "exit_code", "gpu_uuids", "gpus", "id",
-		"last_seen", "mem_limit_mib", "name", "node", "num_gpus", "queue_position", "reason", "started", "state", "submitted", "task_file",
-		"time_limit_s", "uid", "user", "workdir"}
+	want := []string{"accelerator", "backend", "command", "cores", "cpus", "ended", "env_names", "exit_code", "gpu_uuids", "gpus", "id",
+		"last_seen", "mem_limit_mib", "name", "node", "num_gpus", "queue_position", "reason", "slurm_dir", "slurm_id", "started", "state",
+		"submitted", "task_file", "time_limit_s", "uid", "user", "workdir"}
 	var keys []string
 	for k := range m {
 		keys = append(keys, k)

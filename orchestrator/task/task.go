@@ -62,7 +62,9 @@ type Task struct {
 	// Workdir is the absolute local directory synced to the node and used as
 	// the job's working directory; "" when the task has none.
 	Workdir string
-	// NumNodes is always 1 for now; larger values are refused.
+	// NumNodes is how many nodes run the task, each with Resources; more
+	// than one runs only on a Slurm cluster (plain nodes refuse it at
+	// launch).
 	NumNodes  int
 	Resources Resources
 	// Envs are the job's environment variables. A variable the file
