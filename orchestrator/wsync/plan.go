@@ -327,15 +327,6 @@ func (j *job) prepare(ctx context.Context) error {
 	return err
 }
 
-func (j *job) report(f func(p *Progress)) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	f(&j.prog)
-	if j.opts.Progress != nil {
-		j.opts.Progress(j.prog)
-	}
-}
-
 // pool runs fn on every item with n workers and stops at the first error.
 func pool[T any](ctx context.Context, n int, items []T, fn func(T) error) error {
 	if len(items) == 0 {
@@ -429,10 +420,7 @@ func (j *job) sendLink(c *sftp.Client, e *entry) error {
 		c.Remove(tmp)
 		return fmt.Errorf("renaming %s into place on the node: %w", dst, err)
 	}
-	j.report(func(p *Progress) { p.FilesDone++ })
-	j.mu.Lock()
-	j.st.Uploaded++
-	j.mu.Unlock()
+	j.fileDone(func() { j.st.Uploaded++ })
 	return nil
 }
 
@@ -511,7 +499,7 @@ func (j *job) sendFile(c *sftp.Client, e *entry) (err error) {
 		if err = private(); err != nil {
 			return err
 		}
-		n, err = f.ReadFromWithConcurrency(&countingReader{r: src, j: j}, 0)
+		n, err = f.ReadFromWithConcurrency(io.TeeReader(src, &j.reporter), 0)
 		if err != nil {
 			return fmt.Errorf("writing %s on the node: %w", dst, err)
 		}
@@ -536,25 +524,8 @@ func (j *job) sendFile(c *sftp.Client, e *entry) (err error) {
 	if err = c.PosixRename(tmp, dst); err != nil {
 		return fmt.Errorf("renaming %s into place on the node: %w", dst, err)
 	}
-	j.report(func(p *Progress) { p.FilesDone++ })
-	j.mu.Lock()
-	j.st.Uploaded++
-	j.st.BytesUploaded += n
-	j.mu.Unlock()
+	j.fileDone(func() { j.st.Uploaded++; j.st.BytesUploaded += n })
 	return nil
-}
-
-type countingReader struct {
-	r io.Reader
-	j *job
-}
-
-func (cr *countingReader) Read(b []byte) (int, error) {
-	n, err := cr.r.Read(b)
-	if n > 0 {
-		cr.j.report(func(p *Progress) { p.BytesDone += int64(n) })
-	}
-	return n, err
 }
 
 // dirFixes lists the directories whose mode and mtime must be set, deepest

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -56,7 +55,7 @@ type PullStats struct {
 func Pull(ctx context.Context, r Remote, remotePath, localPath string, opts Options) (PullStats, error) {
 	start := time.Now()
 	opts = opts.withDefaults()
-	p := &puller{r: r, opts: opts}
+	p := &puller{r: r, opts: opts, reporter: reporter{progress: opts.Progress}}
 	st, err := p.run(ctx, remotePath, localPath)
 	st.Duration = time.Since(start)
 	return st, err
@@ -82,9 +81,8 @@ type puller struct {
 	writeDirs   map[string]bool // local directories written into
 	localOf     map[string]string
 	st          PullStats
-	mu          sync.Mutex
-	prog        Progress
 	createdDirs map[string]bool
+	reporter
 }
 
 // pullListScript lists the remote path: a directory from inside, a file
@@ -461,15 +459,6 @@ func globQuote(s string) string {
 	return b.String()
 }
 
-func (p *puller) report(f func(*Progress)) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	f(&p.prog)
-	if p.opts.Progress != nil {
-		p.opts.Progress(p.prog)
-	}
-}
-
 func (p *puller) transfer(ctx context.Context, c *sftp.Client) error {
 	var total int64
 	for _, e := range p.download {
@@ -514,7 +503,7 @@ func (p *puller) fetch(c *sftp.Client, e *entry) (err error) {
 			os.Remove(tmp)
 		}
 	}()
-	n, err := rf.WriteTo(&countingWriter{w: f, p: p})
+	n, err := rf.WriteTo(io.MultiWriter(f, &p.reporter))
 	if err != nil {
 		return fmt.Errorf("downloading %s: %w", src, err)
 	}
@@ -527,25 +516,8 @@ func (p *puller) fetch(c *sftp.Client, e *entry) (err error) {
 	if err = os.Rename(tmp, dst); err != nil {
 		return fmt.Errorf("renaming %s into place: %w", dst, err)
 	}
-	p.report(func(pr *Progress) { pr.FilesDone++ })
-	p.mu.Lock()
-	p.st.Downloaded++
-	p.st.BytesDownloaded += n
-	p.mu.Unlock()
+	p.fileDone(func() { p.st.Downloaded++; p.st.BytesDownloaded += n })
 	return nil
-}
-
-type countingWriter struct {
-	w io.Writer
-	p *puller
-}
-
-func (cw *countingWriter) Write(b []byte) (int, error) {
-	n, err := cw.w.Write(b)
-	if n > 0 {
-		cw.p.report(func(pr *Progress) { pr.BytesDone += int64(n) })
-	}
-	return n, err
 }
 
 func (p *puller) writeLink(e *entry) error {
@@ -558,8 +530,7 @@ func (p *puller) writeLink(e *entry) error {
 		os.Remove(tmp)
 		return fmt.Errorf("renaming %s into place: %w", dst, err)
 	}
-	p.report(func(pr *Progress) { pr.FilesDone++ })
-	p.st.Downloaded++
+	p.fileDone(func() { p.st.Downloaded++ })
 	return nil
 }
 
