@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -199,55 +198,19 @@ func (j *job) addMetaFix(le, re *entry) {
 // content only needs its metadata fixed, the rest is sent.
 func (j *job) compareContent(ctx context.Context) error {
 	j.st.Hashed = len(j.hash)
-	var stdin bytes.Buffer
-	for _, e := range j.hash {
-		stdin.WriteString(shellRel(e.rel))
-		stdin.WriteByte(0)
-	}
-	type remoteResult struct {
-		out  []byte
-		err  error
-		code int
-		msg  []byte
-	}
-	rch := make(chan remoteResult, 1)
-	go func() {
-		out, msg, code, err := j.r.Run(ctx, hashScript(j.root), &stdin)
-		rch <- remoteResult{out, err, code, msg}
-	}()
-
-	local := make([][32]byte, len(j.hash))
-	errs := make([]error, len(j.hash))
+	local, errs, remote, rerr := hashBoth(ctx, j.r, j.root, j.hash, runtime.NumCPU(), j.opts.open, func(e *entry) string { return e.abs })
 	gone := make([]bool, len(j.hash))
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for w := 0; w < min(runtime.NumCPU(), len(j.hash)); w++ {
-		wg.Go(func() {
-			for i := range next {
-				local[i], errs[i] = j.hashLocal(j.hash[i].abs)
-				if j.vanishedOK(errs[i]) {
-					gone[i], errs[i] = true, nil
-				}
-			}
-		})
+	for i, err := range errs {
+		if j.vanishedOK(err) {
+			gone[i], errs[i] = true, nil
+		}
 	}
-	for i := range j.hash {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	rr := <-rch
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	if rr.err != nil {
-		return fmt.Errorf("hashing files on the node: %w", rr.err)
+	if rerr != nil {
+		return rerr
 	}
-	// 123 is xargs saying some sha256sum failed: a file vanished, it is sent.
-	if rr.code != 0 && rr.code != 123 {
-		return fmt.Errorf("hashing files on the node failed (exit %d): %s", rr.code, strings.TrimSpace(string(rr.msg)))
-	}
-	remote := parseHashes(rr.out)
 	for i, le := range j.hash {
 		if gone[i] {
 			j.st.Vanished++
@@ -268,21 +231,6 @@ func (j *job) compareContent(ctx context.Context) error {
 // than failing over it; a file mount has nothing else to sync, so it fails.
 func (j *job) vanishedOK(err error) bool {
 	return err != nil && j.single == "" && errors.Is(err, fs.ErrNotExist)
-}
-
-func (j *job) hashLocal(abs string) ([32]byte, error) {
-	var h [32]byte
-	f, err := j.opts.open(abs)
-	if err != nil {
-		return h, fmt.Errorf("cannot read %s: %w", abs, err)
-	}
-	defer f.Close()
-	s := sha256.New()
-	if _, err := io.Copy(s, f); err != nil {
-		return h, fmt.Errorf("cannot read %s: %w", abs, err)
-	}
-	copy(h[:], s.Sum(nil))
-	return h, nil
 }
 
 // prepare runs the one command that changes directories on the node.

@@ -3,7 +3,6 @@ package wsync
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -352,36 +351,11 @@ func (p *puller) addDownload(e *entry) {
 // sides at once: equal content only gets its mode and mtime fixed.
 func (p *puller) compare(ctx context.Context) error {
 	p.st.Hashed = len(p.hash)
-	var stdin bytes.Buffer
-	for _, e := range p.hash {
-		stdin.WriteString(shellRel(e.rel))
-		stdin.WriteByte(0)
+	// A local file that cannot be read is copied, not compared.
+	local, errs, remote, err := hashBoth(ctx, p.r, p.root, p.hash, 4, p.opts.open, func(e *entry) string { return p.local(e.rel) })
+	if err != nil {
+		return err
 	}
-	type result struct {
-		out, msg []byte
-		code     int
-		err      error
-	}
-	rch := make(chan result, 1)
-	go func() {
-		out, msg, code, err := p.r.Run(ctx, hashScript(p.root), &stdin)
-		rch <- result{out, msg, code, err}
-	}()
-	local := make([][32]byte, len(p.hash))
-	errs := make([]error, len(p.hash))
-	pool(ctx, 4, indexes(len(p.hash)), func(i int) error {
-		local[i], errs[i] = hashFile(p.local(p.hash[i].rel))
-		return nil
-	})
-	rr := <-rch
-	if rr.err != nil {
-		return fmt.Errorf("hashing files on the node: %w", rr.err)
-	}
-	// 123: xargs says a sha256sum failed (a file vanished): it is copied.
-	if rr.code != 0 && rr.code != 123 {
-		return fmt.Errorf("hashing files on the node failed (exit %d): %s", rr.code, strings.TrimSpace(string(rr.msg)))
-	}
-	remote := parseHashes(rr.out)
 	for i, e := range p.hash {
 		if h, ok := remote[shellRel(e.rel)]; ok && errs[i] == nil && h == local[i] {
 			p.metaFix = append(p.metaFix, e)
@@ -391,14 +365,6 @@ func (p *puller) compare(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func indexes(n int) []int {
-	out := make([]int, n)
-	for i := range out {
-		out[i] = i
-	}
-	return out
 }
 
 // prepareLocal replaces what is in the way of directories, creates the
@@ -567,19 +533,4 @@ func (p *puller) fixDirs() error {
 		}
 	}
 	return nil
-}
-
-func hashFile(p string) ([32]byte, error) {
-	var h [32]byte
-	f, err := os.Open(p)
-	if err != nil {
-		return h, err
-	}
-	defer f.Close()
-	s := sha256.New()
-	if _, err := io.Copy(s, f); err != nil {
-		return h, err
-	}
-	copy(h[:], s.Sum(nil))
-	return h, nil
 }
