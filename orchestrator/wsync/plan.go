@@ -309,20 +309,13 @@ feed:
 // transfer sends the planned files and links and fixes metadata in place,
 // Concurrency at a time on the one client.
 func (j *job) transfer(ctx context.Context, c *sftp.Client) error {
-	var total int64
-	for _, e := range j.upload {
-		total += e.size
-	}
+	up, total := bigFirst(j.upload)
 	j.report(func(p *Progress) { p.FilesTotal, p.BytesTotal = len(j.upload), total })
 	type task struct {
 		e   *entry
 		fix bool
 	}
 	tasks := make([]task, 0, len(j.upload)+len(j.fixInPlace))
-	// Big files first: they pipeline on their own and the small ones fill
-	// the gaps, so the tail of the sync is not one large file alone.
-	up := append([]*entry(nil), j.upload...)
-	sort.SliceStable(up, func(a, b int) bool { return up[a].size > up[b].size })
 	for _, e := range up {
 		tasks = append(tasks, task{e: e})
 	}
@@ -491,8 +484,29 @@ func (j *job) dirFixes() []*entry {
 			ds = append(ds, le)
 		}
 	}
+	return deepestFirst(ds)
+}
+
+// deepestFirst returns directories in the order their mode and mtime are
+// set, children before parents: writing into a directory changes its mtime,
+// and a parent's final mode may forbid the writes and lookups below it.
+func deepestFirst(ds []*entry) []*entry {
+	ds = append([]*entry(nil), ds...)
 	sort.SliceStable(ds, func(a, b int) bool { return depth(ds[a].rel) > depth(ds[b].rel) })
 	return ds
+}
+
+// bigFirst returns files largest first, and their total size. Big files
+// start first: they pipeline on their own and the small ones fill the
+// gaps, so the tail of a transfer is not one large file alone.
+func bigFirst(es []*entry) ([]*entry, int64) {
+	var total int64
+	for _, e := range es {
+		total += e.size
+	}
+	es = append([]*entry(nil), es...)
+	sort.SliceStable(es, func(a, b int) bool { return es[a].size > es[b].size })
+	return es, total
 }
 
 func depth(rel string) int {

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -389,7 +388,7 @@ func (p *puller) prepareLocal() error {
 		}
 		if p.single {
 			// The user's directory: only this file's own temps are ours.
-			stale, _ := filepath.Glob(filepath.Join(globQuote(d), tempPrefix+"*-"+globQuote(truncName(filepath.Base(p.dest)))))
+			stale, _ := filepath.Glob(filepath.Join(globEscape(d), tempPrefix+"*-"+globEscape(truncName(filepath.Base(p.dest)))))
 			for _, s := range stale {
 				if os.Remove(s) == nil {
 					p.st.StaleTemps++
@@ -403,7 +402,7 @@ func (p *puller) prepareLocal() error {
 				return fmt.Errorf("cannot write into %s: %w", d, err)
 			}
 		}
-		stale, _ := filepath.Glob(filepath.Join(globQuote(d), tempPrefix+"*"))
+		stale, _ := filepath.Glob(filepath.Join(globEscape(d), tempPrefix+"*"))
 		for _, s := range stale {
 			if os.Remove(s) == nil {
 				p.st.StaleTemps++
@@ -413,27 +412,9 @@ func (p *puller) prepareLocal() error {
 	return nil
 }
 
-// globQuote escapes filepath.Match's metacharacters.
-func globQuote(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[\`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
-
 func (p *puller) transfer(ctx context.Context, c *sftp.Client) error {
-	var total int64
-	for _, e := range p.download {
-		total += e.size
-	}
+	files, total := bigFirst(p.download)
 	p.report(func(pr *Progress) { pr.FilesTotal, pr.BytesTotal = len(p.download)+len(p.links), total })
-	// Big files first, so the tail of the download is not one large file.
-	files := append([]*entry(nil), p.download...)
-	sort.SliceStable(files, func(a, b int) bool { return files[a].size > files[b].size })
 	return pool(ctx, p.opts.Concurrency, files, func(e *entry) error {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -513,13 +494,9 @@ func setLocalAttrs(p string, mode uint32, mtime int64) error {
 	return nil
 }
 
-// fixDirs gives directories their mode and mtime, deepest first: writing
-// into a directory changes its mtime, and a read-only mode would stop the
-// writes below it.
+// fixDirs gives directories their mode and mtime, deepest first.
 func (p *puller) fixDirs() error {
-	ds := append([]*entry(nil), p.dirFixes...)
-	sort.SliceStable(ds, func(a, b int) bool { return depth(ds[a].rel) > depth(ds[b].rel) })
-	for _, e := range ds {
+	for _, e := range deepestFirst(p.dirFixes) {
 		d := p.local(e.rel)
 		fi, err := os.Stat(d)
 		if err != nil {
