@@ -266,28 +266,13 @@ func exportLines(vars []EnvVar, header string) (string, error) {
 	var sb strings.Builder
 	sb.WriteString(header + "\n")
 	for _, v := range vars {
-		if !isEnvName(v.Name) {
-			return "", fmt.Errorf("%q is not a valid environment variable name (letters, digits and '_', not starting with a digit)", v.Name)
+		line, err := sshpool.ExportLine(v.Name, v.Value)
+		if err != nil {
+			return "", err
 		}
-		if strings.Contains(v.Value, "\x00") {
-			return "", fmt.Errorf("the value of %s holds a NUL byte, which no environment variable can carry", v.Name)
-		}
-		sb.WriteString("export " + v.Name + "=" + sshpool.Quote(v.Value) + "\n")
+		sb.WriteString(line)
 	}
 	return sb.String(), nil
-}
-
-func isEnvName(s string) bool {
-	if s == "" || s[0] >= '0' && s[0] <= '9' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
-			return false
-		}
-	}
-	return true
 }
 
 func checkUID(uid string) error {
