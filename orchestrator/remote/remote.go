@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/sshpool"
 )
 
@@ -244,18 +245,9 @@ func command(action string, args ...string) string {
 	return sshpool.Command(append([]string{"bash", "-c", scripts[action], "sshq", action}, args...)...)
 }
 
-func checkUID(uid string) error {
-	if uid == "" || len(uid) > 128 {
-		return fmt.Errorf("job uid %q must be 1 to 128 characters", uid)
-	}
-	for i := 0; i < len(uid); i++ {
-		c := uid[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return fmt.Errorf("job uid %q: only letters, digits, '-' and '_' may name a tmux session and a directory", uid)
-		}
-	}
-	return nil
-}
+// checkUID also vets the uids read back from a node's records, which other
+// users can write.
+func checkUID(uid string) error { return job.CheckUID(uid) }
 
 func isToken(s string) bool {
 	if s == "" {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/sshpool"
 )
 
@@ -150,7 +151,7 @@ func (c *Client) checkFits(spec JobSpec) error {
 // job's files as NUL-separated name/content pairs). gres is the resolved
 // GPU type ("" for any).
 func submission(spec JobSpec, gresType string) ([]string, []byte, error) {
-	if err := checkUID(spec.UID); err != nil {
+	if err := job.CheckUID(spec.UID); err != nil {
 		return nil, nil, err
 	}
 	for _, n := range []struct {
@@ -273,17 +274,4 @@ func exportLines(vars []EnvVar, header string) (string, error) {
 		sb.WriteString(line)
 	}
 	return sb.String(), nil
-}
-
-func checkUID(uid string) error {
-	if uid == "" || len(uid) > 128 {
-		return fmt.Errorf("job uid %q must be 1 to 128 characters", uid)
-	}
-	for i := 0; i < len(uid); i++ {
-		c := uid[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return fmt.Errorf("job uid %q: only letters, digits, '-' and '_' may name a job directory", uid)
-		}
-	}
-	return nil
 }
