@@ -501,22 +501,7 @@ func (c *Cluster) alive() bool {
 // SLURMTEST_DIR (the daemons and the slurmstepds they forked) or whose
 // SLURM_CONF lies under dir (the jobs).
 func killMarked(dir string) {
-	procs, _ := filepath.Glob("/proc/[0-9]*/environ")
-	for _, p := range procs {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		for _, kv := range bytes.Split(data, []byte{0}) {
-			k, v, _ := strings.Cut(string(kv), "=")
-			if (k == "SLURMTEST_DIR" && v == dir) || (k == "SLURM_CONF" && strings.HasPrefix(v, dir+"/")) {
-				var pid int
-				fmt.Sscanf(filepath.Base(filepath.Dir(p)), "%d", &pid)
-				if pid > 0 && pid != os.Getpid() {
-					_ = syscall.Kill(pid, syscall.SIGKILL)
-				}
-				break
-			}
-		}
-	}
+	sshtest.KillByEnv(func(k, v string) bool {
+		return (k == "SLURMTEST_DIR" && v == dir) || (k == "SLURM_CONF" && strings.HasPrefix(v, dir+"/"))
+	})
 }
