@@ -172,6 +172,13 @@ func (c *Client) await(ctx context.Context, f func() error, abandon func()) erro
 // Stream is Run with caller-provided writers, for output that must be shown
 // as it arrives (logs -f, attached launch).
 func (c *Client) Stream(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	return c.session(ctx, cmd, stdin, stdout, stderr, nil)
+}
+
+// session runs cmd as a session of its own, on a pseudo-terminal when t is
+// set, and returns its exit status. An error that wraps notStarted means
+// the command never began.
+func (c *Client) session(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer, t *Terminal) (int, error) {
 	if err := c.acquire(ctx); err != nil {
 		return -1, err
 	}
@@ -181,9 +188,14 @@ func (c *Client) Stream(ctx context.Context, cmd string, stdin io.Reader, stdout
 		return -1, notStarted{err}
 	}
 	defer sess.Close()
-	sess.Stdin = stdin
-	sess.Stdout = stdout
-	sess.Stderr = stderr
+	var resize <-chan [2]int
+	if t != nil {
+		if err := c.requestPty(ctx, sess, *t); err != nil {
+			return -1, err
+		}
+		resize = t.Resize
+	}
+	sess.Stdin, sess.Stdout, sess.Stderr = stdin, stdout, stderr
 	if err := c.await(ctx, func() error { return sess.Start(cmd) }, func() { sess.Close() }); err != nil {
 		if ctx.Err() != nil || !c.Alive() {
 			return -1, err
@@ -192,21 +204,40 @@ func (c *Client) Stream(ctx context.Context, cmd string, stdin io.Reader, stdout
 	}
 	done := make(chan error, 1)
 	go func() { done <- sess.Wait() }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		_ = sess.Signal(ssh.SIGTERM)
-		sess.Close()
-		// Let the session's output copies finish before the caller's
-		// writers are handed back (bounded: the peer may be gone).
+	for {
 		select {
-		case <-done:
-		case <-time.After(time.Second):
+		case sz, ok := <-resize:
+			if !ok {
+				resize = nil
+				continue
+			}
+			// Best effort, as ssh does: a lost resize only misdraws.
+			go sess.WindowChange(sz[1], sz[0])
+		case err := <-done:
+			return c.exitStatus(cmd, err)
+		case <-ctx.Done():
+			// Closing a terminal's session hangs its command up; a command
+			// without one would only see its pipes close.
+			if t == nil {
+				_ = sess.Signal(ssh.SIGTERM)
+			}
+			sess.Close()
+			// Let the session's output copies finish before the caller's
+			// writers are handed back (bounded: the peer may be gone).
+			select {
+			case <-done:
+			case <-time.After(time.Second):
+			}
+			return -1, fmt.Errorf("%s on %s: %w", shortCmd(cmd), c.Node.Name, ctx.Err())
+		case <-c.done:
+			return -1, fmt.Errorf("%w: %s dropped while running %s", ErrConnectionLost, c.Node.Name, shortCmd(cmd))
 		}
-		return -1, fmt.Errorf("%s on %s: %w", shortCmd(cmd), c.Node.Name, ctx.Err())
-	case <-c.done:
-		return -1, fmt.Errorf("%w: %s dropped while running %s", ErrConnectionLost, c.Node.Name, shortCmd(cmd))
 	}
+}
+
+// exitStatus reads what a session's Wait returned: the command's exit
+// status, 128+n for one killed by signal n as a shell reports it.
+func (c *Client) exitStatus(cmd string, err error) (int, error) {
 	if err == nil {
 		return 0, nil
 	}

@@ -138,9 +138,16 @@ func Require(tb testing.TB) {
 	if SSHDPath() != "" && SFTPServerPath() != "" {
 		return
 	}
-	msg := "OpenSSH sshd/sftp-server not installed; install it with `sudo apt-get install -y openssh-server tmux` (Debian/Ubuntu) or `sudo dnf install openssh-server tmux`"
+	SkipUnlessCI(tb, "OpenSSH sshd/sftp-server not installed; install it with `sudo apt-get install -y openssh-server tmux` (Debian/Ubuntu) or `sudo dnf install openssh-server tmux`")
+}
+
+// SkipUnlessCI skips tb for lack of what msg names (say how to install it),
+// or fails it when the CI environment variable is set: a CI run that
+// skipped the tests against real daemons would pass without testing them.
+func SkipUnlessCI(tb testing.TB, msg string) {
+	tb.Helper()
 	if os.Getenv("CI") != "" {
-		tb.Fatal(msg + " (CI is set: real-sshd tests must not be skipped)")
+		tb.Fatal(msg + " (CI is set: tests against real daemons must not be skipped)")
 	}
 	tb.Skip(msg)
 }
@@ -612,6 +619,17 @@ func (c *Cluster) Close() {
 // dir as HOME or TMUX_TMPDIR: the tmux servers and jobs a node's sessions
 // started, which outlive sshd by design.
 func killUnder(dir string) {
+	KillByEnv(func(k, v string) bool {
+		// dir+"/": /tmp/TestA12/001 must not take /tmp/TestA123's jobs.
+		return (k == "HOME" || k == "TMUX_TMPDIR") && (v == dir || strings.HasPrefix(v, dir+"/"))
+	})
+}
+
+// KillByEnv SIGKILLs every process but this one that has an environment
+// variable k=v for which match is true. A test's daemons leave processes
+// behind that no parent will reap (tmux servers, jobs); their environment
+// is what marks them as that test's.
+func KillByEnv(match func(k, v string) bool) {
 	procs, _ := filepath.Glob("/proc/[0-9]*/environ")
 	for _, p := range procs {
 		data, err := os.ReadFile(p)
@@ -620,8 +638,7 @@ func killUnder(dir string) {
 		}
 		for _, kv := range strings.Split(string(data), "\x00") {
 			k, v, _ := strings.Cut(kv, "=")
-			// dir+"/": /tmp/TestA12/001 must not take /tmp/TestA123's jobs.
-			if (k == "HOME" || k == "TMUX_TMPDIR") && (v == dir || strings.HasPrefix(v, dir+"/")) {
+			if match(k, v) {
 				var pid int
 				fmt.Sscanf(filepath.Base(filepath.Dir(p)), "%d", &pid)
 				if pid > 0 && pid != os.Getpid() {
