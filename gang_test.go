@@ -10,7 +10,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
 )
@@ -89,7 +88,7 @@ func TestGangRendezvousAllOrNothing(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("blocker: %d %s", r.code, r.stderr)
 	}
-	waitFor(t, time.Minute, "the blocker to run", func() bool { return gangQueue(t, sshq(t, c, home, env, "queue", "--json"))[0].State == "RUNNING" })
+	waitFor(t, "the blocker to run", func() bool { return gangQueue(t, sshq(t, c, home, env, "queue", "--json"))[0].State == "RUNNING" })
 
 	task := writeTask(t, home, "rv.yaml", rendezvousTask)
 	r = sshq(t, c, home, env, "launch", "-d", task)
@@ -102,7 +101,7 @@ func TestGangRendezvousAllOrNothing(t *testing.T) {
 	}
 	// node1's GPU is held for the job (reserved), node2's rank waits, and
 	// nothing of the job runs.
-	waitFor(t, time.Minute, "node1's GPU to be reserved", func() bool {
+	waitFor(t, "node1's GPU to be reserved", func() bool {
 		return strings.Contains(sshq(t, c, home, env, "status").stdout, "reserved: #2 rendezvous")
 	})
 	q := sshq(t, c, home, env, "queue")
@@ -244,7 +243,7 @@ func TestGangRankFailureEndsTheJob(t *testing.T) {
 	}
 	// Every process of rank 0 carries its uid in SSHQ_JOB_UID; its wrapper
 	// and display go right after the end is recorded.
-	waitFor(t, 20*time.Second, "rank 0's processes to end", func() bool { return len(marked(j.UID)) == 0 })
+	waitFor(t, "rank 0's processes to end", func() bool { return len(marked(j.UID)) == 0 })
 	r = sshq(t, c, home, env, "logs", id)
 	if !strings.Contains(r.stdout, "(rank 1, node2) failing") || !strings.Contains(r.stdout, "(rank 0, node1) sshq: stopped: rank 1 ended with exit code 3") {
 		t.Errorf("logs:\n%s", r.stdout)
@@ -308,7 +307,7 @@ func TestGangCancelAndLostRank(t *testing.T) {
 		}
 		return true
 	}
-	waitFor(t, time.Minute, "both jobs to run", running)
+	waitFor(t, "both jobs to run", running)
 	q := gangQueue(t, sshq(t, c, home, env, "queue", "--json"))
 
 	r := sshq(t, c, home, env, "cancel", a)
@@ -320,7 +319,7 @@ func TestGangCancelAndLostRank(t *testing.T) {
 		t.Errorf("cancelled job: %+v", ja.Gang)
 	}
 	for _, rk := range q[0].Gang.Ranks {
-		waitFor(t, 20*time.Second, fmt.Sprintf("rank %d of the cancelled job to end", rk.Rank), func() bool { return len(marked(rk.UID)) == 0 })
+		waitFor(t, fmt.Sprintf("rank %d of the cancelled job to end", rk.Rank), func() bool { return len(marked(rk.UID)) == 0 })
 	}
 
 	// node2 goes away with b's rank 1: its processes die at once, as in a
@@ -334,7 +333,7 @@ func TestGangCancelAndLostRank(t *testing.T) {
 	if r.code != 1 || jb.State != "FAILED" || jb.Gang.FailedRank == nil || *jb.Gang.FailedRank != 1 || !strings.Contains(jb.Gang.Cause, "lost") {
 		t.Errorf("wait: exit %d, job %s %+v\n%s", r.code, jb.State, jb.Gang, r.stderr)
 	}
-	waitFor(t, 20*time.Second, "rank 0 of the job that lost its rank 1 to end", func() bool { return len(marked(q[1].Gang.Ranks[0].UID)) == 0 })
+	waitFor(t, "rank 0 of the job that lost its rank 1 to end", func() bool { return len(marked(q[1].Gang.Ranks[0].UID)) == 0 })
 }
 
 // marked are the live processes whose environment holds SSHQ_JOB_UID=uid.

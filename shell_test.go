@@ -16,9 +16,9 @@ import (
 	"github.com/sshq/sshq/sshpool/sshtest"
 )
 
-// terminal is a tmux pane on this machine running a command: a terminal
+// ptyTerm is a tmux pane on this machine running a command: a ptyTerm
 // the test types into and reads, as a person would.
-type terminal struct {
+type ptyTerm struct {
 	t    *testing.T
 	sock string
 }
@@ -26,7 +26,7 @@ type terminal struct {
 // openTerminal runs script with bash in a new pane whose environment
 // points sshq at cluster c. The pane stays after the script ends, so its
 // last words can still be read.
-func openTerminal(t *testing.T, c *sshtest.Cluster, home string, env []string, script string) *terminal {
+func openTerminal(t *testing.T, c *sshtest.Cluster, home string, env []string, script string) *ptyTerm {
 	t.Helper()
 	requireTmux(t)
 	// A short path: a tmux socket must fit in sun_path.
@@ -34,7 +34,7 @@ func openTerminal(t *testing.T, c *sshtest.Cluster, home string, env []string, s
 	if err != nil {
 		t.Fatal(err)
 	}
-	term := &terminal{t: t, sock: filepath.Join(dir, "s")}
+	term := &ptyTerm{t: t, sock: filepath.Join(dir, "s")}
 	sh := filepath.Join(dir, "run.sh")
 	if err := os.WriteFile(sh, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
@@ -53,7 +53,7 @@ func openTerminal(t *testing.T, c *sshtest.Cluster, home string, env []string, s
 	return term
 }
 
-func (term *terminal) tmux(args ...string) string {
+func (term *ptyTerm) tmux(args ...string) string {
 	term.t.Helper()
 	out, err := exec.Command("tmux", append([]string{"-S", term.sock}, args...)...).CombinedOutput()
 	if err != nil {
@@ -63,20 +63,20 @@ func (term *terminal) tmux(args ...string) string {
 }
 
 // typeLine types a line and Enter.
-func (term *terminal) typeLine(s string) {
+func (term *ptyTerm) typeLine(s string) {
 	term.t.Helper()
 	term.tmux("send-keys", "-t", "t", "-l", s)
 	term.tmux("send-keys", "-t", "t", "Enter")
 }
 
 // screen is what the pane shows, scrollback included.
-func (term *terminal) screen() string {
+func (term *ptyTerm) screen() string {
 	term.t.Helper()
 	return term.tmux("capture-pane", "-p", "-J", "-S", "-", "-t", "t")
 }
 
 // until waits for want on the screen and returns the screen.
-func (term *terminal) until(want string) string {
+func (term *ptyTerm) until(want string) string {
 	term.t.Helper()
 	var s string
 	deadline := time.Now().Add(45 * time.Second)
@@ -85,14 +85,14 @@ func (term *terminal) until(want string) string {
 			return s
 		}
 		if time.Now().After(deadline) {
-			term.t.Fatalf("the terminal never showed %q; it shows:\n%s", want, s)
+			term.t.Fatalf("the ptyTerm never showed %q; it shows:\n%s", want, s)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
 // pid is the pane's process: the script's bash, or what it exec'd.
-func (term *terminal) pid() int {
+func (term *ptyTerm) pid() int {
 	term.t.Helper()
 	pid, err := strconv.Atoi(strings.TrimSpace(term.tmux("display-message", "-p", "-t", "t", "#{pane_pid}")))
 	if err != nil {
@@ -211,7 +211,7 @@ func TestShellWaitsInTheQueueAndAnIdleShellFreesItsGPU(t *testing.T) {
 	term.until("waiting for 1 GPU on box, #1 in queue")
 	syscall.Kill(term.pid(), syscall.SIGKILL)
 	os.WriteFile(flag, nil, 0o644)
-	q := waitJobs(t, c, home, env, time.Minute)
+	q := waitJobs(t, c, home, env)
 	if q[2].State != "CANCELLED" {
 		t.Errorf("the idle shell's job: %+v", q[2])
 	}
@@ -244,5 +244,24 @@ func TestShellSurvivesADroppedClientAndAttachReturns(t *testing.T) {
 	}
 	if g := gpuStates(t, c, home, env); g[0] != "free" {
 		t.Errorf("after the shell exited, status shows GPUs %v", g)
+	}
+}
+
+// `sshq shell --time` holds the shell to its time like any job: at the
+// limit the shell is hung up, sshq says why and exits with TIMEOUT's 124,
+// and the GPU is free again.
+func TestShellTimeLimitEndsIt(t *testing.T) {
+	t.Parallel()
+	c, home, env := gpuCluster(t, map[string][]gpusim.GPU{"box": gpusim.T4x1(t.Name())})
+	term := openTerminal(t, c, home, env, "sshq shell --gpus 1 --time 3s; echo sshq-exit=$?\n")
+	s := term.until("sshq-exit=")
+	if !strings.Contains(s, "sshq-exit=124") || !strings.Contains(s, "TIMEOUT") || !strings.Contains(s, "time limit 3s") {
+		t.Errorf("sshq shell --time 3s did not end TIMEOUT with 124 and the reason:\n%s", s)
+	}
+	if q := queue(t, c, home, env); q[0].State != "TIMEOUT" {
+		t.Errorf("job after the shell: %+v", q[0])
+	}
+	if g := gpuStates(t, c, home, env); g[0] != "free" {
+		t.Errorf("after the shell's time ran out, status shows GPUs %v; want free", g)
 	}
 }

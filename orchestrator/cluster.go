@@ -10,6 +10,7 @@ import (
 	"github.com/sshq/sshq/inventory"
 	"github.com/sshq/sshq/orchestrator/gpu"
 	"github.com/sshq/sshq/orchestrator/remote"
+	"github.com/sshq/sshq/orchestrator/slurm"
 	"github.com/sshq/sshq/sshpool"
 )
 
@@ -24,6 +25,9 @@ type Cluster struct {
 	Runner func(node string) remote.Runner
 	// PerNode are config.yaml's settings of single nodes (their `ip:`).
 	PerNode map[string]inventory.NodeSettings
+	// Slurm, when set, gives the client of a Slurm login node, for the
+	// jobs submitted there; else one is made over Runner or Pool.
+	Slurm func(login string) *slurm.Client
 }
 
 // Node returns the client of the node called name.

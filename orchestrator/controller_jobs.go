@@ -53,7 +53,16 @@ func (c *Controller) Logs(ctx context.Context, r LogsRequest) (*LogsView, error)
 			if now.QueuePosition != nil {
 				pos = fmt.Sprintf(", #%d in %s's queue", *now.QueuePosition, now.Node)
 			}
-			r.Notef("job #%d is PENDING%s: its output starts when it gets its GPUs", now.ID, pos)
+			why := "its output starts when it gets its GPUs"
+			if now.Backend == store.BackendSlurm {
+				pos = fmt.Sprintf(" in %s's Slurm queue", now.Node)
+				if now.Reason != "" {
+					pos += " (" + now.Reason + ")"
+				}
+			} else if now.Reason != "" {
+				why = "it waits: " + now.Reason
+			}
+			r.Notef("job #%d is PENDING%s: %s", now.ID, pos, why)
 		}
 	}
 	var code int
@@ -231,7 +240,9 @@ type WaitRequest struct {
 type WaitView struct {
 	Jobs []JobView
 	// ExitCode is 0 when every job SUCCEEDED, else the exit code of the
-	// last failing job, or 1 for one that ended without a code (LOST, a
+	// last failing job: 124 for TIMEOUT (as timeout(1)), 137 for
+	// OUT_OF_MEMORY (128+SIGKILL, as a shell reports a job the kernel's
+	// OOM killer ended), or 1 for one that ended without a code (LOST, a
 	// job cancelled before it ran).
 	ExitCode int
 }
@@ -277,11 +288,16 @@ func waitOutcome(views []JobView) (*WaitView, bool) {
 		if !j.State.Terminal() {
 			return nil, false
 		}
-		if j.State != job.Succeeded {
+		switch {
+		case j.State == job.Succeeded:
+		case j.State == job.Timeout:
+			v.ExitCode = 124
+		case j.State == job.OutOfMemory:
+			v.ExitCode = 137
+		case j.ExitCode != nil && *j.ExitCode != 0:
+			v.ExitCode = *j.ExitCode
+		default:
 			v.ExitCode = 1
-			if j.ExitCode != nil && *j.ExitCode != 0 {
-				v.ExitCode = *j.ExitCode
-			}
 		}
 	}
 	return v, true
@@ -303,6 +319,9 @@ func (c *Controller) Attach(ref string) (*AttachTarget, error) {
 	j := jobs[0]
 	if j.State.Terminal() {
 		return nil, usageErrorf("job #%d has ended (%s); read its output with `sshq logs %d`", j.ID, j.State, j.ID)
+	}
+	if j.Backend == store.BackendSlurm {
+		return nil, usageErrorf("job #%d runs under Slurm (job %s via %s), which gives it no tmux session: follow its output with `sshq logs -f %d`", j.ID, j.SlurmID, j.Node, j.ID)
 	}
 	argv := []string{"ssh"}
 	if !c.ssh.Default {

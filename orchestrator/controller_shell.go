@@ -80,6 +80,7 @@ func (c *Controller) Shell(ctx context.Context, r ShellRequest) (*ShellView, err
 	t.Run = ShellRun
 	opts := r.Options
 	opts.Node = r.Node
+	opts.Defaults = c.settings.Defaults
 	opts.Shell = &remote.ShellSpec{Idle: r.Idle}
 	j, p, err := c.cluster(names).Launch(ctx, st, &t, opts)
 	if err != nil {

@@ -66,6 +66,11 @@ func (c *Cluster) placeGang(ctx context.Context, t *task.Task, pin string) (Plac
 	if pin != "" {
 		return Placement{}, usageErrorf("--node pins one node, and this job runs on %d: choose among nodes with --nodes a,b,... instead", t.NumNodes)
 	}
+	if len(c.Names) < t.NumNodes {
+		// Nothing to ask: no node can make up the missing ones.
+		return Placement{}, fmt.Errorf("%w: num_nodes %d: it runs on %d nodes, one rank each, and the selection has %d (%s): select more with --nodes or `sshq init`, set num_nodes lower, or name a Slurm cluster with --slurm (see README: Slurm)",
+			ErrNoFit, t.NumNodes, t.NumNodes, len(c.Names), strings.Join(c.Names, ", "))
+	}
 	_, reqs := requests(t)
 	offers := c.askPlace(ctx, c.Names, reqs)
 	if err := ctx.Err(); err != nil {
@@ -202,11 +207,17 @@ func (c *Cluster) rankIP(ctx context.Context, node string) string {
 	return ""
 }
 
-// launchGang is Launch for t.NumNodes > 1: place on distinct nodes, sync to
-// all of them at once, submit rank 0, ask it where its coordinator
-// listens, then submit the other ranks pointed there. Any rank that cannot
-// be submitted takes the others back with it: nothing runs.
-func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task, opts LaunchOptions, note func(string, ...any)) (*store.Job, Placement, error) {
+// launchGang is Launch for t.NumNodes > 1 on sshq's own nodes: place on
+// distinct nodes (unless placed, the caller's placement), sync to all of
+// them at once, submit rank 0, ask it where its coordinator listens, then
+// submit the other ranks pointed there. Each rank is an ordinary job with
+// the launch's limits. Any rank that cannot be submitted takes the others
+// back with it: nothing runs.
+func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task, opts LaunchOptions, defaults limitDefaults, placed *Placement) (*store.Job, Placement, error) {
+	note := opts.Notef
+	if note == nil {
+		note = func(string, ...any) {}
+	}
 	if opts.Shell != nil {
 		return nil, Placement{}, usageErrorf("sshq shell opens one shell on one node; this task runs on %d nodes (num_nodes): launch it with `sshq launch`", t.NumNodes)
 	}
@@ -219,11 +230,14 @@ func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task,
 	if err != nil {
 		return nil, Placement{}, err
 	}
-	p, err := c.placeGang(ctx, t, opts.Node)
-	if err != nil {
+	var p Placement
+	if placed != nil && len(placed.Ranks) == t.NumNodes {
+		p = *placed
+	} else if p, err = c.placeGang(ctx, t, opts.Node); err != nil {
 		return nil, p, err
 	}
 	n := t.NumNodes
+	lim := defaults.resolve(opts.Limits, p.NumGPUs)
 	var rec store.Job
 	err = st.Update(func(s *store.State) error {
 		j := s.NewJob(t.Name)
@@ -235,6 +249,7 @@ func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task,
 		j.Command = t.Run
 		j.TaskFile = t.File
 		j.EnvNames = sortedKeys(t.Envs)
+		recordLimits(j, lim)
 		j.Gang = &store.Gang{}
 		for r, rp := range p.Ranks {
 			j.Gang.Ranks = append(j.Gang.Ranks, store.Rank{Rank: r, Node: rp.Node, UID: remote.RankUID(j.UID, r),
@@ -251,8 +266,6 @@ func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task,
 		return nil, p, err
 	}
 
-	sctx, cancelSync := context.WithTimeout(ctx, SyncTimeout)
-	defer cancelSync()
 	keys := make([]string, n)
 	errs := make([]error, n)
 	unlocks := make([]func(), n)
@@ -274,7 +287,7 @@ func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task,
 			if r > 0 {
 				o.Progress = nil // one bar: rank 0's
 			}
-			keys[r], unlocks[r], errs[r] = c.syncTask(ctx, sctx, st, t, rp.Node, o, note)
+			keys[r], unlocks[r], errs[r] = c.syncTask(ctx, st, t, rp.Node, o)
 		}()
 	}
 	wg.Wait()
@@ -300,7 +313,8 @@ func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task,
 	}
 	spec := func(r int) remote.JobSpec {
 		s := remote.JobSpec{UID: remote.RankUID(rec.UID, r), ID: rec.ID, Name: t.Name, User: rec.User, NumGPUs: p.NumGPUs,
-			AllowedGPUs: p.Ranks[r].AllowedGPUs, Setup: t.Setup, Run: t.Run, NodeRank: r, NumNodes: n, WorkdirKey: keys[r]}
+			AllowedGPUs: p.Ranks[r].AllowedGPUs, Setup: t.Setup, Run: t.Run, NodeRank: r, NumNodes: n, WorkdirKey: keys[r],
+			MemLimitMiB: lim.MemMiB, TimeLimit: lim.Time, CPUs: lim.CPUs}
 		if p.Accelerator == "" {
 			s.AllowedGPUs = nil
 		}
@@ -464,6 +478,10 @@ func applyGang(j *store.Job, get func(r int) rankStatus, now time.Time) {
 			pos := js.QueuePosition
 			r.QueuePosition = &pos
 		}
+		r.Reason = js.Reason
+		if i == 0 && js.Cores != "" {
+			j.Cores = js.Cores
+		}
 		if js.Gang != nil {
 			r.Mode = string(js.Gang.Mode)
 			if js.Gang.StoppedBy >= 0 {
@@ -527,9 +545,14 @@ func sumGang(j *store.Job, now time.Time) {
 	}
 	j.GPUs = append(j.GPUs[:0], g.Ranks[0].GPUs...)
 	j.QueuePosition = nil
+	j.Reason = ""
 	for _, r := range g.Ranks {
 		if r.QueuePosition != nil && (j.QueuePosition == nil || *r.QueuePosition > *j.QueuePosition) {
 			j.QueuePosition = r.QueuePosition
+		}
+		if j.Reason == "" && r.Reason != "" && !r.State.Terminal() {
+			// Why the gang waits: a rank's node short of disk.
+			j.Reason = fmt.Sprintf("rank %d (%s): %s", r.Rank, r.Node, r.Reason)
 		}
 	}
 	if !all {
@@ -579,7 +602,7 @@ func sumGang(j *store.Job, now time.Time) {
 	}
 	rank := root.Rank
 	g.FailedRank = &rank
-	j.State, j.ExitCode = root.State, root.ExitCode
+	j.State, j.ExitCode, j.Reason = root.State, root.ExitCode, root.Reason
 	switch root.State {
 	case job.Lost:
 		j.State, j.ExitCode = job.Failed, nil
@@ -588,6 +611,10 @@ func sumGang(j *store.Job, now time.Time) {
 		g.Cause = fmt.Sprintf("rank %d (%s) cancelled", rank, root.Node)
 	case job.FailedSetup:
 		g.Cause = fmt.Sprintf("rank %d (%s) setup failed", rank, root.Node)
+	case job.Timeout:
+		g.Cause = fmt.Sprintf("rank %d (%s) reached its time limit", rank, root.Node)
+	case job.OutOfMemory:
+		g.Cause = fmt.Sprintf("rank %d (%s) ran out of memory", rank, root.Node)
 	default:
 		g.Cause = fmt.Sprintf("rank %d (%s) failed", rank, root.Node)
 	}

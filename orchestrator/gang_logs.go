@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/sshq/sshq/orchestrator/remote"
 	"github.com/sshq/sshq/orchestrator/store"
 )
 
@@ -36,7 +35,7 @@ func targets(j *store.Job) []target {
 // gangOutcome folds one rank's cancel outcome into the job's so far: an
 // error wins, then "cancelled" (some rank was ended), then "done", then
 // "missing".
-func gangOutcome(prev string, o remote.CancelOutcome, err error) string {
+func gangOutcome(prev, o string, err error) string {
 	rank := func(s string) int {
 		switch {
 		case strings.HasPrefix(s, "error"):
@@ -50,7 +49,7 @@ func gangOutcome(prev string, o remote.CancelOutcome, err error) string {
 		}
 		return 0
 	}
-	cur := string(o)
+	cur := o
 	if err != nil {
 		cur = "error: " + err.Error()
 	}

@@ -15,12 +15,12 @@ import (
 
 	"github.com/gofrs/flock"
 
+	"github.com/sshq/sshq/inventory"
 	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/orchestrator/remote"
 	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/task"
 	"github.com/sshq/sshq/orchestrator/wsync"
-	"github.com/sshq/sshq/sshpool"
 )
 
 // LocalUser is the controller's user name, recorded with each job.
@@ -57,6 +57,13 @@ type LaunchOptions struct {
 	Notef    func(string, ...any) // progress notes for people, may be nil
 	Origin   string               // controller host name, for workdir keys
 	Shell    *remote.ShellSpec    // an interactive job (sshq shell); nil for a batch job
+	// Limits are the launch's --mem, --time and --cpus; Defaults fill
+	// what they leave unset (config.yaml's defaults) on sshq's own nodes.
+	Limits   LimitFlags
+	Defaults inventory.Defaults
+	// Placement, when set, is where the job goes, decided by the caller
+	// (the controller, when Slurm clusters are among the targets).
+	Placement *Placement
 }
 
 // Launch places t, syncs its workdir and file mounts, submits it to the
@@ -64,22 +71,32 @@ type LaunchOptions struct {
 // SUBMITTING, with its node) before anything is sent, so a controller that
 // dies mid-launch leaves a job that reconcile can find.
 func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opts LaunchOptions) (*store.Job, Placement, error) {
-	note := opts.Notef
-	if note == nil {
-		note = func(string, ...any) {}
+	defaults, err := parseDefaults(opts.Defaults)
+	if err != nil {
+		return nil, Placement{}, err
 	}
-	if t.NumNodes > 1 {
-		return c.launchGang(ctx, st, t, opts, note)
+	if opts.Limits.CPUs < 0 {
+		return nil, Placement{}, usageErrorf("--cpus %d: give a number of cores, 1 or more", opts.Limits.CPUs)
 	}
 	p, asked := needsNoQuestion(t, c.Names, opts.Node)
+	if opts.Placement != nil {
+		p, asked = *opts.Placement, true
+	}
+	if p.Backend == store.BackendSlurm {
+		return c.launchSlurm(ctx, st, t, p, opts)
+	}
+	if t.NumNodes > 1 {
+		return c.launchGang(ctx, st, t, opts, defaults, opts.Placement)
+	}
 	if !asked {
 		var err error
 		if p, err = c.Place(ctx, t, opts.Node); err != nil {
 			return nil, p, err
 		}
 	}
+	lim := defaults.resolve(opts.Limits, p.NumGPUs)
 	var rec store.Job
-	err := st.Update(func(s *store.State) error {
+	err = st.Update(func(s *store.State) error {
 		j := s.NewJob(t.Name)
 		j.User = LocalUser()
 		j.Node = p.Node
@@ -89,6 +106,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 		j.Command = t.Run
 		j.TaskFile = t.File
 		j.EnvNames = sortedKeys(t.Envs)
+		recordLimits(j, lim)
 		rec = *j
 		return nil
 	})
@@ -103,15 +121,11 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	}
 
 	node := c.Node(p.Node)
-	// Syncs may move gigabytes, but never forever: a node whose disk or
-	// home hangs must not hold the launch (keepalives only catch a dead
-	// connection, not a stuck command).
-	sctx, cancelSync := context.WithTimeout(ctx, SyncTimeout)
-	defer cancelSync()
 	spec := remote.JobSpec{
 		UID: rec.UID, ID: rec.ID, Name: t.Name, User: rec.User, NumGPUs: p.NumGPUs,
 		AllowedGPUs: p.AllowedGPUs, Setup: t.Setup, Run: t.Run, NumNodes: 1,
 		NodeIPs: []string{nodeIP(c, ctx, p.Node)}, Shell: opts.Shell,
+		MemLimitMiB: lim.MemMiB, TimeLimit: lim.Time, CPUs: lim.CPUs,
 	}
 	if p.Accelerator == "" {
 		spec.AllowedGPUs = nil
@@ -122,11 +136,11 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	for _, k := range sortedKeys(t.Secrets) {
 		spec.Secrets = append(spec.Secrets, remote.EnvVar{Name: k, Value: t.Secrets[k]})
 	}
-	key, unlock, err := c.syncTask(ctx, sctx, st, t, p.Node, opts, note)
-	defer unlock()
+	key, unlock, err := c.syncTask(ctx, st, t, p.Node, opts)
 	if err != nil {
 		return fail(err)
 	}
+	defer unlock()
 	spec.WorkdirKey = key
 	// `sshq cancel` may have run while we synced: it can only mark the job
 	// in the store, since the node does not know it yet.
@@ -146,7 +160,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	case errors.As(err, &refused):
 		return fail(fmt.Errorf("%s refused the job: %s", p.Node, refused.Msg))
 	case errors.Is(err, remote.ErrNoAnswer):
-		return c.settleSubmit(st, rec, p, ctx.Err() != nil)
+		return c.settleSubmit(st, rec, p, ctx.Err() != nil, err)
 	case err != nil:
 		return fail(err)
 	}
@@ -178,54 +192,6 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	return &rec, p, err
 }
 
-// syncTask syncs t's workdir and file mounts to node (within sctx) and
-// returns the workdir's key there. unlock, never nil, lets other launches
-// of that workdir to that node go on: call it once the job is submitted
-// (its snapshot taken).
-func (c *Cluster) syncTask(ctx, sctx context.Context, st *store.Store, t *task.Task, node string, opts LaunchOptions, note func(string, ...any)) (key string, unlock func(), err error) {
-	unlock = func() {}
-	var client *sshpool.Client
-	if t.Workdir != "" || len(t.FileMounts) > 0 {
-		if client, err = c.Pool.Get(ctx, node); err != nil {
-			return "", unlock, err
-		}
-	}
-	if t.Workdir != "" {
-		key = wsync.WorkdirKey(opts.Origin, t.Workdir)
-		// Two launches of one workdir to one node (a sweep) must not sync
-		// into the same cache at once: one's snapshot could capture the
-		// other's half-done sync. Held until the snapshot is taken (submit).
-		if unlock, err = lockWorkdir(ctx, st, node, key); err != nil {
-			return "", func() {}, err
-		}
-		note("syncing %s to %s:~/.sshq/workdirs/%s", t.Workdir, node, key)
-		if _, err := wsync.Push(sctx, wsync.SSH(client), t.Workdir, "~/.sshq/workdirs/"+key, wsync.Options{Progress: opts.Progress}); err != nil {
-			if ctx.Err() != nil {
-				return "", unlock, fmt.Errorf("interrupted while syncing %s to %s: nothing was submitted (the next launch finishes the partial copy)", t.Workdir, node)
-			}
-			return "", unlock, fmt.Errorf("syncing workdir to %s: %w", node, err)
-		}
-	}
-	for _, remotePath := range sortedKeys(t.FileMounts) {
-		local := t.FileMounts[remotePath]
-		note("copying %s to %s:%s", local, node, remotePath)
-		fi, err := os.Stat(local)
-		if err != nil {
-			return "", unlock, fmt.Errorf("file_mounts: %w", err)
-		}
-		if fi.IsDir() {
-			// A mount may land in a directory that holds other data: never delete there.
-			_, err = wsync.Push(sctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress, NoDelete: true})
-		} else {
-			_, err = wsync.PushFile(sctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress})
-		}
-		if err != nil {
-			return "", unlock, fmt.Errorf("file_mounts %s → %s:%s: %w", local, node, remotePath, err)
-		}
-	}
-	return key, unlock, nil
-}
-
 // ErrSubmittedBeforeInterrupt: the launch was interrupted (Ctrl-C) after
 // the node had taken the job; the job is queued and recorded.
 var ErrSubmittedBeforeInterrupt = errors.New("interrupted after the job was submitted")
@@ -233,17 +199,19 @@ var ErrSubmittedBeforeInterrupt = errors.New("interrupted after the job was subm
 // settleSubmit finds out, with a fresh deadline, whether a submit whose
 // answer was lost (Ctrl-C, a dropped connection) reached the node, and
 // records the truth: the job is queued there, or nothing was submitted.
-func (c *Cluster) settleSubmit(st *store.Store, rec store.Job, p Placement, interrupted bool) (*store.Job, Placement, error) {
+//
+// lost is why the answer was lost; it is part of every failure reported.
+func (c *Cluster) settleSubmit(st *store.Store, rec store.Job, p Placement, interrupted bool, lost error) (*store.Job, Placement, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	m, err := c.Node(p.Node).Jobs(ctx, []string{rec.UID})
 	js, known := m[rec.UID], err == nil
 	switch {
 	case !known:
-		return nil, p, fmt.Errorf("lost the answer of %s while submitting job #%d; it may be queued there: `sshq queue` will tell", p.Node, rec.ID)
+		return nil, p, fmt.Errorf("lost the answer of %s while submitting job #%d (%v); it may be queued there: `sshq queue` will tell", p.Node, rec.ID, lost)
 	case !js.Found:
 		_ = st.Update(func(s *store.State) error { s.Delete(rec.ID); return nil })
-		return nil, p, errors.New("nothing was submitted")
+		return nil, p, fmt.Errorf("nothing was submitted: %w", lost)
 	}
 	_ = st.Update(func(s *store.State) error {
 		if j := s.Job(rec.ID); j != nil {
@@ -302,13 +270,13 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 	if err != nil {
 		return nil, nil, err
 	}
-	byNode := map[string][]string{}
+	byNode := map[string][]target{}
 	for _, j := range snap.Jobs {
 		if j.State.Terminal() || j.Node == "" || (only != nil && !only(j)) {
 			continue
 		}
 		for _, t := range targets(j) {
-			byNode[t.node] = append(byNode[t.node], t.uid)
+			byNode[t.node] = append(byNode[t.node], t)
 		}
 	}
 	if len(byNode) == 0 {
@@ -322,7 +290,7 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		return views, map[string]error{}, nil
 	}
 	type answer struct {
-		jobs map[string]remote.JobStatus
+		jobs jobReport
 		err  error
 	}
 	answers := map[string]answer{}
@@ -339,7 +307,7 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node))
 		defer cancel()
 		var a answer
-		a.jobs, a.err = c.Node(node).Jobs(ctx, byNode[node])
+		a.jobs, a.err = c.askJobs(ctx, node, byNode[node])
 		results <- struct {
 			node string
 			a    answer
@@ -364,13 +332,11 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 				applyGang(j, func(r int) rankStatus {
 					rk := j.Gang.Ranks[r]
 					a, asked := answers[rk.Node]
-					js, ok := a.jobs[rk.UID]
+					js, ok := a.jobs.node[rk.UID]
 					return rankStatus{js: js, answered: asked && a.err == nil && ok}
 				}, now)
 			case asked && a.err == nil && !j.State.Terminal():
-				if js, ok := a.jobs[j.UID]; ok {
-					applyStatus(j, js, now)
-				}
+				a.jobs.apply(j, now)
 			}
 			if only != nil && !only(j) {
 				continue
@@ -459,6 +425,10 @@ func applyStatus(j *store.Job, js remote.JobStatus, now time.Time) {
 	} else {
 		j.QueuePosition = nil
 	}
+	j.Reason = js.Reason
+	if js.Cores != "" {
+		j.Cores = js.Cores
+	}
 }
 
 // Cancel ends the given jobs on their nodes (one command per node, which
@@ -476,8 +446,8 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 	var errs []error
 	type res struct {
 		node     string
-		m        map[string]remote.CancelOutcome
-		statuses map[string]remote.JobStatus
+		m        map[string]string
+		statuses jobReport
 		err      error
 	}
 	ch := make(chan res, len(byNode))
@@ -486,17 +456,13 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 		nodes = append(nodes, n)
 	}
 	c.subset(nodes).Each(ctx, func(ctx context.Context, node string) {
-		var uids []string
-		for _, t := range byNode[node] {
-			uids = append(uids, t.uid)
-		}
 		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node)+grace+10*time.Second)
 		defer cancel()
-		m, statuses, err := c.Node(node).Cancel(ctx, uids, grace)
+		m, statuses, err := c.cancelOn(ctx, node, byNode[node], grace)
 		ch <- res{node, m, statuses, err}
 	})
 	close(ch)
-	statuses := map[int]remote.JobStatus{}
+	statuses := map[string]jobReport{}
 	ranks := map[int]map[int]rankStatus{}
 	for r := range ch {
 		for _, t := range byNode[r.node] {
@@ -505,7 +471,7 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 				if ranks[j.ID] == nil {
 					ranks[j.ID] = map[int]rankStatus{}
 				}
-				js, ok := r.statuses[t.uid]
+				js, ok := r.statuses.node[t.uid]
 				ranks[j.ID][t.rank] = rankStatus{js: js, answered: r.err == nil && ok}
 				out[j.ID] = gangOutcome(out[j.ID], r.m[t.uid], r.err)
 				continue
@@ -514,10 +480,10 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 				out[j.ID] = "error: " + r.err.Error()
 				continue
 			}
-			out[j.ID] = string(r.m[j.UID])
-			if js, ok := r.statuses[j.UID]; ok {
-				statuses[j.ID] = js
-			}
+			out[j.ID] = r.m[j.UID]
+		}
+		if r.err == nil {
+			statuses[r.node] = r.statuses
 		}
 		if r.err != nil {
 			errs = append(errs, r.err)
@@ -537,9 +503,7 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 			case j.Gang != nil && !j.State.Terminal():
 				applyGang(j, func(r int) rankStatus { return ranks[id][r] }, now)
 			case !j.State.Terminal():
-				if js, ok := statuses[id]; ok {
-					applyStatus(j, js, now)
-				}
+				statuses[j.Node].apply(j, now)
 			}
 		}
 		return nil
@@ -559,6 +523,9 @@ func (c *Cluster) Logs(ctx context.Context, j *store.Job, tail int, follow bool,
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opTimeout(ctx, j.Node))
 		defer cancel()
+	}
+	if j.Backend == store.BackendSlurm {
+		return c.slurmLogs(ctx, j, tail, follow, w)
 	}
 	return c.Node(j.Node).Logs(ctx, j.UID, tail, follow, w, errw)
 }

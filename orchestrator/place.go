@@ -33,6 +33,9 @@ type Placement struct {
 	// Ranks are a multi-node job's nodes, rank 0 (Node) first; for a
 	// multi-node job FitsNow means every rank fits now.
 	Ranks []RankPlacement `json:"ranks,omitempty"`
+	// Backend is store.BackendSlurm when Node is a Slurm login node: the
+	// job goes through sbatch, and Slurm picks its compute nodes.
+	Backend string `json:"backend,omitempty"`
 }
 
 // nodeOffer is one node's answer to a placement question.
@@ -104,7 +107,7 @@ func (c *Cluster) askPlace(ctx context.Context, names []string, reqs []remote.Re
 // needsNoQuestion: a job without GPUs or resource bounds, with one node to
 // go to, has nothing to ask that node before it is submitted.
 func needsNoQuestion(t *task.Task, names []string, pin string) (Placement, bool) {
-	if pin == "" && len(names) != 1 || t.Resources.CPUs.Value > 0 || t.Resources.Memory.Value > 0 {
+	if pin == "" && len(names) != 1 || t.NumNodes > 1 || t.Resources.CPUs.Value > 0 || t.Resources.Memory.Value > 0 {
 		return Placement{}, false
 	}
 	for _, a := range t.Resources.Accelerators {

@@ -62,34 +62,53 @@ func (c *Client) keepalive() {
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	// One request is out at a time, and a miss is an interval that ends
+	// with it still unanswered, as OpenSSH counts them. A reply that is
+	// late but arrives is not a miss: a controller starved of CPU for an
+	// interval must not hang up on a healthy node mid-stream.
+	var pending chan error
 	missed := 0
+	answered := func(err error) bool {
+		pending = nil
+		if err != nil {
+			c.Close()
+			return false
+		}
+		missed = 0
+		return true
+	}
 	for {
 		select {
 		case <-c.done:
 			return
+		case err := <-pending:
+			if !answered(err) {
+				return
+			}
+			continue
 		case <-t.C:
 		}
+		if pending != nil {
+			select {
+			case err := <-pending:
+				if !answered(err) {
+					return
+				}
+			default:
+				missed++
+				if missed >= max {
+					c.Close()
+					return
+				}
+				continue
+			}
+		}
 		reply := make(chan error, 1)
+		pending = reply
 		go func() {
 			_, _, err := c.ssh.SendRequest("keepalive@openssh.com", true, nil)
 			reply <- err
 		}()
-		select {
-		case err := <-reply:
-			if err != nil {
-				c.Close()
-				return
-			}
-			missed = 0
-		case <-time.After(interval):
-			missed++
-			if missed >= max {
-				c.Close()
-				return
-			}
-		case <-c.done:
-			return
-		}
 	}
 }
 
@@ -130,18 +149,19 @@ func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader) (Result, 
 
 // await runs a call that waits for the server (channel open, exec or
 // subsystem request, SFTP init) and takes no context. If ctx ends first,
-// the connection is closed: a server that does not answer a channel request
-// within the caller's deadline is not one to keep sending work to, and
-// closing is the only way to make x/crypto give the call back.
-func (c *Client) await(ctx context.Context, f func() error) error {
+// abandon gives up this one call (closing its channel makes x/crypto give
+// it back) and the connection stays: other sessions on it, an attached
+// launch's log stream say, belong to callers whose deadlines have not
+// passed. A server that stops answering altogether is the keepalive's to
+// find.
+func (c *Client) await(ctx context.Context, f func() error, abandon func()) error {
 	res := make(chan error, 1)
 	go func() { res <- f() }()
 	select {
 	case err := <-res:
 		return err
 	case <-ctx.Done():
-		c.Close()
-		<-res
+		abandon()
 		return fmt.Errorf("%s: no answer from the node: %w", c.Node.Name, ctx.Err())
 	case <-c.done:
 		<-res
@@ -152,6 +172,13 @@ func (c *Client) await(ctx context.Context, f func() error) error {
 // Stream is Run with caller-provided writers, for output that must be shown
 // as it arrives (logs -f, attached launch).
 func (c *Client) Stream(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	return c.session(ctx, cmd, stdin, stdout, stderr, nil)
+}
+
+// session runs cmd as a session of its own, on a pseudo-terminal when t is
+// set, and returns its exit status. An error that wraps notStarted means
+// the command never began.
+func (c *Client) session(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer, t *Terminal) (int, error) {
 	if err := c.acquire(ctx); err != nil {
 		return -1, err
 	}
@@ -161,10 +188,15 @@ func (c *Client) Stream(ctx context.Context, cmd string, stdin io.Reader, stdout
 		return -1, notStarted{err}
 	}
 	defer sess.Close()
-	sess.Stdin = stdin
-	sess.Stdout = stdout
-	sess.Stderr = stderr
-	if err := c.await(ctx, func() error { return sess.Start(cmd) }); err != nil {
+	var resize <-chan [2]int
+	if t != nil {
+		if err := c.requestPty(ctx, sess, *t); err != nil {
+			return -1, err
+		}
+		resize = t.Resize
+	}
+	sess.Stdin, sess.Stdout, sess.Stderr = stdin, stdout, stderr
+	if err := c.await(ctx, func() error { return sess.Start(cmd) }, func() { sess.Close() }); err != nil {
 		if ctx.Err() != nil || !c.Alive() {
 			return -1, err
 		}
@@ -172,21 +204,40 @@ func (c *Client) Stream(ctx context.Context, cmd string, stdin io.Reader, stdout
 	}
 	done := make(chan error, 1)
 	go func() { done <- sess.Wait() }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		_ = sess.Signal(ssh.SIGTERM)
-		sess.Close()
-		// Let the session's output copies finish before the caller's
-		// writers are handed back (bounded: the peer may be gone).
+	for {
 		select {
-		case <-done:
-		case <-time.After(time.Second):
+		case sz, ok := <-resize:
+			if !ok {
+				resize = nil
+				continue
+			}
+			// Best effort, as ssh does: a lost resize only misdraws.
+			go sess.WindowChange(sz[1], sz[0])
+		case err := <-done:
+			return c.exitStatus(cmd, err)
+		case <-ctx.Done():
+			// Closing a terminal's session hangs its command up; a command
+			// without one would only see its pipes close.
+			if t == nil {
+				_ = sess.Signal(ssh.SIGTERM)
+			}
+			sess.Close()
+			// Let the session's output copies finish before the caller's
+			// writers are handed back (bounded: the peer may be gone).
+			select {
+			case <-done:
+			case <-time.After(time.Second):
+			}
+			return -1, fmt.Errorf("%s on %s: %w", shortCmd(cmd), c.Node.Name, ctx.Err())
+		case <-c.done:
+			return -1, fmt.Errorf("%w: %s dropped while running %s", ErrConnectionLost, c.Node.Name, shortCmd(cmd))
 		}
-		return -1, fmt.Errorf("%s on %s: %w", shortCmd(cmd), c.Node.Name, ctx.Err())
-	case <-c.done:
-		return -1, fmt.Errorf("%w: %s dropped while running %s", ErrConnectionLost, c.Node.Name, shortCmd(cmd))
 	}
+}
+
+// exitStatus reads what a session's Wait returned: the command's exit
+// status, 128+n for one killed by signal n as a shell reports it.
+func (c *Client) exitStatus(cmd string, err error) (int, error) {
 	if err == nil {
 		return 0, nil
 	}
@@ -216,9 +267,25 @@ func (c *Client) newSession(ctx context.Context) (*ssh.Session, error) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		var sess *ssh.Session
-		err := c.await(ctx, func() (err error) {
-			sess, err = c.ssh.NewSession()
+		var mu sync.Mutex
+		abandoned := false
+		err := c.await(ctx, func() error {
+			s, err := c.ssh.NewSession()
+			mu.Lock()
+			defer mu.Unlock()
+			if abandoned {
+				// Opened after its caller gave up: nobody will use it.
+				if err == nil {
+					s.Close()
+				}
+				return err
+			}
+			sess = s
 			return err
+		}, func() {
+			mu.Lock()
+			abandoned = true
+			mu.Unlock()
 		})
 		if err == nil {
 			return sess, nil
@@ -308,7 +375,7 @@ func (c *Client) SFTP(ctx context.Context) (*sftp.Client, func(), error) {
 		c.release()
 		return nil, nil, err
 	}
-	if err := c.await(ctx, func() error { return sess.RequestSubsystem("sftp") }); err != nil {
+	if err := c.await(ctx, func() error { return sess.RequestSubsystem("sftp") }, func() { sess.Close() }); err != nil {
 		if ctx.Err() != nil || !c.Alive() {
 			return fail(err)
 		}
@@ -333,7 +400,7 @@ func (c *Client) SFTP(ctx context.Context) (*sftp.Client, func(), error) {
 			sftp.MaxPacketUnchecked(255*1024),
 		)
 		return err
-	})
+	}, func() { sess.Close() })
 	if err != nil {
 		return fail(fmt.Errorf("%s: starting sftp: %w", c.Node.Name, err))
 	}

@@ -440,12 +440,18 @@ func (p *Pool) Node(alias string) NodeRunner { return NodeRunner{p, alias} }
 // command could start, it dials again once: only then can running it again
 // not run it twice.
 func (n NodeRunner) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	return n.session(ctx, func(c *Client) (int, error) { return c.Stream(ctx, cmd, stdin, stdout, stderr) })
+}
+
+// session runs one session on the pooled connection, dialing again once
+// if the connection turned out broken before the command started.
+func (n NodeRunner) session(ctx context.Context, run func(*Client) (int, error)) (int, error) {
 	for attempt := 0; ; attempt++ {
 		c, err := n.pool.Get(ctx, n.alias)
 		if err != nil {
 			return -1, err
 		}
-		code, err := c.Stream(ctx, cmd, stdin, stdout, stderr)
+		code, err := run(c)
 		var ns notStarted
 		if err != nil && errors.As(err, &ns) && errors.Is(err, ErrConnectionLost) && attempt == 0 && ctx.Err() == nil {
 			c.Close() // marks it dead: the next Get dials again

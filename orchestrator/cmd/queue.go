@@ -34,7 +34,11 @@ Jobs on a node that does not answer keep their last known state and are marked.
 Examples:
    sshq queue
    sshq queue -a                 # include ended jobs
-   sshq queue --json | jq '.[] | select(.state=="FAILED") | .id'`,
+   sshq queue --json | jq '.[] | select(.state=="FAILED") | .id'
+
+LIMITS are the job's --mem, --time and --cpus (or config.yaml's defaults); REASON is why it
+waits (the node's disk under its floor) or how a limit ended it (OUT_OF_MEMORY: its memory
+peak and limit, or "node memory low"; TIMEOUT: its time limit).`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include ended jobs"},
 			&cli.BoolFlag{Name: "json", Usage: "machine-readable output"},
@@ -102,10 +106,14 @@ func renderQueue(io *IOStreams, views []orchestrator.JobView) {
 		if v.ExitCode != nil {
 			exit = fmt.Sprint(*v.ExitCode)
 		}
-		rows = append(rows, []string{fmt.Sprint(v.ID), v.Name, v.User, orDash(v.NodeList()), gpus, state,
-			v.Submitted.Local().Format("01-02 15:04"), started, dur, exit})
+		node := orDash(v.NodeList())
+		if isSlurm(v) {
+			node = slurmNode(v)
+		}
+		rows = append(rows, []string{fmt.Sprint(v.ID), v.Name, v.User, node, gpus, limitsCell(v.Job), state,
+			v.Submitted.Local().Format("01-02 15:04"), started, dur, exit, ui.Safe(orDash(v.Reason))})
 	}
-	fmt.Fprint(io.Out, st.Table([]string{"ID", "NAME", "USER", "NODE", "GPUS", "STATE", "SUBMITTED", "STARTED", "DURATION", "EXIT"}, rows))
+	fmt.Fprint(io.Out, st.Table([]string{"ID", "NAME", "USER", "NODE", "GPUS", "LIMITS", "STATE", "SUBMITTED", "STARTED", "DURATION", "EXIT", "REASON"}, rows))
 }
 
 // gpusCell is the GPUS column: how many, then which: `2 (0,1)` once they
@@ -116,6 +124,9 @@ func gpusCell(v orchestrator.JobView) string {
 		return fmt.Sprintf("%d/node", v.NumGPUs)
 	}
 	switch {
+	case isSlurm(v) && v.NumGPUs > 0:
+		// Slurm names no GPU indices: CUDA_VISIBLE_DEVICES tells the job.
+		return fmt.Sprint(v.NumGPUs)
 	case len(v.GPUs) > 0:
 		idx := make([]string, len(v.GPUs))
 		for i, g := range v.GPUs {

@@ -33,6 +33,9 @@ type ShellOptions struct {
 	Secrets []string
 	Workdir string
 	Idle    time.Duration
+	Mem     string // --mem as typed; "" takes config.yaml's default
+	Time    string // --time as typed; "" takes the default
+	CPUs    int    // --cpus; 0 pins nothing
 }
 
 // NewCmdShell builds `sshq shell`; runF replaces shellRun in tests.
@@ -51,16 +54,22 @@ and sshq attach JOB returns to it. A shell with no client attached for --idle en
 frees its GPUs. Ctrl-C while it waits in the queue cancels it. Needs a terminal; to run
 a command from a script, use sshq launch.
 
+--mem, --time and --cpus hold the shell and what it runs as they hold any job (and
+config.yaml's defaults apply): at --time the shell is hung up and the job ends TIMEOUT;
+past --mem it ends OUT_OF_MEMORY.
+
 Examples:
    sshq shell --gpus 1
    sshq shell --gpus A100:2 --workdir .
    sshq shell task.yaml                 # the task's setup, then a shell (SkyPilot's dev box)
-   sshq shell --gpus 1 --idle 8h`,
+   sshq shell --gpus 1 --idle 8h
+   sshq shell --gpus 1 --mem 32G --time 4h`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "gpus", Usage: "GPUs to hold: `N` or TYPE:N (A100:2); overrides the task's resources"},
 			&cli.StringFlag{Name: "node", Usage: "open the shell on this node only"},
 			&cli.StringFlag{Name: "workdir", Usage: "local directory to sync; the shell starts in its snapshot"},
 			&cli.DurationFlag{Name: "idle", Value: orchestrator.DefaultShellIdle, Usage: "end the shell after this long with no client attached (0: never)"},
+			limitFlagDefs[0], limitFlagDefs[1], limitFlagDefs[2],
 			&cli.StringFlag{Name: "name", Usage: "job name (default: the task's name, or shell)"},
 			&cli.GenericFlag{Name: "env", Value: &verbatim{}, Usage: "set an env var: `NAME=VALUE`, or NAME to pass the local value (repeatable)"},
 			&cli.StringFlag{Name: "env-file", Usage: "set env vars from a dotenv `FILE`; --env wins over it"},
@@ -71,7 +80,8 @@ Examples:
 			opts := &ShellOptions{IO: f.IO, Ctx: c.Context, Controller: opener(c, f), Hostname: f.Hostname,
 				Args: c.Args().Slice(), Name: c.String("name"), GPUs: c.String("gpus"), Node: c.String("node"),
 				Env: *c.Generic("env").(*verbatim), EnvFile: c.String("env-file"), Secrets: *c.Generic("secret").(*verbatim),
-				Workdir: c.String("workdir"), Idle: c.Duration("idle")}
+				Workdir: c.String("workdir"), Idle: c.Duration("idle"),
+				Mem: c.String("mem"), Time: c.String("time"), CPUs: c.Int("cpus")}
 			if runF != nil {
 				return runF(opts)
 			}
@@ -149,6 +159,10 @@ func shellRun(opts *ShellOptions) error {
 	if err != nil {
 		return err
 	}
+	limits, err := limitFlags(opts.Mem, opts.Time, opts.CPUs)
+	if err != nil {
+		return err
+	}
 	ctrl, err := opts.Controller()
 	if err != nil {
 		return err
@@ -164,7 +178,7 @@ func shellRun(opts *ShellOptions) error {
 	defer stopResize()
 	v, err := ctrl.Shell(ctx, orchestrator.ShellRequest{
 		Task: t, Node: opts.Node, Idle: opts.Idle,
-		Options: orchestrator.LaunchOptions{Origin: host, Progress: bar.update, Notef: func(f string, a ...any) {
+		Options: orchestrator.LaunchOptions{Origin: host, Progress: bar.update, Limits: limits, Notef: func(f string, a ...any) {
 			bar.clear()
 			fmt.Fprintf(errOut, "sshq: "+f+"\n", a...)
 		}},
@@ -203,6 +217,8 @@ func shellRun(opts *ShellOptions) error {
 		fmt.Fprintf(errOut, "sshq: job #%d: the shell exited with code %d%s\n", j.ID, v.ExitCode, free)
 	case job.FailedSetup:
 		fmt.Fprintf(errOut, "sshq: job #%d: setup failed before the shell started (exit code %d): `sshq logs %d` says why\n", j.ID, v.ExitCode, j.ID)
+	case job.Timeout, job.OutOfMemory:
+		fmt.Fprintf(errOut, "sshq: job #%d ended %s (exit code %d): %s\n", j.ID, j.State, v.ExitCode, ui.Safe(orDash(j.Reason)))
 	default:
 		fmt.Fprintf(errOut, "sshq: job #%d ended %s (exit code %d): `sshq logs %d` says why\n", j.ID, j.State, v.ExitCode, j.ID)
 	}

@@ -130,3 +130,34 @@ func TestShellSetupFailureSaysWhereToLook(t *testing.T) {
 		t.Errorf("exit %d\n%s", code, h.err.String())
 	}
 }
+
+// --mem, --time and --cpus reach the shell's job as they reach a launch's;
+// a shell a limit ended says which, and exits with the limit's code.
+func TestShellLimits(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.inTTY, h.outTTY = true, true
+	var req orchestrator.ShellRequest
+	h.fake.shell = func(_ context.Context, r orchestrator.ShellRequest) (*orchestrator.ShellView, error) {
+		req = r
+		code := 124
+		v := shellJob(job.Timeout, &code)
+		v.Reason = "time limit 4h reached (--time)"
+		return &orchestrator.ShellView{Job: v, Ended: true, ExitCode: code}, nil
+	}
+	code := h.run("shell", "--gpus", "1", "--mem", "32G", "--time", "4h", "--cpus", "2")
+	if code != 124 || !strings.Contains(h.err.String(), "TIMEOUT") || !strings.Contains(h.err.String(), "time limit 4h") {
+		t.Errorf("exit %d, want TIMEOUT's 124 and the reason\n%s", code, h.err.String())
+	}
+	l := req.Options.Limits
+	if l.MemMiB == nil || *l.MemMiB != 32*1024 || l.Time == nil || *l.Time != 4*time.Hour || l.CPUs != 2 {
+		t.Errorf("limits arrived as %+v", l)
+	}
+	for _, args := range [][]string{{"shell", "--mem", "lots"}, {"shell", "--time", "soon"}, {"shell", "--cpus", "-1"}} {
+		h := newHarness(t)
+		h.inTTY, h.outTTY = true, true
+		if code := h.run(args...); code != ExitUsage || h.opened != 0 {
+			t.Errorf("sshq %s: exit %d, opened %d\n%s", strings.Join(args, " "), code, h.opened, h.err.String())
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sshq/sshq/orchestrator"
+	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/ui"
 )
 
@@ -124,7 +125,7 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 					free++
 				case "leased":
 					if g.Holder != nil {
-						holder = st.Paint(ui.Blue, fmt.Sprintf("#%d %s (%s)%s", g.Holder.JobID, ui.Safe(g.Holder.Name), ui.Safe(orDash(g.Holder.User)), gangLabel(g.Holder.Gang)))
+						holder = st.Paint(ui.Blue, fmt.Sprintf("#%d %s (%s)%s%s", g.Holder.JobID, ui.Safe(g.Holder.Name), ui.Safe(orDash(g.Holder.User)), gangLabel(g.Holder.Gang), runLimits(n.Running, g.Holder.JobUID)))
 					} else {
 						holder = st.Paint(ui.Blue, "leased")
 					}
@@ -164,7 +165,7 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 		for _, j := range n.Running {
 			if len(j.GPUs) == 0 {
 				noGPU++
-				cpu = append(cpu, fmt.Sprintf("#%d %s (%s)%s", j.JobID, ui.Safe(j.Name), ui.Safe(orDash(j.User)), gangLabel(j.Gang)))
+				cpu = append(cpu, fmt.Sprintf("#%d %s (%s)%s%s", j.JobID, ui.Safe(j.Name), ui.Safe(orDash(j.User)), gangLabel(j.Gang), runLimits(n.Running, j.JobUID)))
 			}
 		}
 		if len(cpu) > 0 {
@@ -175,6 +176,9 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 		}
 		b.WriteString("\n")
 	}
+	b.WriteString(renderSlurm(st, v.Slurm))
+	sf, stot, sr, sw := slurmTotals(v.Slurm)
+	free, total, running, waiting = free+sf, total+stot, running+sr, waiting+sw
 	jobs := fmt.Sprintf("%d running", running)
 	if noGPU > 0 {
 		jobs += fmt.Sprintf(" (%d without GPUs)", noGPU)
@@ -194,4 +198,19 @@ func gangLabel(g *orchestrator.GangRank) string {
 		s += " parked"
 	}
 	return s
+}
+
+// runLimits is " [mem 300M, time 4h]" for a running job of this
+// controller's that has limits, else "".
+func runLimits(running []orchestrator.RunningJob, uid string) string {
+	for _, r := range running {
+		if r.JobUID == uid {
+			l := limitsCell(&store.Job{MemLimitMiB: r.MemLimitMiB, TimeLimitS: r.TimeLimitS, CPUs: r.CPUs, Cores: r.Cores})
+			if l == "-" {
+				return ""
+			}
+			return " [" + l + "]"
+		}
+	}
+	return ""
 }

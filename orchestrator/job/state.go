@@ -10,9 +10,10 @@ type State string
 // The states, in the order a job passes through them. Submitting exists
 // only on the controller (the job is recorded before anything touches a
 // node); Lost is never written on a node: it is derived for a job whose
-// wrapper is gone without an exit record. Timeout and OutOfMemory come
-// only from a Slurm cluster, which ends a job at its time limit or memory
-// limit itself.
+// wrapper is gone without an exit record. Timeout and OutOfMemory are a
+// job ended at its limits: its time limit (--time), or its memory limit
+// (--mem) or the node's memory running low; on a Slurm cluster, Slurm
+// ends a job at its limits itself and reports the same two states.
 const (
 	Submitting  State = "SUBMITTING"
 	Pending     State = "PENDING"

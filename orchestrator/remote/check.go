@@ -23,6 +23,21 @@ type NodeCheck struct {
 	// Linger ("yes", "no", "unknown") spares.
 	KillUserProcesses bool   `json:"kill_user_processes"`
 	Linger            string `json:"linger,omitempty"`
+	// MemLimit is how the node holds a job to --mem: "cgroup" (a systemd
+	// user scope with MemoryMax, where the user's systemd delegates the
+	// memory controller and the user lingers) or "watchdog" (the job's
+	// wrapper sums its processes' resident memory every second); "" from
+	// a node script that does not say.
+	MemLimit string `json:"mem_limit"`
+	// ReserveMemMiB is the memory the node keeps available
+	// (SSHQ_RESERVE_MEM), DiskFloorMiB the free space in $HOME a job needs
+	// to start (SSHQ_DISK_FLOOR), LogCapMiB the most of a job's log kept
+	// (SSHQ_LOG_CAP); 0 is off. LimitWarnings name settings the node could
+	// not read (it uses the default).
+	ReserveMemMiB int64    `json:"reserve_mem_mib"`
+	DiskFloorMiB  int64    `json:"disk_floor_mib"`
+	LogCapMiB     int64    `json:"log_cap_mib"`
+	LimitWarnings []string `json:"limit_warnings,omitempty"`
 }
 
 // Has reports whether the node has the tool.
@@ -82,6 +97,12 @@ func (c *NodeCheck) Problems() []string {
 		p = append(p, fmt.Sprintf("lease dir %s is not writable: `chmod 1777 %s`", c.LeaseDir, c.LeaseDir))
 	case "not-dir":
 		p = append(p, fmt.Sprintf("lease dir %s is not a directory: remove it or set SSHQ_LEASE_DIR", c.LeaseDir))
+	}
+	for _, w := range c.LimitWarnings {
+		p = append(p, w+" (fix it in the node's login environment)")
+	}
+	if c.MemLimit != "" && !c.Has("taskset") {
+		p = append(p, "taskset missing: --cpus cannot pin jobs here (`sudo apt-get install -y util-linux`)")
 	}
 	if c.KillsJobs() {
 		p = append(p, "logind kills a user's processes at logout (KillUserProcesses=yes) and you have no linger: jobs would die with your ssh sessions; run `loginctl enable-linger` on the node")

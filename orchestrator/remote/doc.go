@@ -4,7 +4,8 @@
 // SCRIPT sshq ACTION ARGS...` (built with sshpool.Command, every argument
 // one quoted word), where SCRIPT is lib.sh (shared helpers, the one
 // nvidia-smi wrapper), sched.sh where the action reads the queue or the
-// GPUs (the queue's rule), and the action's own file: submit.sh (with
+// GPUs (the queue's rule), limits.sh where it needs the node's limit
+// settings, and the action's own file: submit.sh (with watch.sh and
 // wrapper.sh, which the job keeps as its wrapper), jobs.sh, status.sh,
 // place.sh, cancel.sh, logs.sh, check.sh; shell.sh, the interactive run
 // phase, travels with wrapper.sh; gangrec.sh (multi-node jobs' records)
@@ -20,13 +21,15 @@
 //	workdirs/<key>/        the synced workdir cache (written by sync, never in place)
 //	jobs/<uid>/            one job, mode 0700 (it may hold secrets):
 //	  meta.sh              identity from the controller (uid, id, user, name, GPUs, workdir key;
-//	                       SSHQ_M_SHELL, the idle limit in seconds, for `sshq shell`)
+//	                       the job's limits, see Job limits; SSHQ_M_SHELL, the idle
+//	                       limit in seconds, for `sshq shell`)
 //	  env.sh               the job's environment: task envs, then sshq's values (export NAME='value')
 //	  secrets.sh           secret envs, 0600; removed when the job ends
 //	  setup.sh, run.sh     the task's scripts
 //	  workdir/             hard-link snapshot (cp -al) of the cache at submit time
 //	  wrapper.sh           this script, run as `wrapper.sh wrapper <jobdir>` in tmux
 //	  nodeenv              the submitting session's umask, PATH, SSHQ_* settings
+//	                       (the node's limit settings among them: see Job limits)
 //	  wrapper.lock         flock held by the wrapper alone while it lives (opened
 //	                       read-write: flock on NFS needs that)
 //	  wrapper.pid          the wrapper's own pids (itself, its display, a scope's
@@ -39,6 +42,12 @@
 //	  cancel               left by Cancel before it signals
 //	  exit                 the exit code, written once (temp + rename) after the terminal state
 //	  scope                the systemd user scope's name, when one is used
+//	  reason               one line: why the job waits (disk under the floor) or
+//	                       how a limit ended it
+//	  cores                the cores --cpus pinned it to ("0-3,8")
+//	  log.dropped          how many of the log's first bytes its cap dropped
+//	  .phase               touched by a phase's bash first: the prefix (scope,
+//	                       taskset) started it
 //	  shell.pid            an interactive job's shell, while it runs
 //	  idle                 left when an interactive job's shell was ended for want of a client
 //	  gang.py              a multi-node rank's agent (see Multi-node jobs)
@@ -55,6 +64,8 @@
 //	queue.lock             flock serializing every GPU decision on the node
 //	queue/<ns>-<uid>       a waiting job's ticket, "uid user name num_gpus since allowed login",
 //	                       flocked by its wrapper while it waits
+//	limits/<uid>           a running job's "uid limit_kib rss_kib cores run|end",
+//	                       flocked by its wrapper (see Job limits)
 //	running/<uid>          a running job's record, "uid id user name num_gpus since", from
 //	                       its start to its end, with or without GPUs; flocked by its
 //	                       wrapper (and, inherited, its processes) while it lives. Whose
@@ -137,7 +148,8 @@
 // PENDING, SETTING_UP, RUNNING,
 // then SUCCEEDED (exit 0), FAILED (the run's code), FAILED_SETUP (setup's
 // code, or 3 for a node problem: lease directory, nvidia-smi, a ticket that
-// cannot be written, wrapper.lock that cannot be locked) or CANCELLED.
+// cannot be written, wrapper.lock that cannot be locked), CANCELLED,
+// TIMEOUT (124) or OUT_OF_MEMORY (137): see Job limits.
 //
 // The exit record is written last, after the terminal state: until it
 // exists Jobs reports the state before it, so nobody takes an end whose
@@ -148,14 +160,76 @@
 // whose lock file is a symlink or not a regular file is "unusable": no job
 // is given it, the job's log and Status say why, other GPUs stay usable.
 //
+// # Job limits
+//
+// The controller puts a job's limits in meta.sh (SSHQ_M_MEM_KIB,
+// SSHQ_M_TIME_S, SSHQ_M_CPUS; 0 is none); the node's own settings come from
+// the submitting session's login environment, through nodeenv:
+// SSHQ_RESERVE_MEM (default the larger of 2 GiB and 5% of MemTotal),
+// SSHQ_DISK_FLOOR (default 2 GiB) and SSHQ_LOG_CAP (default 1 GiB), each a
+// size as 300M or 32G (binary; a bare number is MiB), 0 turning the floor
+// or the cap off. A setting that is not a size is logged and its default
+// used. limits.sh reads them; watch.sh holds the job to them.
+//
+// Before a job starts its wrapper checks the free space in $HOME (df)
+// against the floor: below it the job waits, in its place in the queue (a
+// job with GPUs does not try to start), its reason in the job's reason file
+// and once in its log, and starts once space is freed.
+//
+// The wrapper runs each phase (setup, run, or an interactive shell) in the
+// background and watches it at least once a second (limited, watch_phase,
+// limits_tick) until it ends, and sees it end within 0.1s:
+//
+//   - --mem: the job's memory is the resident memory (statm) summed over its
+//     marked processes, as Cancel finds them (the wrapper's own excluded).
+//     Over the limit every one gets SIGKILL at once, as from the kernel's
+//     OOM killer, and the job ends OUT_OF_MEMORY (exit 137). Where the
+//     user's systemd runs, the user lingers and the memory controller is
+//     delegated to the user's manager (memory in user@UID.service's
+//     cgroup.controllers), each phase runs in `systemd-run --user --scope
+//     -p MemoryMax= -p MemorySwapMax=0` instead: the kernel holds the
+//     limit, and the tick ends the rest of the job once the scope's
+//     memory.events counts an OOM kill. Check reports which ("cgroup" or
+//     "watchdog").
+//   - --time: counted from the start of the first phase. Past it every
+//     process gets SIGTERM (and processes that appear later), SIGKILL 10s
+//     later, and the job ends TIMEOUT (exit 124).
+//   - The reserve: each tick writes the job's memory into its
+//     limits/<uid> record, in place (fixed width: no fork). When
+//     MemAvailable falls below the reserve, every wrapper reads the live
+//     records and picks the same job: the one furthest above its share (its
+//     --mem, else (MemTotal - reserve) / the number of jobs), never one
+//     below it. That job's wrapper kills it (OUT_OF_MEMORY, reason "node
+//     memory low") and marks its record "end"; while a record says "end",
+//     no other job is chosen, so one stop is given the time to free what it
+//     held.
+//   - The log cap: past it, the log's oldest blocks up to half the cap are
+//     punched out (fallocate --punch-hole): the file keeps its offsets, so a
+//     follower neither repeats nor skips, and log.dropped says where the
+//     kept part begins; Logs prints from there and says how much was
+//     dropped. Where punching fails (NFS, an old file system) the log is
+//     rewritten in place from its newest half, and lines written meanwhile
+//     may be lost. finish applies the cap once more.
+//
+// When a limit ended the job, its wrapper writes the reason (the memory
+// peak and limit, the time limit, the node's available memory and reserve)
+// and, as the log's last line, what happened. With --cpus the wrapper picks
+// the cores before the first phase, under queue.lock: of those this account
+// may use (Cpus_allowed_list), first those no live limits/ record holds and
+// near the job's GPUs (`nvidia-smi topo -m`'s CPU Affinity), then those
+// free, then near ones, then any; each phase runs under `taskset -c`. A
+// prefix (scope, taskset) that fails to start a phase (no .phase) is
+// logged, and the phase runs again without it.
+//
 // # Interactive shells
 //
 // A job whose meta.sh sets SSHQ_M_SHELL (`sshq shell`) waits, leases and
 // runs setup like any other, with the pane showing its log meanwhile.
 // Then, instead of run.sh, the wrapper stops the display, gives the pane's
 // keys their signals back (stty sane) and runs the account's login shell
-// (getent passwd; bash when that is nologin or missing) in the foreground
-// of the pane, as `exec -l`, in the workdir snapshot (else $HOME), with
+// (getent passwd; bash when that is nologin or missing) on the pane's tty,
+// in the wrapper's process group (the terminal's foreground one), as
+// `exec -l`, in the workdir snapshot (else $HOME), with
 // env.sh, secrets.sh and gpu.env exported: the shell is the job's main
 // process, carries its mark and holds its leases, and its exit status is
 // the job's (SUCCEEDED for 0, else FAILED). The controller reaches it by
@@ -168,7 +242,10 @@
 // after SSHQ_M_SHELL seconds (0: never) with no client it leaves "idle"
 // and hangs the shell up too, and the job ends CANCELLED with the shell's
 // status, the log saying why. A shell still there 5s after SIGHUP gets
-// SIGKILL. An answer tmux does not give restarts the clock.
+// SIGKILL. An answer tmux does not give restarts the clock. The shell is
+// a phase like run.sh for the job's limits (see Job limits): it runs under
+// the same prefix and is watched the same way, and at --time it also gets
+// SIGHUP, since it ignores the SIGTERM.
 //
 // # Multi-node jobs
 //
@@ -203,7 +280,10 @@
 // from; rank 0's: the one they reached); it grants no release after that,
 // so no rank runs while another has let its GPUs go. gpu.env then also
 // sets SSHQ_/SKYPILOT_NODE_IPS, MASTER_ADDR and MASTER_PORT (the task's
-// own MASTER_PORT wins), and the rank runs setup and run like any job.
+// own MASTER_PORT wins), and the rank runs setup and run like any job,
+// within the job's limits (each rank has them all on its node: see Job
+// limits). A node short of disk keeps its rank waiting, its ticket in
+// place, before it takes any GPU.
 //
 // A rank that ends tells the coordinator its code. One that ends before
 // the start, or non-zero after it, or is not heard from for
@@ -251,6 +331,8 @@
 //	        exit <uid> <code>
 //	        gpu <uid> <index> <uuid>
 //	        queue <uid> <position>          (1 = head)
+//	        reason <uid> <text>             (encoded: why it waits, how a limit ended it)
+//	        cores <uid> <list>              (the cores --cpus pinned it to)
 //	        gang <uid> <mode> <since> <rank|-> <code|lost|->  (a multi-node
 //	        rank: where it is in the start; the rank that stopped it)
 //	Status: gpu <index> <uuid> free|leased|foreign|unusable
@@ -272,12 +354,15 @@
 //	        then the jobs' records as Jobs prints them
 //	Check:  tool <name> <path|->, bash <version>, kernel <text>,
 //	        lease_dir <path> ok|absent|symlink|not-dir|not-writable,
-//	        gpus <n> | gpus - <error>, logind <kill_user_processes> <linger>
+//	        gpus <n> | gpus - <error>, logind <kill_user_processes> <linger>,
+//	        limits cgroup|watchdog <reserve_kib> <disk_floor_kib> <log_cap_kib>,
+//	        limits_warn <text>              (a setting it could not read)
 //
 // Status prints, before its records, what the driver said: sections after
 // "@@sshq NAME" marker lines holding nvidia-smi's own output, the owners of
 // the GPUs' processes and the host facts, which gpu.ParseProbe reads
-// (nvidia-smi's lines are not records). Logs prints raw log bytes; with
+// (nvidia-smi's lines are not records). Logs prints raw log bytes (after a
+// line saying how many its cap dropped, when it did); with
 // follow its exit status is the job's, or 125 when the job is unknown or
 // LOST.
 //
@@ -298,6 +383,13 @@
 //   - Owner records are mode 0666 and only informative: any user can
 //     overwrite them; leases themselves are kernel flocks.
 //   - MIG devices are not leased separately (their uuids are skipped).
+//   - The watchdog counts a page shared by several processes of a job once
+//     per process (as Slurm's default accounting), and a job can allocate
+//     fast enough to pass its limit by what it takes in one second. A
+//     process that cleared its environment is not counted, as Cancel does
+//     not find it; only the cgroup mechanism holds it.
+//   - Another user's job shows its limits in no report: Status gives only
+//     this controller's own jobs' limits (from its store).
 //   - The tmux server is `tmux -L sshq -f /dev/null`; killing it sends
 //     SIGHUP to running jobs.
 //   - A multi-node job needs python3 on its nodes, and TCP from every node

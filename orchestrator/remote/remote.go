@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/sshpool"
 )
 
@@ -38,18 +39,22 @@ var (
 	logsSh string
 	//go:embed check.sh
 	checkSh string
+	//go:embed limits.sh
+	limitsSh string
+	//go:embed watch.sh
+	watchSh string
 )
 
 // scripts maps each action to its script. Submit's is also the job's
 // wrapper (the node keeps a copy), hence wrapper.sh in it.
 var scripts = map[string]string{
-	"submit": script(schedSh, gangRecSh, submitSh, wrapperSh, shellSh),
+	"submit": script(schedSh, gangRecSh, limitsSh, watchSh, submitSh, wrapperSh, shellSh),
 	"jobs":   script(schedSh, gangRecSh, jobsSh),
 	"status": script(schedSh, gangRecSh, statusSh),
 	"place":  script(schedSh, placeSh),
 	"cancel": script(schedSh, gangRecSh, jobsSh, cancelSh),
 	"logs":   script(logsSh),
-	"check":  script(schedSh, checkSh),
+	"check":  script(schedSh, limitsSh, checkSh),
 }
 
 func script(parts ...string) string {
@@ -97,12 +102,20 @@ type JobSpec struct {
 	// means 1.
 	NodeRank, NumNodes int
 	NodeIPs            []string
+	// MemLimitMiB bounds the memory of the job's whole process tree (0:
+	// none): past it the job ends OUT_OF_MEMORY. TimeLimit bounds its
+	// time from the start of setup (0: none; whole seconds, rounded up):
+	// past it the job ends TIMEOUT. CPUs pins it to that many cores (0:
+	// not pinned).
+	MemLimitMiB int64
+	TimeLimit   time.Duration
+	CPUs        int
 	// Gang makes the job one rank of a multi-node job (NumNodes >= 2);
 	// nil for a job on one node.
 	Gang *GangSpec
 	// Shell makes the job `sshq shell`'s: after setup, its tmux pane runs
-	// the account's login shell instead of Run (see shell.sh); nil for a
-	// batch job.
+	// the account's login shell instead of Run (see shell.sh), within the
+	// same limits; nil for a batch job.
 	Shell *ShellSpec
 }
 
@@ -134,6 +147,9 @@ func submitCommand(spec JobSpec) (cmd string, stdin []byte, err error) {
 		"SSHQ_M_NGPUS=" + strconv.Itoa(spec.NumGPUs),
 		"SSHQ_M_ALLOWED=" + sshpool.Quote(allowed),
 		"SSHQ_M_WORKDIR=" + sshpool.Quote(spec.WorkdirKey),
+		"SSHQ_M_MEM_KIB=" + strconv.FormatInt(spec.MemLimitMiB*1024, 10),
+		"SSHQ_M_TIME_S=" + strconv.FormatInt(int64((spec.TimeLimit+time.Second-1)/time.Second), 10),
+		"SSHQ_M_CPUS=" + strconv.Itoa(spec.CPUs),
 		"",
 	}, "\n")
 	if spec.Shell != nil {
@@ -227,6 +243,12 @@ func (spec JobSpec) validate() error {
 	if strings.Contains(spec.Setup, "\x00") || strings.Contains(spec.Run, "\x00") {
 		return fmt.Errorf("job %s: setup or run script holds a NUL byte, which bash cannot run", spec.UID)
 	}
+	if spec.MemLimitMiB < 0 || spec.TimeLimit < 0 || spec.CPUs < 0 {
+		return fmt.Errorf("job %s: a negative limit (memory %d MiB, time %v, %d CPUs)", spec.UID, spec.MemLimitMiB, spec.TimeLimit, spec.CPUs)
+	}
+	if spec.MemLimitMiB > 1<<40 {
+		return fmt.Errorf("job %s: memory limit %d MiB is past any machine", spec.UID, spec.MemLimitMiB)
+	}
 	numNodes := spec.NumNodes
 	if numNodes == 0 {
 		numNodes = 1
@@ -248,13 +270,11 @@ func exportLines(vars []EnvVar, header string) (string, error) {
 		sb.WriteString(header + "\n")
 	}
 	for _, v := range vars {
-		if !isEnvName(v.Name) {
-			return "", fmt.Errorf("%q is not a valid environment variable name (letters, digits and '_', not starting with a digit)", v.Name)
+		line, err := sshpool.ExportLine(v.Name, v.Value)
+		if err != nil {
+			return "", err
 		}
-		if strings.Contains(v.Value, "\x00") {
-			return "", fmt.Errorf("the value of %s holds a NUL byte, which no environment variable can carry", v.Name)
-		}
-		sb.WriteString("export " + v.Name + "=" + sshpool.Quote(v.Value) + "\n")
+		sb.WriteString(line)
 	}
 	return sb.String(), nil
 }
@@ -263,31 +283,9 @@ func command(action string, args ...string) string {
 	return sshpool.Command(append([]string{"bash", "-c", scripts[action], "sshq", action}, args...)...)
 }
 
-func checkUID(uid string) error {
-	if uid == "" || len(uid) > 128 {
-		return fmt.Errorf("job uid %q must be 1 to 128 characters", uid)
-	}
-	for i := 0; i < len(uid); i++ {
-		c := uid[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return fmt.Errorf("job uid %q: only letters, digits, '-' and '_' may name a tmux session and a directory", uid)
-		}
-	}
-	return nil
-}
-
-func isEnvName(s string) bool {
-	if s == "" || s[0] >= '0' && s[0] <= '9' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
-			return false
-		}
-	}
-	return true
-}
+// checkUID also vets the uids read back from a node's records, which other
+// users can write.
+func checkUID(uid string) error { return job.CheckUID(uid) }
 
 func isToken(s string) bool {
 	if s == "" {

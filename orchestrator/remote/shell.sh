@@ -2,12 +2,14 @@
 # job submitted by `sshq shell` (meta.sh sets SSHQ_M_SHELL to its idle
 # limit in seconds, 0 for none). Instead of run.sh, the job's pane gets the
 # account's login shell, with the job's environment, in its workdir; the
-# shell's exit status is the job's. Needs lib.sh and wrapper.sh.
+# shell's exit status is the job's, and the job's limits hold it as they
+# hold run.sh. Needs lib.sh, wrapper.sh and watch.sh.
 
-# run_shell: the shell in the pane, in the foreground, with the pane's tty.
-# Returns its exit status.
+# run_shell: the shell in the pane, with the pane's tty, within the job's
+# limits like any phase (wrapper.sh: limited). Returns its exit status.
+shell_watch_pid=
 run_shell() {
-	local wd=$HOME sh watch_pid rc
+	local wd=$HOME sh rc
 	[ -d "$jd/workdir" ] && wd=$jd/workdir
 	# The pane showed the log (setup's output) until now. tail polls every
 	# 0.5s: give it that long to show the last lines before it goes.
@@ -23,23 +25,40 @@ run_shell() {
 	jlog "interactive shell ($sh) started in $wd"
 	rm -f -- "$jd/idle"
 	shell_watch {wfd}<&- </dev/null >/dev/null 2>&1 &
-	watch_pid=$!
-	# Run by a fresh bash, like run_phase, so the job's variables never
-	# touch the wrapper's; `exec -l` makes it a login shell whatever it is
-	# (bash, zsh, fish), as ssh would start it. Its pid is the shell's: the
-	# idle watch signals it.
+	shell_watch_pid=$!
+	local ttyfd
+	exec {ttyfd}<&0
+	limited shell start_shell "$wd" "$sh"
+	rc=$?
+	exec {ttyfd}<&-
+	kill -USR1 "$shell_watch_pid" 2>/dev/null
+	wait "$shell_watch_pid" 2>/dev/null
+	shell_watch_pid=
+	rm -f -- "$jd/shell.pid"
+	return $rc
+}
+
+# start_shell WD SHELL: the shell, by a fresh bash, like run_phase's
+# scripts, so the job's variables never touch the wrapper's; `exec -l`
+# makes it a login shell whatever it is (bash, zsh, fish), as ssh would
+# start it. Started in the background so the wrapper can watch its limits,
+# yet with the pane's tty (saved in ttyfd: a background job's own stdin is
+# /dev/null) and in the wrapper's process group, the terminal's
+# foreground one (the wrapper has no job control), so it owns the
+# terminal as a foreground shell would. Its pid is the shell's, through
+# the limits' prefix (systemd-run --scope and taskset exec): the idle
+# watch and a time limit signal it.
+start_shell() {
 	(
 		cd "$jd" || exit 1
 		printf '%s\n' "$BASHPID" >"$jd/shell.pid"
+		[ -n "$nap_fd" ] && exec {nap_fd}<&-
+		exec {errfd}>&- {ttyfd}<&-
 		restore_locale
-		exec "$BASH" -c '. ./env.sh && { [ ! -f ./secrets.sh ] || . ./secrets.sh; } && . ./gpu.env &&
-			cd -- "$1" && export SHELL=$2 && exec -l "$2"' sshq-shell "$wd" "$sh"
-	) {wfd}<&-
-	rc=$?
-	kill -USR1 "$watch_pid" 2>/dev/null
-	wait "$watch_pid" 2>/dev/null
-	rm -f -- "$jd/shell.pid"
-	return $rc
+		exec ${phase_pre[@]+"${phase_pre[@]}"} "$BASH" -c ': >./.phase && . ./env.sh &&
+			{ [ ! -f ./secrets.sh ] || . ./secrets.sh; } && . ./gpu.env &&
+			cd -- "$1" && export SHELL=$2 && exec -l "$2"' sshq-shell "$1" "$2"
+	) <&"$ttyfd" 2>&"$errfd" {wfd}<&- &
 }
 
 # login_shell: the account's login shell, as sshd would start it; bash when

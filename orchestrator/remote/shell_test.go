@@ -128,3 +128,47 @@ func TestCancelHangsUpTheShell(t *testing.T) {
 		t.Errorf("processes of the cancelled shell left running: %v", pids)
 	}
 }
+
+// A shell is held to --time like any job: an interactive shell ignores
+// SIGTERM, so it is hung up, and the job ends TIMEOUT without waiting for
+// the SIGKILL; nothing of it is left, and its GPU is free.
+func TestShellTimeLimit(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.A100x2("shtime"))
+	s := spec("sht-1", 1, "# sshq shell")
+	s.Shell = &ShellSpec{Idle: time.Hour}
+	s.TimeLimit = 2 * time.Second
+	n.submit(s)
+	st := n.waitState("sht-1", job.Timeout)
+	if st.ExitCode != 124 || !strings.Contains(st.Reason, "time limit 2s") {
+		t.Errorf("exit %d, reason %q", st.ExitCode, st.Reason)
+	}
+	if last := lastLine(n.log("sht-1")); !strings.Contains(last, "TIMEOUT") || strings.Contains(last, "SIGKILL") {
+		t.Errorf("last line %q: want TIMEOUT, the shell ended by its hangup, not SIGKILL", last)
+	}
+	waitFor(t, "the shell's processes to end", func() bool { return len(markedPIDs("sht-1")) == 0 })
+	if ns := n.node(); len(ns.Leases) != 0 {
+		t.Errorf("the shell's GPU is still leased: %+v", ns.Leases)
+	}
+}
+
+// A shell is held to --mem like any job: what is typed there and grows
+// past the limit ends the job OUT_OF_MEMORY, with the limit in its reason.
+func TestShellMemLimit(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, gpusim.A100x2("shmem"))
+	s := spec("shm-1", 1, "# sshq shell")
+	s.Shell = &ShellSpec{Idle: time.Hour}
+	s.MemLimitMiB = 300
+	n.submit(s)
+	n.waitState("shm-1", job.Running)
+	n.keys("shm-1", `'python3 -c "import time; held = [bytearray(50 << 20) for _ in range(60)]; time.sleep(60)"' Enter`)
+	st := n.waitState("shm-1", job.OutOfMemory)
+	if st.ExitCode != 137 || !strings.Contains(st.Reason, "300 MiB") {
+		t.Errorf("exit %d, reason %q", st.ExitCode, st.Reason)
+	}
+	waitFor(t, "the shell's processes to end", func() bool { return len(markedPIDs("shm-1")) == 0 })
+	if ns := n.node(); len(ns.Leases) != 0 {
+		t.Errorf("the shell's GPU is still leased: %+v", ns.Leases)
+	}
+}

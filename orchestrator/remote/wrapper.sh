@@ -1,11 +1,13 @@
 # sshq node protocol, v1: the wrapper (action wrapper JOBDIR), which runs a
 # job in its tmux session with no controller anywhere: takes its place in
 # the queue, waits for its GPUs, runs setup and run (or, for `sshq shell`,
-# an interactive shell: shell.sh), records how it ended. Needs lib.sh,
-# sched.sh, gangrec.sh and shell.sh; a multi-node job's rank, gang.sh too.
+# an interactive shell: shell.sh) within the job's limits, records how it
+# ended. Needs lib.sh, sched.sh, gangrec.sh, limits.sh, watch.sh and
+# shell.sh; a multi-node job's rank, gang.sh too.
 
 # Files in its job directory: meta.sh (identity, from the controller),
-# state (lines "STATE unix_ts"), log, exit, gpus, ticket, cancel.
+# state (lines "STATE unix_ts"), log, exit, gpus, ticket, cancel; and
+# reason, cores, log.dropped (limits.sh, watch.sh).
 jd= uid= got_signal= ticket= tfd= wfd= rfd= running= my_login= disp_pid=
 declare -a lease_fds
 
@@ -22,6 +24,7 @@ finish() {
 	# A rank of a multi-node job may end otherwise (gang.sh).
 	[ -n "${SSHQ_M_GANG:-}" ] && gang_finish "$1" "$2" && set -- "$gang_fstate" "$gang_fcode"
 	sweep_leftovers
+	limits_end
 	rm -f -- "$jd/secrets.sh"
 	if [ -n "$ticket" ]; then
 		rm -f -- "$lease_dir/queue/$ticket"
@@ -34,9 +37,10 @@ finish() {
 }
 
 # own_pids: the wrapper's own processes, which carry the job's mark but are
-# not the job's: itself, the scope's outer wrapper waiting on it, the display.
+# not the job's: itself, the scope's outer wrapper waiting on it, the
+# display, a shell's watcher (shell.sh).
 own_pids() {
-	printf '%s\n' $$ ${disp_pid:+"$disp_pid"} ${gang_pid:+"$gang_pid"}
+	printf '%s\n' $$ ${disp_pid:+"$disp_pid"} ${gang_pid:+"$gang_pid"} ${shell_watch_pid:+"$shell_watch_pid"}
 	[ -n "${SSHQ_IN_SCOPE:-}" ] && printf '%s\n' "$PPID"
 }
 
@@ -182,12 +186,56 @@ record_running() {
 run_phase() {
 	local wd=$HOME
 	[ -d "$jd/workdir" ] && wd=$jd/workdir
+	limited "$1" start_script "$1" "$wd"
+}
+
+# start_script SCRIPT WD: run_phase's phase, in the background, under the
+# limits' prefix; its output goes to the log alone.
+start_script() {
 	(
 		cd "$jd" || exit 1
+		[ -n "$nap_fd" ] && exec {nap_fd}<&-
+		exec {errfd}>&-
 		restore_locale
-		exec "$BASH" -c '. ./env.sh && { [ ! -f ./secrets.sh ] || . ./secrets.sh; } && . ./gpu.env &&
-			cd -- "$1" && exec "$2" "$3"' sshq-phase "$wd" "$BASH" "$jd/$1"
-	) </dev/null >>"$jd/log" 2>&1 {wfd}<&-
+		exec ${phase_pre[@]+"${phase_pre[@]}"} "$BASH" -c ': >./.phase && . ./env.sh &&
+			{ [ ! -f ./secrets.sh ] || . ./secrets.sh; } && . ./gpu.env && cd -- "$1" && exec "$2" "$3"' \
+			sshq-phase "$2" "$BASH" "$jd/$1"
+	) </dev/null >>"$jd/log" 2>&1 {wfd}<&- &
+}
+
+# limited PHASE START ARGS...: a phase (setup.sh, run.sh, or the shell)
+# within the job's limits: START ARGS... starts it in the background under
+# the prefix its limits ask for (phase_pre: a memory scope, taskset), and
+# the wrapper watches it meanwhile (watch.sh). A phase whose prefix could
+# not start it (its first act is to touch .phase) runs again without.
+# Returns the phase's exit status; a phase a limit ended finishes the job.
+limited() {
+	local phase=$1
+	shift
+	limits_begin
+	phase_prefix "$phase"
+	# bash reports a background job a signal ended ("Killed ...") on its
+	# stderr, the pane: not while a phase runs. START finds the pane's
+	# stderr in errfd.
+	local errfd
+	exec {errfd}>&2 2>/dev/null
+	while :; do
+		rm -f -- "$jd/.phase"
+		"$@"
+		watch_phase $!
+		{ [ ${#phase_pre[@]} -eq 0 ] || [ -e "$jd/.phase" ] || cancelled || [ -n "$got_signal" ]; } && break
+		jlog "could not start $phase under: ${phase_pre[*]} (exit $phase_rc); trying without $([ "$lim_mem_mode" = cgroup ] && echo the memory scope || echo taskset)"
+		if [ "$lim_mem_mode" = cgroup ]; then
+			lim_mem_mode=watchdog
+		else
+			lim_cores=
+			rm -f -- "$jd/cores"
+		fi
+		phase_prefix "$phase"
+	done
+	exec 2>&"$errfd" {errfd}>&-
+	rm -f -- "$jd/.phase"
+	return "$phase_rc"
 }
 
 # show_log: the pane `sshq attach` shows is the job's log, live and from
@@ -336,6 +384,8 @@ cmd_wrapper() {
 
 		while :; do
 			if [ -n "${SSHQ_M_GANG:-}" ]; then
+				# A node short of disk keeps the rank waiting, in its place.
+				wait_disk
 				gang_wait
 				break
 			fi
@@ -343,7 +393,8 @@ cmd_wrapper() {
 				exec {tfd}<&-
 				finish CANCELLED 143
 			fi
-			if queue_lock 60; then
+			# A node short of disk keeps the job waiting, in its place.
+			if disk_ok && queue_lock 60; then
 				if try_start; then
 					for u in "${leased[@]}"; do write_owner "$u"; done
 					rm -f -- "$lease_dir/queue/$ticket" "$jd/ticket"
@@ -362,6 +413,7 @@ cmd_wrapper() {
 		done
 	else
 		set_state PENDING
+		wait_disk
 		[ -n "${SSHQ_M_GANG:-}" ] && gang_wait
 	fi
 

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/sshpool"
 )
 
@@ -150,7 +151,7 @@ func (c *Client) checkFits(spec JobSpec) error {
 // job's files as NUL-separated name/content pairs). gres is the resolved
 // GPU type ("" for any).
 func submission(spec JobSpec, gresType string) ([]string, []byte, error) {
-	if err := checkUID(spec.UID); err != nil {
+	if err := job.CheckUID(spec.UID); err != nil {
 		return nil, nil, err
 	}
 	for _, n := range []struct {
@@ -266,39 +267,11 @@ func exportLines(vars []EnvVar, header string) (string, error) {
 	var sb strings.Builder
 	sb.WriteString(header + "\n")
 	for _, v := range vars {
-		if !isEnvName(v.Name) {
-			return "", fmt.Errorf("%q is not a valid environment variable name (letters, digits and '_', not starting with a digit)", v.Name)
+		line, err := sshpool.ExportLine(v.Name, v.Value)
+		if err != nil {
+			return "", err
 		}
-		if strings.Contains(v.Value, "\x00") {
-			return "", fmt.Errorf("the value of %s holds a NUL byte, which no environment variable can carry", v.Name)
-		}
-		sb.WriteString("export " + v.Name + "=" + sshpool.Quote(v.Value) + "\n")
+		sb.WriteString(line)
 	}
 	return sb.String(), nil
-}
-
-func isEnvName(s string) bool {
-	if s == "" || s[0] >= '0' && s[0] <= '9' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
-			return false
-		}
-	}
-	return true
-}
-
-func checkUID(uid string) error {
-	if uid == "" || len(uid) > 128 {
-		return fmt.Errorf("job uid %q must be 1 to 128 characters", uid)
-	}
-	for i := 0; i < len(uid); i++ {
-		c := uid[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return fmt.Errorf("job uid %q: only letters, digits, '-' and '_' may name a job directory", uid)
-		}
-	}
-	return nil
 }

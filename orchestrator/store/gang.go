@@ -45,6 +45,9 @@ type Rank struct {
 	Ended *time.Time `json:"ended"`
 	// Reachable is false when its node did not answer the last question.
 	Reachable bool `json:"reachable"`
+	// Reason is why it waits (its node's disk low) or how a limit ended
+	// it, as Job.Reason; "" for none.
+	Reason string `json:"reason"`
 }
 
 // Nodes are the job's nodes: rank 0's alone for a job on one node, else

@@ -148,8 +148,8 @@ func TestGoodCorpus(t *testing.T) {
 				if err := over.Apply(Overrides{NumNodes: 3}); err != nil || over.NumNodes != 3 {
 					t.Errorf("--num-nodes 3: %d %v", over.NumNodes, err)
 				}
-				if err := over.Apply(Overrides{NumNodes: MaxNodes + 1}); err == nil {
-					t.Errorf("--num-nodes %d accepted", MaxNodes+1)
+				if err := over.Apply(Overrides{NumNodes: MaxNumNodes + 1}); err == nil {
+					t.Errorf("--num-nodes %d accepted", MaxNumNodes+1)
 				}
 			},
 		},

@@ -143,7 +143,7 @@ func (d *decoder) top(root *node) error {
 		case "workdir":
 			err = d.workdir(v)
 		case "num_nodes":
-			err = d.numNodes(v)
+			t.NumNodes, err = d.numNodes(v)
 		case "resources":
 			err = d.resources(v, "resources", true)
 		case "envs":
@@ -253,22 +253,24 @@ func (d *decoder) script(v *node, field string) (string, error) {
 	return v.text, nil
 }
 
-func (d *decoder) numNodes(v *node) error {
+// numNodes reads num_nodes. How many nodes can hold it is a placement
+// question, not a file error: plain nodes run a gang of ranks, a Slurm
+// cluster sbatch --nodes.
+func (d *decoder) numNodes(v *node) (int, error) {
 	if v.kind == kNull {
-		return nil
+		return 1, nil
 	}
 	if v.kind != kScalar || v.stype != sInt || !v.intOK {
-		return d.errf(v.at, "num_nodes", "must be a whole number of nodes, not %s: write num_nodes: 1", v.describe())
+		return 0, d.errf(v.at, "num_nodes", "must be a whole number of nodes, not %s: write num_nodes: 1", v.describe())
 	}
 	switch n := v.intVal; {
 	case n < 1:
-		return d.errf(v.at, "num_nodes", "must be at least 1, not %d", n)
-	case n > MaxNodes:
-		return d.errf(v.at, "num_nodes", "%d nodes: sshq runs a job on at most %d nodes", n, MaxNodes)
+		return 0, d.errf(v.at, "num_nodes", "must be at least 1, not %d", n)
+	case n > MaxNumNodes:
+		return 0, d.errf(v.at, "num_nodes", "%d is more nodes than sshq runs a task on (at most %d)", n, MaxNumNodes)
 	default:
-		d.t.NumNodes = int(n)
+		return int(n), nil
 	}
-	return nil
 }
 
 func looksLikeURL(s string) bool {

@@ -62,8 +62,9 @@ type Task struct {
 	// Workdir is the absolute local directory synced to the node and used as
 	// the job's working directory; "" when the task has none.
 	Workdir string
-	// NumNodes is how many nodes the job runs on (SkyPilot's num_nodes),
-	// each with Resources; 1 unless the file or --num-nodes says more.
+	// NumNodes is how many nodes run the task (SkyPilot's num_nodes), each
+	// with Resources; 1 unless the file or --num-nodes says more. Plain
+	// nodes run it as a gang of ranks, a Slurm cluster under sbatch --nodes.
 	NumNodes  int
 	Resources Resources
 	// Envs are the job's environment variables. A variable the file
@@ -259,9 +260,6 @@ type Overrides struct {
 	NumNodes int
 }
 
-// MaxNodes is the most nodes one job may span.
-const MaxNodes = 64
-
 // ParseEnvFlag reads one --env or --secret value: NAME=VALUE, or NAME
 // alone to pass on the variable of that name from lookup (os.LookupEnv),
 // as SkyPilot does, so a secret need not appear in the shell history. The
@@ -330,8 +328,8 @@ func ParseIn(base, name string, data []byte) (t *Task, warns []Warning, err erro
 // Apply merges the command line's overrides into t.
 func (t *Task) Apply(o Overrides) error {
 	if o.NumNodes != 0 {
-		if o.NumNodes < 1 || o.NumNodes > MaxNodes {
-			return &Error{Field: "--num-nodes", Msg: fmt.Sprintf("%d: a job runs on 1 to %d nodes", o.NumNodes, MaxNodes)}
+		if o.NumNodes < 1 || o.NumNodes > MaxNumNodes {
+			return &Error{Field: "--num-nodes", Msg: fmt.Sprintf("%d: a job runs on 1 to %d nodes", o.NumNodes, MaxNumNodes)}
 		}
 		t.NumNodes = o.NumNodes
 	}
