@@ -57,8 +57,8 @@ func TestBurstOfFiftyLaunchesAllLand(t *testing.T) {
 	if len(failed) > 0 {
 		t.Fatalf("%d of 50 launches failed:\n%s", len(failed), strings.Join(failed, "\n"))
 	}
-	qa := waitJobs(t, c, homeA, envA, 2*time.Minute)
-	qb := waitJobs(t, c, homeB, envB, 2*time.Minute)
+	qa := waitJobs(t, c, homeA, envA)
+	qb := waitJobs(t, c, homeB, envB)
 	if len(qa) != 25 || len(qb) != 25 {
 		t.Fatalf("controller A has %d jobs, B %d; want 25 each", len(qa), len(qb))
 	}

@@ -190,7 +190,7 @@ func launchD(t *testing.T, c *sshtest.Cluster, home string, env []string, name, 
 func waitStates(t *testing.T, c *sshtest.Cluster, home string, env []string, state string, names ...string) map[string]queueEntry {
 	t.Helper()
 	var m map[string]queueEntry
-	waitFor(t, 30*time.Second, strings.Join(names, ", ")+" "+state, func() bool {
+	waitFor(t, strings.Join(names, ", ")+" "+state, func() bool {
 		m = byName(queue(t, c, home, env))
 		for _, n := range names {
 			if m[n].State != state {
@@ -230,16 +230,27 @@ func TestFairTwoGPUsSixJobsNeverShare(t *testing.T) {
 	t.Parallel()
 	c, home, env := gpuCluster(t, map[string][]gpusim.GPU{"box": gpusim.A100x2(t.Name())})
 	events := eventsFile(t, c.Node("box"))
+	// Every job holds its GPU until the flag exists: two run at once, four
+	// wait, whatever the machine's speed.
+	flag := filepath.Join(c.Node("box").Home, "release")
 	var wg sync.WaitGroup
 	for i := range 6 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			launchD(t, c, home, env, fmt.Sprintf("j%d", i), "1", recorded(events, fmt.Sprintf("sleep 1.%d", i%3*3)))
+			launchD(t, c, home, env, fmt.Sprintf("j%d", i), "1", recorded(events, gated(flag)))
 		}()
 	}
 	wg.Wait()
-	q := waitJobs(t, c, home, env, 60*time.Second)
+	waitFor(t, "two jobs running and four waiting", func() bool {
+		n := map[string]int{}
+		for _, j := range queue(t, c, home, env) {
+			n[j.State]++
+		}
+		return n["RUNNING"] == 2 && n["PENDING"] == 4
+	})
+	os.WriteFile(flag, nil, 0o644)
+	q := waitJobs(t, c, home, env)
 	if len(q) != 6 {
 		t.Fatalf("%d jobs, want 6: %+v", len(q), q)
 	}
@@ -337,30 +348,32 @@ func TestFairTwoControllersTwoUsers(t *testing.T) {
 		t.Log("not root: both controllers use one Unix user on the node")
 	}
 	events := eventsFile(t, c.Node("box"))
+	// Three jobs each on two GPUs: some always wait, whoever submits first.
+	const perController = 3
 	var wg sync.WaitGroup
 	for _, ctl := range []struct {
 		home, prefix string
 		env          []string
 	}{{homeA, "a", envA}, {homeB, "b", envB}} {
-		for i := range 4 {
+		for i := range perController {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				launchD(t, c, ctl.home, ctl.env, fmt.Sprintf("%s%d", ctl.prefix, i), "1", recorded(events, "sleep 0.8"))
+				launchD(t, c, ctl.home, ctl.env, fmt.Sprintf("%s%d", ctl.prefix, i), "1", recorded(events, "sleep 0.3"))
 			}()
 		}
 	}
 	wg.Wait()
-	qa := waitJobs(t, c, homeA, envA, 60*time.Second)
-	qb := waitJobs(t, c, homeB, envB, 60*time.Second)
-	if len(qa) != 4 || len(qb) != 4 {
-		t.Fatalf("controller A has %d jobs, B %d; want 4 each", len(qa), len(qb))
+	qa := waitJobs(t, c, homeA, envA)
+	qb := waitJobs(t, c, homeB, envB)
+	if len(qa) != perController || len(qb) != perController {
+		t.Fatalf("controller A has %d jobs, B %d; want %d each", len(qa), len(qb), perController)
 	}
 	allSucceeded(t, qa)
 	allSucceeded(t, qb)
 	spans := readSpans(t, events)
-	if len(spans) != 8 {
-		t.Fatalf("%d jobs ran, want 8", len(spans))
+	if len(spans) != 2*perController {
+		t.Fatalf("%d jobs ran, want %d", len(spans), 2*perController)
 	}
 	if most := checkExclusive(t, spans); most > 2 {
 		t.Errorf("%d jobs ran at once on 2 GPUs", most)
@@ -381,7 +394,7 @@ func TestFairTwoControllersTwoUsers(t *testing.T) {
 	stA, stB := whoOf(t, c, homeA, envA), whoOf(t, c, homeB, envB)
 	held := 0
 	for _, g := range stA.Nodes[0].GPUs {
-		if h := g.Holder; g.State == "leased" && h != nil && h.Name == "b-hold" && h.JobID == 5 {
+		if h := g.Holder; g.State == "leased" && h != nil && h.Name == "b-hold" && h.JobID == perController+1 {
 			held++
 			if h.User != users["b"] || h.NodeUser != users["b"] || h.ControllerUser != me {
 				t.Errorf("controller A's status: b-hold held by %+v, want node user %s (controller user %s)", *h, users["b"], me)
@@ -398,7 +411,7 @@ func TestFairTwoControllersTwoUsers(t *testing.T) {
 		}
 	}
 	human := sshq(t, c, homeA, envA, "status").stdout
-	if !strings.Contains(human, fmt.Sprintf("#5 b-hold (%s)", users["b"])) {
+	if !strings.Contains(human, fmt.Sprintf("#%d b-hold (%s)", perController+1, users["b"])) {
 		t.Errorf("sshq status does not show b-hold held by %s:\n%s", users["b"], human)
 	}
 	if !containsRow(human, "1", "a-all", users["a"], "2") {
@@ -451,7 +464,7 @@ func TestFairFIFOHeadIsNeverPassed(t *testing.T) {
 		}
 	}
 	os.WriteFile(flag, nil, 0o644)
-	allSucceeded(t, waitJobs(t, c, home, env, 60*time.Second))
+	allSucceeded(t, waitJobs(t, c, home, env))
 	spans := readSpans(t, events)
 	checkExclusive(t, spans)
 	big := spans["big"]
@@ -483,7 +496,7 @@ func TestFairBackfillOnlyOnGPUsTheHeadCannotUse(t *testing.T) {
 		t.Fatalf("head %s, late6000 %s; want both PENDING (two A6000s are kept for the head)", m["head"].State, m["late6000"].State)
 	}
 	os.WriteFile(flag, nil, 0o644)
-	allSucceeded(t, waitJobs(t, c, home, env, 60*time.Second))
+	allSucceeded(t, waitJobs(t, c, home, env))
 	spans := readSpans(t, events)
 	checkExclusive(t, spans)
 	if g := spans["late4000"].gpus; len(g) != 1 || g[0] != "0" {
@@ -519,14 +532,14 @@ func TestFairQueueDrainsWithNoControllerAlive(t *testing.T) {
 	flag := filepath.Join(c.Node("box").Home, "release")
 	// An attached launch, killed while its job runs.
 	cmd, out, _ := sshqProc(t, c, home, env, "launch", "--name", "blocker", "--gpus", "1", "--", recorded(events, gated(flag)))
-	waitFor(t, 30*time.Second, "blocker output streamed", func() bool { return strings.Contains(out.String(), "started") })
+	waitFor(t, "blocker output streamed", func() bool { return strings.Contains(out.String(), "started") })
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	launchD(t, c, home, env, "q1", "1", recorded(events, "sleep 0.1"))
 	launchD(t, c, home, env, "q2", "1", recorded(events, "sleep 0.1"))
 	// An attached launch, killed while its job waits in the queue.
 	cmd, _, errb := sshqProc(t, c, home, env, "launch", "--name", "q3", "--gpus", "1", "--", recorded(events, "sleep 0.1"))
-	waitFor(t, 30*time.Second, "q3 submitted", func() bool { return strings.Contains(errb.String(), "submitted to box") })
+	waitFor(t, "q3 submitted", func() bool { return strings.Contains(errb.String(), "submitted to box") })
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	launchD(t, c, home, env, "q4", "1", recorded(events, "sleep 0.1"))
@@ -538,7 +551,7 @@ func TestFairQueueDrainsWithNoControllerAlive(t *testing.T) {
 	}
 	// No sshq process exists from here on: the node alone runs the queue.
 	os.WriteFile(flag, nil, 0o644)
-	waitFor(t, 30*time.Second, "five jobs ended on the node", func() bool { return endedCount(t, events) == 5 })
+	waitFor(t, "five jobs ended on the node", func() bool { return endedCount(t, events) == 5 })
 	spans := readSpans(t, events)
 	checkExclusive(t, spans)
 	order := []string{"blocker", "q1", "q2", "q3", "q4"}
@@ -547,7 +560,7 @@ func TestFairQueueDrainsWithNoControllerAlive(t *testing.T) {
 			t.Errorf("%s started before %s ended: FIFO broken", order[i], order[i-1])
 		}
 	}
-	allSucceeded(t, waitJobs(t, c, home, env, 30*time.Second))
+	allSucceeded(t, waitJobs(t, c, home, env))
 }
 
 func TestFairForeignProcessIsNeverTrampled(t *testing.T) {
@@ -577,7 +590,7 @@ func TestFairForeignProcessIsNeverTrampled(t *testing.T) {
 	}
 	foreign.Process.Kill()
 	foreign.Wait()
-	q := waitJobs(t, c, home, env, 30*time.Second)
+	q := waitJobs(t, c, home, env)
 	allSucceeded(t, q)
 	if w := byName(q)["whole"]; fmt.Sprint(w.GPUs) != "[0 1]" {
 		t.Errorf("whole ran on %v, want [0 1]", w.GPUs)
@@ -644,7 +657,7 @@ func TestFairLeasesNeverGoStale(t *testing.T) {
 	pidFile := filepath.Join(box.Home, "pid")
 	launchD(t, c, home, env, "victim", "2", fmt.Sprintf("echo $$ > %s; exec sleep 300", sshpool.Quote(pidFile)))
 	var pid int
-	waitFor(t, 30*time.Second, "victim wrote its pid", func() bool {
+	waitFor(t, "victim wrote its pid", func() bool {
 		b, _ := os.ReadFile(pidFile)
 		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 		return pid > 0
@@ -831,7 +844,7 @@ func TestFairImpossibleRequestsRefusedAndNodePins(t *testing.T) {
 	if q.code != 0 {
 		t.Fatalf("pinned launch: %d %s", q.code, q.stderr)
 	}
-	jobs := waitJobs(t, c, home, env, 30*time.Second)
+	jobs := waitJobs(t, c, home, env)
 	if len(jobs) != 2 {
 		t.Fatalf("refused launches left jobs behind: %+v", jobs)
 	}
@@ -856,14 +869,14 @@ echo "$other,$$,1000,python" >> "$SSHQ_SIM_DIR/procs.csv"
 echo "$other" > %s
 %s`, gpus[1].UUID, gpus[0].UUID, sshpool.Quote(filepath.Join(box.Home, "other")), gated(flag))
 	launchD(t, c, home, env, "stray", "1", recorded(events, stray))
-	waitFor(t, 30*time.Second, "stray registered on the other GPU", func() bool {
+	waitFor(t, "stray registered on the other GPU", func() bool {
 		b, _ := os.ReadFile(filepath.Join(box.Home, "other"))
 		return len(b) > 0
 	})
 	launchD(t, c, home, env, "second", "1", recorded(events, "sleep 0.1"))
 	stillPending(t, c, home, env, "second")
 	os.WriteFile(flag, nil, 0o644)
-	allSucceeded(t, waitJobs(t, c, home, env, 30*time.Second))
+	allSucceeded(t, waitJobs(t, c, home, env))
 	spans := readSpans(t, events)
 	if spans["second"].start < spans["stray"].end {
 		t.Errorf("second started on GPU %v while stray's process computed there", spans["second"].gpus)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -22,16 +21,28 @@ import (
 	"github.com/sshq/sshq/sshpool/sshtest"
 )
 
+// nodeEnv makes queued jobs start within a fifth of a second of their
+// GPUs freeing up (the default is 2s): tests wait for that often.
+var nodeEnv = map[string]string{"SSHQ_POLL_INTERVAL": "0.2"}
+
 // gpuCluster starts nodes with simulated GPUs and returns the cluster, a
 // controller home and the environment that points sshq at them.
 func gpuCluster(t *testing.T, gpus map[string][]gpusim.GPU) (*sshtest.Cluster, string, []string) {
+	t.Helper()
+	return gpuClusterWith(t, gpus, sshtest.Options{})
+}
+
+// gpuClusterWith is gpuCluster with more options for sshtest.
+func gpuClusterWith(t *testing.T, gpus map[string][]gpusim.GPU, opts sshtest.Options) (*sshtest.Cluster, string, []string) {
 	t.Helper()
 	var names []string
 	for n := range gpus {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	c := sshtest.Start(t, sshtest.Options{Names: names, Env: map[string]string{"SSHQ_POLL_INTERVAL": "0.2"}})
+	opts.Names = names
+	opts.Env = nodeEnv
+	c := sshtest.Start(t, opts)
 	for n, g := range gpus {
 		if err := gpusim.Install(c.Node(n).Dir, g); err != nil {
 			t.Fatal(err)
@@ -63,27 +74,35 @@ func queue(t *testing.T, c *sshtest.Cluster, home string, env []string) []queueE
 	return q
 }
 
-// waitJobs polls `sshq queue` until every job has ended.
-func waitJobs(t *testing.T, c *sshtest.Cluster, home string, env []string, timeout time.Duration) []queueEntry {
+// patience bounds every wait for a job or a node in these tests. It only
+// catches hangs: on a loaded 2-core machine a launch can take seconds, so
+// nothing here asserts how long anything took.
+const patience = 2 * time.Minute
+
+// waitJobs waits as a user would, with `sshq wait`, until every job of the
+// controller at home has ended, and returns the queue. sshq wait asks the
+// nodes over one connection; a poll of `sshq queue` per interval would
+// start a process and an SSH handshake each time.
+func waitJobs(t *testing.T, c *sshtest.Cluster, home string, env []string) []queueEntry {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(patience)
 	for {
 		q := queue(t, c, home, env)
-		done := true
+		var running []string
 		for _, j := range q {
-			switch j.State {
-			case "SUCCEEDED", "FAILED", "FAILED_SETUP", "CANCELLED", "LOST":
-			default:
-				done = false
+			if !job.State(j.State).Terminal() {
+				running = append(running, strconv.Itoa(j.ID))
 			}
 		}
-		if done {
+		if len(running) == 0 {
 			return q
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("jobs still running after %s: %+v", timeout, q)
+			t.Fatalf("jobs still running after %s: %+v", patience, q)
 		}
-		time.Sleep(200 * time.Millisecond)
+		// Its exit code is the jobs' (or 3 when a node did not answer):
+		// the queue read next says which.
+		sshq(t, c, home, env, append([]string{"wait", "--interval", "100ms"}, running...)...)
 	}
 }
 
@@ -213,11 +232,11 @@ func TestJobSurvivesControllerSIGKILL(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "job output streamed", func() bool { return strings.Contains(out.String(), "started") })
+	waitFor(t, "job output streamed", func() bool { return strings.Contains(out.String(), "started") })
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	os.WriteFile(flag, nil, 0o644)
-	q := waitJobs(t, c, home, env, 30*time.Second)
+	q := waitJobs(t, c, home, env)
 	if len(q) != 1 || q[0].State != "SUCCEEDED" {
 		t.Fatalf("after the controller died: %+v", q)
 	}
@@ -230,7 +249,7 @@ func TestJobSurvivesControllerSIGKILL(t *testing.T) {
 func TestConcurrentLaunchesGetDistinctIDs(t *testing.T) {
 	t.Parallel()
 	c, home, env := gpuCluster(t, map[string][]gpusim.GPU{"box": gpusim.T4x1(t.Name())})
-	const n = 20
+	const n = 10
 	var wg sync.WaitGroup
 	ids := make([]string, n)
 	codes := make([]int, n)
@@ -257,7 +276,7 @@ func TestConcurrentLaunchesGetDistinctIDs(t *testing.T) {
 	if err != nil || !json.Valid(data) {
 		t.Fatalf("state.json invalid: %v", err)
 	}
-	q := waitJobs(t, c, home, env, 60*time.Second)
+	q := waitJobs(t, c, home, env)
 	if len(q) != n {
 		t.Fatalf("%d jobs in the queue, want %d", len(q), n)
 	}
@@ -280,7 +299,7 @@ wait`, pids)
 	if r.code != 0 {
 		t.Fatalf("%d %s", r.code, r.stderr)
 	}
-	waitFor(t, 30*time.Second, "three processes started", func() bool {
+	waitFor(t, "three processes started", func() bool {
 		b, _ := os.ReadFile(pids)
 		return len(strings.Fields(string(b))) == 3
 	})
@@ -346,16 +365,19 @@ func isZombie(pid int) bool {
 	return i > 0 && i+2 < len(b) && b[i+2] == 'Z'
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+// waitFor polls cond until it holds, sooner at first (most conditions hold
+// within a few hundred milliseconds), then every quarter second, so that a
+// cond that runs sshq does not keep a CPU busy.
+func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
+	deadline := time.Now().Add(patience)
+	pause := 20 * time.Millisecond
 	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out after %s waiting for: %s", timeout, what)
-		case <-time.After(50 * time.Millisecond):
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for: %s", patience, what)
 		}
+		time.Sleep(pause)
+		pause = min(2*pause, 250*time.Millisecond)
 	}
 }
 
@@ -404,7 +426,7 @@ func TestQueuedJobKeepsItsSnapshotAndSecretsStayOffTheController(t *testing.T) {
 		t.Fatalf("jobs should wait behind the blocker: %+v", q)
 	}
 	os.WriteFile(flag, nil, 0o644)
-	waitJobs(t, c, home, env, 30*time.Second)
+	waitJobs(t, c, home, env)
 	for id, want := range map[string]string{"2": "old code", "3": "new code"} {
 		out := sshq(t, c, home, env, "logs", id).stdout
 		if !strings.Contains(out, want) {
@@ -444,7 +466,7 @@ func TestCtrlCDetachesAttachedLaunch(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "job output", func() bool { return strings.Contains(out.String(), "up") })
+	waitFor(t, "job output", func() bool { return strings.Contains(out.String(), "up") })
 	cmd.Process.Signal(os.Interrupt)
 	err := cmd.Wait()
 	if err != nil || !strings.Contains(errb.String(), "keeps running") || !strings.Contains(errb.String(), "sshq logs -f 1") {
@@ -520,7 +542,9 @@ func TestNodeUserWithPOSIXShLogin(t *testing.T) {
 // the launch cleanly: exit 130, no job, and no node blamed.
 func TestCtrlCBeforeSubmitLeavesNothing(t *testing.T) {
 	t.Parallel()
-	c, home, _ := gpuCluster(t, map[string][]gpusim.GPU{"box": gpusim.T4x1(t.Name())})
+	// The hung node stays silent for as long as the test may take to send
+	// Ctrl-C once sshq dials it.
+	c, home, _ := gpuClusterWith(t, map[string][]gpusim.GPU{"box": gpusim.T4x1(t.Name())}, sshtest.Options{HungTimeout: patience})
 	hung, _ := c.AddHungNode("hung")
 	env := []string{"SSHQ_NODES=box," + hung}
 	cmd := exec.Command(sshqBin, "launch", "-d", "--", "true")
@@ -530,7 +554,7 @@ func TestCtrlCBeforeSubmitLeavesNothing(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond) // inside the 3 s the hung node takes to time out
+	waitFor(t, "sshq dials the hung node", func() bool { return c.HungDials(hung) > 0 })
 	cmd.Process.Signal(os.Interrupt)
 	err := cmd.Wait()
 	ee, _ := err.(*exec.ExitError)
@@ -550,7 +574,7 @@ func TestJobMovedToHistoryStaysReachable(t *testing.T) {
 	if r := sshq(t, c, home, env, "launch", "-d", "--name", "old", "--", "echo from-the-past; exit 3"); r.code != 0 {
 		t.Fatalf("launch: %d %s", r.code, r.stderr)
 	}
-	waitJobs(t, c, home, env, 60*time.Second)
+	waitJobs(t, c, home, env)
 	st, err := store.Open(filepath.Join(home, ".sshq"))
 	if err != nil {
 		t.Fatal(err)

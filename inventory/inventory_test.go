@@ -177,12 +177,28 @@ func TestPatternsPrecedence(t *testing.T) {
 func TestSettingsRoundTrip(t *testing.T) {
 	t.Parallel()
 	home := t.TempDir()
-	if err := SaveSettings(home, Settings{Nodes: []string{"gpu-*", "box"}}); err != nil {
+	if err := SaveSettings(home, Settings{Nodes: []string{"gpu-*", "box"}, Slurm: []string{"login"}}); err != nil {
 		t.Fatal(err)
 	}
 	s, err := LoadSettings(home)
-	if err != nil || !reflect.DeepEqual(s.Nodes, []string{"gpu-*", "box"}) {
+	if err != nil || !reflect.DeepEqual(s.Nodes, []string{"gpu-*", "box"}) || !reflect.DeepEqual(s.Slurm, []string{"login"}) {
 		t.Fatalf("%v %v", s, err)
+	}
+	d := Defaults{MemPerGPU: "60G", Mem: "16G", Time: "3d"}
+	if err := SaveSettings(home, Settings{Nodes: []string{"a"}, Defaults: d}); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = LoadSettings(home); err != nil || s.Defaults != d {
+		t.Errorf("defaults: %+v %v", s.Defaults, err)
+	}
+	// The files a person writes by hand.
+	os.WriteFile(SettingsPath(home), []byte("nodes: [a]\ndefaults: {mem_per_gpu: 60G, time: 3d, mem: 16}\n"), 0o600)
+	if s, err = LoadSettings(home); err != nil || s.Defaults != (Defaults{MemPerGPU: "60G", Time: "3d", Mem: "16"}) {
+		t.Errorf("defaults as a person writes them: %+v %v", s.Defaults, err)
+	}
+	os.WriteFile(SettingsPath(home), []byte("nodes: [box]\nslurm: [login-1, login-2]\n"), 0o600)
+	if s, err := LoadSettings(home); err != nil || !reflect.DeepEqual(s.Slurm, []string{"login-1", "login-2"}) {
+		t.Errorf("slurm: %v %v", s.Slurm, err)
 	}
 	os.WriteFile(SettingsPath(home), []byte("nodes: [a\n"), 0o600)
 	if _, err := LoadSettings(home); err == nil || !strings.Contains(err.Error(), "sshq init") {

@@ -84,6 +84,31 @@ type Settings struct {
 	// SSHConfig is the ssh config `sshq init` read the nodes from, when it
 	// was not the default one.
 	SSHConfig string `yaml:"ssh_config,omitempty"`
+	// PerNode are settings of single nodes, by alias.
+	PerNode map[string]NodeSettings `yaml:"per_node,omitempty"`
+	// Slurm are the hosts of the ssh config that are Slurm login nodes:
+	// jobs placed there go through sbatch instead of the host's own queue.
+	Slurm []string `yaml:"slurm,omitempty"`
+	// Defaults are the limits of a job whose launch does not set them.
+	Defaults Defaults `yaml:"defaults,omitempty"`
+}
+
+// NodeSettings are one node's entry under per_node.
+type NodeSettings struct {
+	// IP is the address the other nodes of a multi-node job reach this
+	// node by (its MASTER_ADDR when it is rank 0, its entry in
+	// SKYPILOT_NODE_IPS), when the ssh config's HostName is not one.
+	IP string `yaml:"ip,omitempty"`
+}
+
+// Defaults are config.yaml's `defaults:`, as written (the orchestrator
+// reads the sizes and durations): the memory of a job per GPU it uses
+// (mem_per_gpu: 60G), the memory of a job without GPUs (or, without
+// mem_per_gpu, of any job: mem: 16G), and its time limit (time: 3d).
+type Defaults struct {
+	MemPerGPU string `yaml:"mem_per_gpu,omitempty"`
+	Mem       string `yaml:"mem,omitempty"`
+	Time      string `yaml:"time,omitempty"`
 }
 
 // SettingsPath is where `sshq init` writes the node list.
@@ -115,7 +140,7 @@ func SaveSettings(home string, s Settings) error {
 	if err != nil {
 		return err
 	}
-	header := []byte("# sshq settings: which ssh hosts (aliases or globs from your ssh config) are cluster nodes.\n")
+	header := []byte("# sshq settings: which ssh hosts (aliases or globs from your ssh config) are cluster nodes,\n# and the limits of jobs launched without --mem or --time (defaults: {mem_per_gpu: 60G, mem: 16G, time: 3d}).\n")
 	tmp := SettingsPath(home) + ".tmp"
 	if err := os.WriteFile(tmp, append(header, data...), 0o600); err != nil {
 		return err

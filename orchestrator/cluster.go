@@ -10,6 +10,7 @@ import (
 	"github.com/sshq/sshq/inventory"
 	"github.com/sshq/sshq/orchestrator/gpu"
 	"github.com/sshq/sshq/orchestrator/remote"
+	"github.com/sshq/sshq/orchestrator/slurm"
 	"github.com/sshq/sshq/sshpool"
 )
 
@@ -22,6 +23,11 @@ type Cluster struct {
 	// Runner, when set, runs the node commands in place of Pool (a test's
 	// fake, or nodes reached another way). Workdir syncs still need Pool.
 	Runner func(node string) remote.Runner
+	// PerNode are config.yaml's settings of single nodes (their `ip:`).
+	PerNode map[string]inventory.NodeSettings
+	// Slurm, when set, gives the client of a Slurm login node, for the
+	// jobs submitted there; else one is made over Runner or Pool.
+	Slurm func(login string) *slurm.Client
 }
 
 // Node returns the client of the node called name.
@@ -82,6 +88,18 @@ type Holder struct {
 	NodeUser       string    `json:"node_user"`
 	ControllerUser string    `json:"controller_user"`
 	Since          time.Time `json:"since"`
+	// Gang is set when the holder is a rank of a multi-node job.
+	Gang *GangRank `json:"gang,omitempty"`
+}
+
+// GangRank is which rank of a multi-node job a holder, waiter or running
+// job on a node is, and where it is in the gang's start: wait, hold (its
+// GPUs reserved until every rank holds theirs), park (let them go after
+// the hold limit; keeps its place, asks for nothing) or run.
+type GangRank struct {
+	Rank     int    `json:"rank"`
+	NumNodes int    `json:"num_nodes"`
+	Mode     string `json:"mode"`
 }
 
 // GPUProcess is a compute process on a GPU.
@@ -100,7 +118,7 @@ type GPUStatus struct {
 	MemoryTotalMiB int          `json:"memory_total_mib"`
 	MemoryUsedMiB  int          `json:"memory_used_mib"`
 	UtilizationPct *int         `json:"utilization_pct"`
-	State          string       `json:"state"` // a remote.GPUState: free, leased, foreign, unusable
+	State          string       `json:"state"` // a remote.GPUState: free, leased, foreign, unusable; or reserved (GPUReserved)
 	Holder         *Holder      `json:"holder"`
 	Processes      []GPUProcess `json:"processes"`
 }
@@ -116,7 +134,13 @@ type QueueEntry struct {
 	Name           string    `json:"name"`
 	NumGPUs        int       `json:"num_gpus"`
 	Since          time.Time `json:"since"`
+	Gang           *GangRank `json:"gang,omitempty"`
 }
+
+// GPUReserved is the state `sshq status` gives a GPU a rank of a multi-node
+// job holds while it waits for the other ranks to hold theirs: leased, but
+// idle until the job starts.
+const GPUReserved = "reserved"
 
 // holderUser is the user to show for a job: its node account when the node
 // recorded one, else its controller's user.
@@ -140,6 +164,7 @@ type NodeJob struct {
 	ControllerUser string    `json:"controller_user"`
 	NumGPUs        int       `json:"num_gpus"`
 	Since          time.Time `json:"since"`
+	Gang           *GangRank `json:"gang,omitempty"`
 }
 
 // NodeStatus is one node in `sshq status`.
@@ -193,6 +218,10 @@ func (c *Cluster) Probe(ctx context.Context, name string) NodeStatus {
 	for _, l := range q.Leases {
 		leases[l.UUID] = l
 	}
+	gangs := map[string]*GangRank{}
+	for _, g := range q.Gangs {
+		gangs[g.JobUID] = &GangRank{Rank: g.Rank, NumNodes: g.NumNodes, Mode: string(g.Mode)}
+	}
 	queueState := map[string]remote.NodeGPU{}
 	for _, g := range q.GPUs {
 		queueState[g.UUID] = g
@@ -206,7 +235,10 @@ func (c *Cluster) Probe(ctx context.Context, name string) NodeStatus {
 		if l, ok := leases[g.UUID]; ok {
 			gs.State = string(remote.GPULeased)
 			gs.Holder = &Holder{JobID: l.JobID, JobUID: l.JobUID, Name: l.Name, User: holderUser(l.NodeUser, l.User),
-				NodeUser: l.NodeUser, ControllerUser: l.User, Since: l.Since}
+				NodeUser: l.NodeUser, ControllerUser: l.User, Since: l.Since, Gang: gangs[l.JobUID]}
+			if g := gangs[l.JobUID]; g != nil && g.Mode == string(remote.GangHolding) {
+				gs.State = GPUReserved
+			}
 		} else if qs, ok := queueState[g.UUID]; ok && qs.State != "" {
 			gs.State = string(qs.State)
 		} else if len(gs.Processes) > 0 {
@@ -217,12 +249,12 @@ func (c *Cluster) Probe(ctx context.Context, name string) NodeStatus {
 	}
 	for _, t := range q.Queue {
 		ns.Queue = append(ns.Queue, QueueEntry{Position: t.Position, JobUID: t.JobUID, User: holderUser(t.NodeUser, t.User),
-			NodeUser: t.NodeUser, ControllerUser: t.User, Name: t.Name, NumGPUs: t.NumGPUs, Since: t.Since})
+			NodeUser: t.NodeUser, ControllerUser: t.User, Name: t.Name, NumGPUs: t.NumGPUs, Since: t.Since, Gang: gangs[t.JobUID]})
 	}
 	sort.Slice(ns.Queue, func(i, j int) bool { return ns.Queue[i].Position < ns.Queue[j].Position })
 	for _, j := range q.Running {
 		ns.Jobs = append(ns.Jobs, NodeJob{JobID: j.JobID, JobUID: j.JobUID, Name: j.Name, User: holderUser(j.NodeUser, j.User),
-			ControllerUser: j.User, NumGPUs: j.NumGPUs, Since: j.Since})
+			ControllerUser: j.User, NumGPUs: j.NumGPUs, Since: j.Since, Gang: gangs[j.JobUID]})
 	}
 	sort.SliceStable(ns.Jobs, func(i, j int) bool { return ns.Jobs[i].Since.Before(ns.Jobs[j].Since) })
 	return ns

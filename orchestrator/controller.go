@@ -30,6 +30,7 @@ type Controller struct {
 	pool     *sshpool.Pool
 	patterns []string
 	source   string // where patterns came from, for messages
+	slurm    slurmHosts
 
 	mu sync.Mutex
 	st *store.Store
@@ -46,6 +47,10 @@ type ControllerOptions struct {
 	// ones config.yaml lists. NodesFrom names where they came from
 	// ("--nodes", "SSHQ_NODES") for messages.
 	Nodes, NodesFrom string
+	// Slurm names the hosts that are Slurm login nodes (comma- or
+	// space-separated); "" means the ones config.yaml lists. SlurmFrom
+	// names where they came from ("--slurm", "SSHQ_SLURM").
+	Slurm, SlurmFrom string
 	// Warn receives one line per thing of the ssh config sshq cannot
 	// honour; may be nil.
 	Warn func(string)
@@ -102,6 +107,7 @@ func OpenController(o ControllerOptions) (*Controller, error) {
 	}
 	c.resolver = inventory.NewResolver(c.ssh)
 	c.pool = sshpool.New(c.resolver)
+	c.slurm = newSlurmHosts(o, c.settings)
 	return c, nil
 }
 
@@ -114,7 +120,7 @@ func (c *Controller) Home() string { return c.home }
 // cluster is the node set of verbs about the cluster; the pool also
 // reaches nodes outside it (a job's node may have left the selection).
 func (c *Controller) cluster(names []string) *Cluster {
-	return &Cluster{Pool: c.pool, Resolver: c.resolver, Names: names}
+	return &Cluster{Pool: c.pool, Resolver: c.resolver, Names: names, PerNode: c.settings.PerNode, Slurm: c.slurmClient}
 }
 
 // store opens the job store on first use.
@@ -138,10 +144,15 @@ func (c *Controller) hasStore() bool {
 	return err == nil
 }
 
-// Names are the selected nodes. Every plain name must be a Host of the ssh
-// config: a typo is refused here, before any DNS lookup or dial.
+// Names are the selected nodes, less the Slurm login nodes (see
+// SlurmHosts). Every plain name must be a Host of the ssh config: a typo is
+// refused here, before any DNS lookup or dial.
 func (c *Controller) Names() ([]string, error) {
 	if len(c.patterns) == 0 {
+		if len(c.slurm.patterns) > 0 {
+			// A Slurm cluster alone is enough to run jobs.
+			return nil, nil
+		}
 		return nil, &UsageError{c.noNodesError()}
 	}
 	if err := c.checkHosts(c.patterns, c.source); err != nil {
@@ -151,7 +162,7 @@ func (c *Controller) Names() ([]string, error) {
 	if err != nil {
 		return nil, usageErrorf("%w (ssh config: %s)", err, c.ssh.Path)
 	}
-	return names, nil
+	return c.withoutSlurm(names), nil
 }
 
 // checkHosts refuses plain names (not globs, not !exclusions) that are not
@@ -200,7 +211,8 @@ func (c *Controller) noNodesError() error {
 	if len(c.ssh.Aliases) > 0 {
 		fmt.Fprintf(&b, "  Hosts in %s: %s\n", c.ssh.Path, strings.Join(c.ssh.Aliases, ", "))
 		fmt.Fprintf(&b, "  Choose them once with `sshq init %s` (globs work: `sshq init 'gpu-*'`),\n", c.ssh.Aliases[0])
-		b.WriteString("  or per command with --nodes a,b or SSHQ_NODES=a,b.")
+		b.WriteString("  or per command with --nodes a,b or SSHQ_NODES=a,b.\n")
+		b.WriteString("  A Slurm login node among them is named with --slurm ALIAS (see README: Slurm).")
 		return errors.New(b.String())
 	}
 	b.WriteString(c.hostsAdvice())
@@ -235,7 +247,17 @@ func (c *Controller) Init(patterns []string) (*InitView, error) {
 	if err != nil {
 		return nil, usageErrorf("%w; %s was left as it was", err, path)
 	}
-	settings := inventory.Settings{Nodes: patterns}
+	// Everything else config.yaml says (the limits' defaults, the Slurm
+	// hosts, per_node) stays.
+	settings := c.settings
+	settings.Nodes, settings.SSHConfig = patterns, ""
+	if c.slurm.source == "--slurm" {
+		// `sshq init --slurm login gpu-*` saves both lists.
+		if _, err := c.SlurmHosts(); err != nil {
+			return nil, fmt.Errorf("%w\n  %s was left as it was.", err, path)
+		}
+		settings.Slurm = c.slurm.patterns
+	}
 	if !c.ssh.Default {
 		// Later commands must read the same file the patterns name.
 		settings.SSHConfig, _ = filepath.Abs(c.ssh.Path)
@@ -253,7 +275,11 @@ func (c *Controller) Resolve(ctx context.Context) ([]inventory.Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	nodes, err := c.resolver.ResolveAll(ctx, names)
+	hosts, err := c.SlurmHosts()
+	if err != nil {
+		return nil, err
+	}
+	nodes, err := c.resolver.ResolveAll(ctx, append(names, hosts...))
 	if err != nil {
 		return nil, &UsageError{err}
 	}
@@ -278,8 +304,12 @@ func (c *Controller) pinned(node string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if node != "" && !slices.Contains(names, node) {
-		return nil, usageErrorf("--node %s: not one of the nodes (%s); pick one of them, or add it with --nodes or `sshq init`", node, strings.Join(names, ", "))
+	slurmHosts, err := c.SlurmHosts()
+	if err != nil {
+		return nil, err
+	}
+	if node != "" && !slices.Contains(names, node) && !slices.Contains(slurmHosts, node) {
+		return nil, usageErrorf("--node %s: not one of the nodes (%s); pick one of them, or add it with --nodes or `sshq init` (or --slurm for a Slurm login node)", node, strings.Join(append(names, slurmHosts...), ", "))
 	}
 	return names, nil
 }
@@ -290,7 +320,7 @@ func (c *Controller) Plan(ctx context.Context, t *task.Task, node string) (Place
 	if err != nil {
 		return Placement{}, err
 	}
-	return c.cluster(names).Place(ctx, t, node)
+	return c.place(ctx, names, t, node)
 }
 
 // Launch places, syncs and submits a task.
@@ -305,6 +335,10 @@ func (c *Controller) Launch(ctx context.Context, r LaunchRequest) (*LaunchView, 
 	}
 	opts := r.Options
 	opts.Node = r.Node
+	opts.Defaults = c.settings.Defaults
+	if err := c.route(ctx, names, r.Task, &opts); err != nil {
+		return nil, err
+	}
 	j, p, err := c.cluster(names).Launch(ctx, st, r.Task, opts)
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -15,9 +16,12 @@ import (
 
 // LogsRequest asks for one job's output.
 type LogsRequest struct {
-	Ref         string
-	Tail        int  // only the last Tail lines; all when negative
-	Follow      bool // until the job ends
+	Ref    string
+	Tail   int  // only the last Tail lines; all when negative
+	Follow bool // until the job ends
+	// Rank, when set, shows one rank of a multi-node job; else all of its
+	// ranks' lines interleave, each after its rank and node.
+	Rank        *int
 	Out, ErrOut io.Writer
 	// Notef receives notes for people (a job still waiting for GPUs);
 	// nil asks for none, and saves asking the node about the job first.
@@ -49,10 +53,28 @@ func (c *Controller) Logs(ctx context.Context, r LogsRequest) (*LogsView, error)
 			if now.QueuePosition != nil {
 				pos = fmt.Sprintf(", #%d in %s's queue", *now.QueuePosition, now.Node)
 			}
-			r.Notef("job #%d is PENDING%s: its output starts when it gets its GPUs", now.ID, pos)
+			why := "its output starts when it gets its GPUs"
+			if now.Backend == store.BackendSlurm {
+				pos = fmt.Sprintf(" in %s's Slurm queue", now.Node)
+				if now.Reason != "" {
+					pos += " (" + now.Reason + ")"
+				}
+			} else if now.Reason != "" {
+				why = "it waits: " + now.Reason
+			}
+			r.Notef("job #%d is PENDING%s: %s", now.ID, pos, why)
 		}
 	}
-	code, err := c.cluster(nil).Logs(ctx, j, r.Tail, r.Follow, r.Out, r.ErrOut)
+	var code int
+	if r.Rank != nil {
+		code, err = c.cluster(nil).RankLogs(ctx, j, *r.Rank, r.Tail, r.Follow, r.Out, r.ErrOut)
+		var ue *UsageError
+		if errors.As(err, &ue) {
+			return nil, err
+		}
+	} else {
+		code, err = c.cluster(nil).Logs(ctx, j, r.Tail, r.Follow, r.Out, r.ErrOut)
+	}
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("stopped reading job #%d's output (%w); the job keeps running", j.ID, ctx.Err())
 	}
@@ -63,6 +85,13 @@ func (c *Controller) Logs(ctx context.Context, r LogsRequest) (*LogsView, error)
 	if r.Follow {
 		if v, _, _ := c.reconcileIDs(ctx, st, ids); v[j.ID].Job != nil {
 			view.Job = v[j.ID]
+		}
+		// Every rank's stream ended: the job's code is the sum of theirs.
+		if view.Job.Gang != nil && r.Rank == nil && view.Job.State.Terminal() {
+			view.ExitCode = 0
+			if wv, _ := waitOutcome([]JobView{view.Job}); wv != nil {
+				view.ExitCode = wv.ExitCode
+			}
 		}
 	}
 	return view, nil
@@ -211,7 +240,9 @@ type WaitRequest struct {
 type WaitView struct {
 	Jobs []JobView
 	// ExitCode is 0 when every job SUCCEEDED, else the exit code of the
-	// last failing job, or 1 for one that ended without a code (LOST, a
+	// last failing job: 124 for TIMEOUT (as timeout(1)), 137 for
+	// OUT_OF_MEMORY (128+SIGKILL, as a shell reports a job the kernel's
+	// OOM killer ended), or 1 for one that ended without a code (LOST, a
 	// job cancelled before it ran).
 	ExitCode int
 }
@@ -257,11 +288,16 @@ func waitOutcome(views []JobView) (*WaitView, bool) {
 		if !j.State.Terminal() {
 			return nil, false
 		}
-		if j.State != job.Succeeded {
+		switch {
+		case j.State == job.Succeeded:
+		case j.State == job.Timeout:
+			v.ExitCode = 124
+		case j.State == job.OutOfMemory:
+			v.ExitCode = 137
+		case j.ExitCode != nil && *j.ExitCode != 0:
+			v.ExitCode = *j.ExitCode
+		default:
 			v.ExitCode = 1
-			if j.ExitCode != nil && *j.ExitCode != 0 {
-				v.ExitCode = *j.ExitCode
-			}
 		}
 	}
 	return v, true
@@ -283,6 +319,9 @@ func (c *Controller) Attach(ref string) (*AttachTarget, error) {
 	j := jobs[0]
 	if j.State.Terminal() {
 		return nil, usageErrorf("job #%d has ended (%s); read its output with `sshq logs %d`", j.ID, j.State, j.ID)
+	}
+	if j.Backend == store.BackendSlurm {
+		return nil, usageErrorf("job #%d runs under Slurm (job %s via %s), which gives it no tmux session: follow its output with `sshq logs -f %d`", j.ID, j.SlurmID, j.Node, j.ID)
 	}
 	argv := []string{"ssh"}
 	if !c.ssh.Default {

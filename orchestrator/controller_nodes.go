@@ -5,11 +5,15 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/sshq/sshq/orchestrator/store"
 )
 
 // StatusView is the cluster at a glance (`sshq status`).
 type StatusView struct {
 	Nodes []NodeView `json:"nodes"`
+	// Slurm are the Slurm clusters, one per login node (--slurm).
+	Slurm []SlurmStatus `json:"slurm"`
 }
 
 // NodeView is one node of StatusView: what it reported, and the jobs
@@ -30,6 +34,14 @@ type RunningJob struct {
 	Name   string `json:"name"`
 	User   string `json:"user"`
 	GPUs   []int  `json:"gpus"` // nvidia-smi indices; empty for a job without GPUs
+	// Gang is set for a rank of a multi-node job.
+	Gang *GangRank `json:"gang,omitempty"`
+	// The limits of this controller's own jobs (another controller's
+	// jobs show none): as in `sshq queue --json`.
+	MemLimitMiB *int64 `json:"mem_limit_mib"`
+	TimeLimitS  *int64 `json:"time_limit_s"`
+	CPUs        int    `json:"cpus"`
+	Cores       string `json:"cores"`
 }
 
 // Down lists the nodes that did not answer.
@@ -38,6 +50,11 @@ func (v *StatusView) Down() []string {
 	for _, n := range v.Nodes {
 		if !n.Reachable {
 			down = append(down, n.Name)
+		}
+	}
+	for _, s := range v.Slurm {
+		if !s.Reachable {
+			down = append(down, s.Login)
 		}
 	}
 	return down
@@ -59,15 +76,61 @@ func (c *Controller) Status(ctx context.Context) (*StatusView, error) {
 	if err != nil {
 		return nil, err
 	}
+	hosts, err := c.SlurmHosts()
+	if err != nil {
+		return nil, err
+	}
+	slurmDone := c.slurmStatus(ctx, hosts)
 	nodes := c.cluster(names).Status(ctx)
+	sl := slurmDone()
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("status interrupted (%w)", err)
 	}
-	v := &StatusView{Nodes: make([]NodeView, len(nodes))}
+	v := &StatusView{Nodes: make([]NodeView, len(nodes)), Slurm: sl}
+	own := c.ownJobs()
 	for i, n := range nodes {
 		v.Nodes[i] = NodeView{NodeStatus: n, Running: running(n)}
+		for k, r := range v.Nodes[i].Running {
+			if j := own[r.JobUID]; j != nil {
+				r.MemLimitMiB, r.TimeLimitS, r.CPUs = j.MemLimitMiB, j.TimeLimitS, j.CPUs
+				if r.JobUID == j.UID {
+					// A gang's record knows rank 0's cores only.
+					r.Cores = j.Cores
+				}
+				v.Nodes[i].Running[k] = r
+			}
+		}
 	}
 	return v, nil
+}
+
+// ownJobs are this controller's unfinished jobs by uid (a multi-node
+// job's under each rank's), from the store alone (no node is asked): what
+// status knows of their limits.
+func (c *Controller) ownJobs() map[string]*store.Job {
+	out := map[string]*store.Job{}
+	if !c.hasStore() {
+		return out
+	}
+	st, err := c.store()
+	if err != nil {
+		return out
+	}
+	s, err := st.Load()
+	if err != nil {
+		return out
+	}
+	for _, j := range s.Jobs {
+		if !j.State.Terminal() {
+			out[j.UID] = j
+			if j.Gang != nil {
+				for _, r := range j.Gang.Ranks {
+					out[r.UID] = j
+				}
+			}
+		}
+	}
+	return out
 }
 
 // running are the jobs running on the node, each once: the GPU holders
@@ -77,14 +140,15 @@ func running(n NodeStatus) []RunningJob {
 	out := []RunningJob{}
 	at := map[string]int{}
 	for _, g := range n.GPUs {
-		if g.Holder == nil {
+		// A rank that holds GPUs for its peers does not run yet.
+		if g.Holder == nil || g.State == GPUReserved {
 			continue
 		}
 		i, ok := at[g.Holder.JobUID]
 		if !ok {
 			i = len(out)
 			at[g.Holder.JobUID] = i
-			out = append(out, RunningJob{JobID: g.Holder.JobID, JobUID: g.Holder.JobUID, Name: g.Holder.Name, User: g.Holder.User, GPUs: []int{}})
+			out = append(out, RunningJob{JobID: g.Holder.JobID, JobUID: g.Holder.JobUID, Name: g.Holder.Name, User: g.Holder.User, GPUs: []int{}, Gang: g.Holder.Gang})
 		}
 		out[i].GPUs = append(out[i].GPUs, g.Index)
 	}
@@ -93,34 +157,45 @@ func running(n NodeStatus) []RunningJob {
 			continue
 		}
 		at[j.JobUID] = len(out)
-		out = append(out, RunningJob{JobID: j.JobID, JobUID: j.JobUID, Name: j.Name, User: j.User, GPUs: []int{}})
+		out = append(out, RunningJob{JobID: j.JobID, JobUID: j.JobUID, Name: j.Name, User: j.User, GPUs: []int{}, Gang: j.Gang})
 	}
 	return out
 }
 
 // NodeCheck is one node's readiness for sshq (`sshq nodes`).
 type NodeCheck struct {
-	Name      string `json:"name"`
-	Host      string `json:"hostname"`
-	Port      int    `json:"port"`
-	Reachable bool   `json:"reachable"`
-	Error     string `json:"error,omitempty"`
-	LatencyMS int64  `json:"latency_ms,omitempty"`
-	GPUs      int    `json:"gpus"`
-	Tmux      bool   `json:"tmux"`
-	Flock     bool   `json:"flock"`
-	NvidiaSMI bool   `json:"nvidia_smi"`
+	Name      string   `json:"name"`
+	Host      string   `json:"hostname"`
+	Port      int      `json:"port"`
+	Reachable bool     `json:"reachable"`
+	Error     string   `json:"error,omitempty"`
+	LatencyMS int64    `json:"latency_ms,omitempty"`
+	GPUs      int      `json:"gpus"`
+	Tmux      bool     `json:"tmux"`
+	Flock     bool     `json:"flock"`
+	NvidiaSMI bool     `json:"nvidia_smi"`
+	Problems  []string `json:"problems"`
+	Ready     bool     `json:"ready"`
 	// LeaseDirProvisioned: the node's admin made its lease directory
 	// (README: the admin step); without it each account's lease records sit
 	// beside it, as safely.
-	LeaseDirProvisioned bool     `json:"lease_dir_provisioned"`
-	Problems            []string `json:"problems"`
-	Ready               bool     `json:"ready"`
+	LeaseDirProvisioned bool `json:"lease_dir_provisioned"`
+	// MemLimit is how the node holds jobs to --mem: "cgroup" (a systemd
+	// user scope with MemoryMax) or "watchdog" (the job's wrapper sums
+	// its processes' memory every second); "" when the node did not say.
+	// ReserveMemMiB, DiskFloorMiB and LogCapMiB are the node's
+	// SSHQ_RESERVE_MEM, SSHQ_DISK_FLOOR and SSHQ_LOG_CAP (0: off).
+	MemLimit      string `json:"mem_limit"`
+	ReserveMemMiB int64  `json:"reserve_mem_mib"`
+	DiskFloorMiB  int64  `json:"disk_floor_mib"`
+	LogCapMiB     int64  `json:"log_cap_mib"`
 }
 
 // NodesView is every selected node's readiness, in selection order.
 type NodesView struct {
 	Nodes []NodeCheck `json:"nodes"`
+	// Slurm are the Slurm login nodes' checks (--slurm).
+	Slurm []SlurmCheck `json:"slurm"`
 }
 
 // Err is an UnreachableError counting the nodes that did not answer.
@@ -131,8 +206,13 @@ func (v *NodesView) Err() error {
 			down++
 		}
 	}
+	for _, r := range v.Slurm {
+		if !r.Reachable {
+			down++
+		}
+	}
 	if down > 0 {
-		return &UnreachableError{fmt.Errorf("%d of %d nodes unreachable", down, len(v.Nodes))}
+		return &UnreachableError{fmt.Errorf("%d of %d nodes unreachable", down, len(v.Nodes)+len(v.Slurm))}
 	}
 	return nil
 }
@@ -144,6 +224,16 @@ func (c *Controller) Nodes(ctx context.Context) (*NodesView, error) {
 	if err != nil {
 		return nil, err
 	}
+	hosts, err := c.SlurmHosts()
+	if err != nil {
+		return nil, err
+	}
+	var slurmChecks []SlurmCheck
+	slurmDone := make(chan struct{})
+	go func() {
+		defer close(slurmDone)
+		slurmChecks = c.slurmChecks(ctx, hosts)
+	}()
 	results := make([]NodeCheck, len(names))
 	idx := map[string]int{}
 	for i, n := range names {
@@ -173,9 +263,11 @@ func (c *Controller) Nodes(ctx context.Context) (*NodesView, error) {
 		r.LeaseDirProvisioned = chk.Provisioned()
 		r.Problems = chk.Problems()
 		r.Ready = chk.Ready()
+		r.MemLimit, r.ReserveMemMiB, r.DiskFloorMiB, r.LogCapMiB = chk.MemLimit, chk.ReserveMemMiB, chk.DiskFloorMiB, chk.LogCapMiB
 	})
+	<-slurmDone
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("node check interrupted (%w)", err)
 	}
-	return &NodesView{Nodes: results}, nil
+	return &NodesView{Nodes: results, Slurm: slurmChecks}, nil
 }

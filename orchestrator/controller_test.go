@@ -136,6 +136,9 @@ func TestWaitExitCodeRule(t *testing.T) {
 		{"the last failing job's code", []JobView{v(job.Failed, code(3)), v(job.Succeeded, code(0)), v(job.Failed, code(7))}, true, 7},
 		{"lost without a code", []JobView{v(job.Lost, nil)}, true, 1},
 		{"cancelled while waiting", []JobView{v(job.Cancelled, code(143))}, true, 143},
+		{"timed out", []JobView{v(job.Timeout, code(124))}, true, 124},
+		{"timed out, the code unknown", []JobView{v(job.Timeout, nil)}, true, 124},
+		{"out of memory, then succeeded", []JobView{v(job.OutOfMemory, code(137)), v(job.Succeeded, code(0))}, true, 137},
 	} {
 		w, done := waitOutcome(tc.jobs)
 		if done != tc.done || (done && w.ExitCode != tc.want) {

@@ -22,6 +22,10 @@ func jobWorkdir(j *store.Job) string {
 	if j.Workdir == "" {
 		return "~"
 	}
+	if j.Backend == store.BackendSlurm {
+		// The cluster's compute nodes share the login node's home.
+		return j.SlurmDir + "/workdir"
+	}
 	return "~/.sshq/jobs/" + j.UID + "/workdir"
 }
 
@@ -165,6 +169,9 @@ func (c *Controller) Forward(ctx context.Context, r ForwardRequest) error {
 	}
 	if j.State.Terminal() {
 		return usageErrorf("job #%d has ended (%s): nothing of it serves on %s any more; see its output with `sshq logs %d`", j.ID, j.State, j.Node, j.ID)
+	}
+	if j.Backend == store.BackendSlurm {
+		return usageErrorf("job #%d runs on a compute node of %s's Slurm, not on %s itself: sshq does not forward its ports yet; find its node with `squeue -j %s` there and use `ssh -L PORT:NODE:PORT %s`", j.ID, j.Node, j.Node, j.SlurmID, j.Node)
 	}
 	var fwds []*sshpool.Forward
 	defer func() {

@@ -7,7 +7,13 @@
 // Controller is the entry point of every command: it opens settings, ssh
 // config, resolver, pool and store once, and has one method per verb.
 //
+// A host named as a Slurm login node (--slurm) is a placement target like
+// a node, but a job placed there goes through sbatch (package slurm) and is
+// asked about, followed and cancelled through Slurm: store.Job.Backend
+// tells the two kinds of job apart, and the verbs dispatch on it.
+//
 // Subpackages: cmd (the command line), gpu (nvidia-smi parsing and the GPU
-// simulator), remote (the node-side protocol), store (state.json), wsync
-// (workdir sync), task (task files), ui (tables and colour).
+// simulator), remote (the node-side protocol), slurm (a Slurm cluster
+// through its login node), store (state.json), wsync (workdir sync), task
+// (task files), ui (tables and colour).
 package orchestrator

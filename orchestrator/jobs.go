@@ -15,12 +15,12 @@ import (
 
 	"github.com/gofrs/flock"
 
+	"github.com/sshq/sshq/inventory"
 	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/orchestrator/remote"
 	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/task"
 	"github.com/sshq/sshq/orchestrator/wsync"
-	"github.com/sshq/sshq/sshpool"
 )
 
 // LocalUser is the controller's user name, recorded with each job.
@@ -56,6 +56,14 @@ type LaunchOptions struct {
 	Progress func(wsync.Progress) // sync progress, may be nil
 	Notef    func(string, ...any) // progress notes for people, may be nil
 	Origin   string               // controller host name, for workdir keys
+	Shell    *remote.ShellSpec    // an interactive job (sshq shell); nil for a batch job
+	// Limits are the launch's --mem, --time and --cpus; Defaults fill
+	// what they leave unset (config.yaml's defaults) on sshq's own nodes.
+	Limits   LimitFlags
+	Defaults inventory.Defaults
+	// Placement, when set, is where the job goes, decided by the caller
+	// (the controller, when Slurm clusters are among the targets).
+	Placement *Placement
 }
 
 // Launch places t, syncs its workdir and file mounts, submits it to the
@@ -63,19 +71,32 @@ type LaunchOptions struct {
 // SUBMITTING, with its node) before anything is sent, so a controller that
 // dies mid-launch leaves a job that reconcile can find.
 func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opts LaunchOptions) (*store.Job, Placement, error) {
-	note := opts.Notef
-	if note == nil {
-		note = func(string, ...any) {}
+	defaults, err := parseDefaults(opts.Defaults)
+	if err != nil {
+		return nil, Placement{}, err
+	}
+	if opts.Limits.CPUs < 0 {
+		return nil, Placement{}, usageErrorf("--cpus %d: give a number of cores, 1 or more", opts.Limits.CPUs)
 	}
 	p, asked := needsNoQuestion(t, c.Names, opts.Node)
+	if opts.Placement != nil {
+		p, asked = *opts.Placement, true
+	}
+	if p.Backend == store.BackendSlurm {
+		return c.launchSlurm(ctx, st, t, p, opts)
+	}
+	if t.NumNodes > 1 {
+		return c.launchGang(ctx, st, t, opts, defaults, opts.Placement)
+	}
 	if !asked {
 		var err error
 		if p, err = c.Place(ctx, t, opts.Node); err != nil {
 			return nil, p, err
 		}
 	}
+	lim := defaults.resolve(opts.Limits, p.NumGPUs)
 	var rec store.Job
-	err := st.Update(func(s *store.State) error {
+	err = st.Update(func(s *store.State) error {
 		j := s.NewJob(t.Name)
 		j.User = LocalUser()
 		j.Node = p.Node
@@ -85,6 +106,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 		j.Command = t.Run
 		j.TaskFile = t.File
 		j.EnvNames = sortedKeys(t.Envs)
+		recordLimits(j, lim)
 		rec = *j
 		return nil
 	})
@@ -99,15 +121,11 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	}
 
 	node := c.Node(p.Node)
-	// Syncs may move gigabytes, but never forever: a node whose disk or
-	// home hangs must not hold the launch (keepalives only catch a dead
-	// connection, not a stuck command).
-	sctx, cancelSync := context.WithTimeout(ctx, SyncTimeout)
-	defer cancelSync()
 	spec := remote.JobSpec{
 		UID: rec.UID, ID: rec.ID, Name: t.Name, User: rec.User, NumGPUs: p.NumGPUs,
 		AllowedGPUs: p.AllowedGPUs, Setup: t.Setup, Run: t.Run, NumNodes: 1,
-		NodeIPs: []string{nodeIP(c, ctx, p.Node)},
+		NodeIPs: []string{nodeIP(c, ctx, p.Node)}, Shell: opts.Shell,
+		MemLimitMiB: lim.MemMiB, TimeLimit: lim.Time, CPUs: lim.CPUs,
 	}
 	if p.Accelerator == "" {
 		spec.AllowedGPUs = nil
@@ -118,48 +136,12 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	for _, k := range sortedKeys(t.Secrets) {
 		spec.Secrets = append(spec.Secrets, remote.EnvVar{Name: k, Value: t.Secrets[k]})
 	}
-	var client *sshpool.Client
-	if t.Workdir != "" || len(t.FileMounts) > 0 {
-		if client, err = c.Pool.Get(ctx, p.Node); err != nil {
-			return fail(err)
-		}
+	key, unlock, err := c.syncTask(ctx, st, t, p.Node, opts)
+	if err != nil {
+		return fail(err)
 	}
-	if t.Workdir != "" {
-		key := wsync.WorkdirKey(opts.Origin, t.Workdir)
-		// Two launches of one workdir to one node (a sweep) must not sync
-		// into the same cache at once: one's snapshot could capture the
-		// other's half-done sync. Held until the snapshot is taken (submit).
-		unlock, err := lockWorkdir(ctx, st, p.Node, key)
-		if err != nil {
-			return fail(err)
-		}
-		defer unlock()
-		note("syncing %s to %s:~/.sshq/workdirs/%s", t.Workdir, p.Node, key)
-		if _, err := wsync.Push(sctx, wsync.SSH(client), t.Workdir, "~/.sshq/workdirs/"+key, wsync.Options{Progress: opts.Progress}); err != nil {
-			if ctx.Err() != nil {
-				return fail(fmt.Errorf("interrupted while syncing %s to %s: nothing was submitted (the next launch finishes the partial copy)", t.Workdir, p.Node))
-			}
-			return fail(fmt.Errorf("syncing workdir to %s: %w", p.Node, err))
-		}
-		spec.WorkdirKey = key
-	}
-	for _, remotePath := range sortedKeys(t.FileMounts) {
-		local := t.FileMounts[remotePath]
-		note("copying %s to %s:%s", local, p.Node, remotePath)
-		fi, err := os.Stat(local)
-		if err != nil {
-			return fail(fmt.Errorf("file_mounts: %w", err))
-		}
-		if fi.IsDir() {
-			// A mount may land in a directory that holds other data: never delete there.
-			_, err = wsync.Push(sctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress, NoDelete: true})
-		} else {
-			_, err = wsync.PushFile(sctx, wsync.SSH(client), local, remotePath, wsync.Options{Progress: opts.Progress})
-		}
-		if err != nil {
-			return fail(fmt.Errorf("file_mounts %s → %s:%s: %w", local, p.Node, remotePath, err))
-		}
-	}
+	defer unlock()
+	spec.WorkdirKey = key
 	// `sshq cancel` may have run while we synced: it can only mark the job
 	// in the store, since the node does not know it yet.
 	if err := st.Update(func(s *store.State) error {
@@ -178,7 +160,7 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	case errors.As(err, &refused):
 		return fail(fmt.Errorf("%s refused the job: %s", p.Node, refused.Msg))
 	case errors.Is(err, remote.ErrNoAnswer):
-		return c.settleSubmit(st, rec, p, ctx.Err() != nil)
+		return c.settleSubmit(st, rec, p, ctx.Err() != nil, err)
 	case err != nil:
 		return fail(err)
 	}
@@ -217,17 +199,19 @@ var ErrSubmittedBeforeInterrupt = errors.New("interrupted after the job was subm
 // settleSubmit finds out, with a fresh deadline, whether a submit whose
 // answer was lost (Ctrl-C, a dropped connection) reached the node, and
 // records the truth: the job is queued there, or nothing was submitted.
-func (c *Cluster) settleSubmit(st *store.Store, rec store.Job, p Placement, interrupted bool) (*store.Job, Placement, error) {
+//
+// lost is why the answer was lost; it is part of every failure reported.
+func (c *Cluster) settleSubmit(st *store.Store, rec store.Job, p Placement, interrupted bool, lost error) (*store.Job, Placement, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	m, err := c.Node(p.Node).Jobs(ctx, []string{rec.UID})
 	js, known := m[rec.UID], err == nil
 	switch {
 	case !known:
-		return nil, p, fmt.Errorf("lost the answer of %s while submitting job #%d; it may be queued there: `sshq queue` will tell", p.Node, rec.ID)
+		return nil, p, fmt.Errorf("lost the answer of %s while submitting job #%d (%v); it may be queued there: `sshq queue` will tell", p.Node, rec.ID, lost)
 	case !js.Found:
 		_ = st.Update(func(s *store.State) error { s.Delete(rec.ID); return nil })
-		return nil, p, errors.New("nothing was submitted")
+		return nil, p, fmt.Errorf("nothing was submitted: %w", lost)
 	}
 	_ = st.Update(func(s *store.State) error {
 		if j := s.Job(rec.ID); j != nil {
@@ -286,12 +270,14 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 	if err != nil {
 		return nil, nil, err
 	}
-	byNode := map[string][]string{}
+	byNode := map[string][]target{}
 	for _, j := range snap.Jobs {
 		if j.State.Terminal() || j.Node == "" || (only != nil && !only(j)) {
 			continue
 		}
-		byNode[j.Node] = append(byNode[j.Node], j.UID)
+		for _, t := range targets(j) {
+			byNode[t.node] = append(byNode[t.node], t)
+		}
 	}
 	if len(byNode) == 0 {
 		// Nothing to ask: do not rewrite state.json for a read.
@@ -304,7 +290,7 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		return views, map[string]error{}, nil
 	}
 	type answer struct {
-		jobs map[string]remote.JobStatus
+		jobs jobReport
 		err  error
 	}
 	answers := map[string]answer{}
@@ -321,7 +307,7 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node))
 		defer cancel()
 		var a answer
-		a.jobs, a.err = c.Node(node).Jobs(ctx, byNode[node])
+		a.jobs, a.err = c.askJobs(ctx, node, byNode[node])
 		results <- struct {
 			node string
 			a    answer
@@ -341,15 +327,25 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		views = views[:0]
 		for _, j := range s.Jobs {
 			a, asked := answers[j.Node]
-			if asked && a.err == nil && !j.State.Terminal() {
-				if js, ok := a.jobs[j.UID]; ok {
-					applyStatus(j, js, now)
-				}
+			switch {
+			case j.Gang != nil && !j.State.Terminal() && (only == nil || only(j)):
+				applyGang(j, func(r int) rankStatus {
+					rk := j.Gang.Ranks[r]
+					a, asked := answers[rk.Node]
+					js, ok := a.jobs.node[rk.UID]
+					return rankStatus{js: js, answered: asked && a.err == nil && ok}
+				}, now)
+			case asked && a.err == nil && !j.State.Terminal():
+				a.jobs.apply(j, now)
 			}
 			if only != nil && !only(j) {
 				continue
 			}
-			_, down := unreachable[j.Node]
+			down := false
+			for _, n := range j.Nodes() {
+				_, d := unreachable[n]
+				down = down || d
+			}
 			views = append(views, JobView{Job: j, NodeReachable: !down})
 		}
 		return nil
@@ -429,22 +425,29 @@ func applyStatus(j *store.Job, js remote.JobStatus, now time.Time) {
 	} else {
 		j.QueuePosition = nil
 	}
+	j.Reason = js.Reason
+	if js.Cores != "" {
+		j.Cores = js.Cores
+	}
 }
 
 // Cancel ends the given jobs on their nodes (one command per node, which
 // also reports how each job ended) and records what the nodes said. It
 // returns per-job outcomes.
 func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job, grace time.Duration) (map[int]string, error) {
-	byNode := map[string][]*store.Job{}
+	// A multi-node job is cancelled on every rank's node at once.
+	byNode := map[string][]target{}
 	for _, j := range jobs {
-		byNode[j.Node] = append(byNode[j.Node], j)
+		for _, t := range targets(j) {
+			byNode[t.node] = append(byNode[t.node], t)
+		}
 	}
 	out := map[int]string{}
 	var errs []error
 	type res struct {
 		node     string
-		m        map[string]remote.CancelOutcome
-		statuses map[string]remote.JobStatus
+		m        map[string]string
+		statuses jobReport
 		err      error
 	}
 	ch := make(chan res, len(byNode))
@@ -453,27 +456,34 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 		nodes = append(nodes, n)
 	}
 	c.subset(nodes).Each(ctx, func(ctx context.Context, node string) {
-		var uids []string
-		for _, j := range byNode[node] {
-			uids = append(uids, j.UID)
-		}
 		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node)+grace+10*time.Second)
 		defer cancel()
-		m, statuses, err := c.Node(node).Cancel(ctx, uids, grace)
+		m, statuses, err := c.cancelOn(ctx, node, byNode[node], grace)
 		ch <- res{node, m, statuses, err}
 	})
 	close(ch)
-	statuses := map[int]remote.JobStatus{}
+	statuses := map[string]jobReport{}
+	ranks := map[int]map[int]rankStatus{}
 	for r := range ch {
-		for _, j := range byNode[r.node] {
+		for _, t := range byNode[r.node] {
+			j := t.job
+			if t.rank >= 0 {
+				if ranks[j.ID] == nil {
+					ranks[j.ID] = map[int]rankStatus{}
+				}
+				js, ok := r.statuses.node[t.uid]
+				ranks[j.ID][t.rank] = rankStatus{js: js, answered: r.err == nil && ok}
+				out[j.ID] = gangOutcome(out[j.ID], r.m[t.uid], r.err)
+				continue
+			}
 			if r.err != nil {
 				out[j.ID] = "error: " + r.err.Error()
 				continue
 			}
-			out[j.ID] = string(r.m[j.UID])
-			if js, ok := r.statuses[j.UID]; ok {
-				statuses[j.ID] = js
-			}
+			out[j.ID] = r.m[j.UID]
+		}
+		if r.err == nil {
+			statuses[r.node] = r.statuses
 		}
 		if r.err != nil {
 			errs = append(errs, r.err)
@@ -490,10 +500,10 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 				// launch will not submit it.
 				j.State, j.Ended = job.Cancelled, &now
 				out[id] = "cancelled"
+			case j.Gang != nil && !j.State.Terminal():
+				applyGang(j, func(r int) rankStatus { return ranks[id][r] }, now)
 			case !j.State.Terminal():
-				if js, ok := statuses[id]; ok {
-					applyStatus(j, js, now)
-				}
+				statuses[j.Node].apply(j, now)
 			}
 		}
 		return nil
@@ -506,10 +516,16 @@ func (c *Cluster) Cancel(ctx context.Context, st *store.Store, jobs []*store.Job
 // Logs streams a job's log to w. With follow it returns when the job ends,
 // with the job's exit code.
 func (c *Cluster) Logs(ctx context.Context, j *store.Job, tail int, follow bool, w, errw io.Writer) (int, error) {
+	if j.Gang != nil {
+		return c.gangLogs(ctx, j, -1, tail, follow, w, errw)
+	}
 	if !follow {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opTimeout(ctx, j.Node))
 		defer cancel()
+	}
+	if j.Backend == store.BackendSlurm {
+		return c.slurmLogs(ctx, j, tail, follow, w)
 	}
 	return c.Node(j.Node).Logs(ctx, j.UID, tail, follow, w, errw)
 }

@@ -30,6 +30,12 @@ type Placement struct {
 	FreeGPUs    int        `json:"free_gpus"`
 	QueueAhead  int        `json:"queue_ahead"`
 	Reason      string     `json:"reason"`
+	// Ranks are a multi-node job's nodes, rank 0 (Node) first; for a
+	// multi-node job FitsNow means every rank fits now.
+	Ranks []RankPlacement `json:"ranks,omitempty"`
+	// Backend is store.BackendSlurm when Node is a Slurm login node: the
+	// job goes through sbatch, and Slurm picks its compute nodes.
+	Backend string `json:"backend,omitempty"`
 }
 
 // nodeOffer is one node's answer to a placement question.
@@ -66,11 +72,24 @@ func requests(t *task.Task) ([]task.Accel, []remote.Request) {
 // node with the least queued demand. A request no node could ever hold is
 // refused with ErrNoFit, naming what the nodes have.
 func (c *Cluster) Place(ctx context.Context, t *task.Task, pin string) (Placement, error) {
+	if t.NumNodes > 1 {
+		return c.placeGang(ctx, t, pin)
+	}
 	names := c.Names
 	if pin != "" {
 		names = []string{pin}
 	}
 	_, reqs := requests(t)
+	offers := c.askPlace(ctx, names, reqs)
+	if err := ctx.Err(); err != nil {
+		// Not the nodes' fault: do not report them unreachable.
+		return Placement{}, fmt.Errorf("nothing was submitted (%w)", err)
+	}
+	return rank(t, offers, pin)
+}
+
+// askPlace asks each node Place(reqs), in parallel, one command each.
+func (c *Cluster) askPlace(ctx context.Context, names []string, reqs []remote.Request) []nodeOffer {
 	offers := make([]nodeOffer, len(names))
 	idx := map[string]int{}
 	for i, n := range names {
@@ -82,17 +101,13 @@ func (c *Cluster) Place(ctx context.Context, t *task.Task, pin string) (Placemen
 		o, err := c.Node(name).Place(ctx, reqs)
 		offers[idx[name]] = nodeOffer{Name: name, Offer: o, Err: err}
 	})
-	if err := ctx.Err(); err != nil {
-		// Not the nodes' fault: do not report them unreachable.
-		return Placement{}, fmt.Errorf("nothing was submitted (%w)", err)
-	}
-	return rank(t, offers, pin)
+	return offers
 }
 
 // needsNoQuestion: a job without GPUs or resource bounds, with one node to
 // go to, has nothing to ask that node before it is submitted.
 func needsNoQuestion(t *task.Task, names []string, pin string) (Placement, bool) {
-	if pin == "" && len(names) != 1 || t.Resources.CPUs.Value > 0 || t.Resources.Memory.Value > 0 {
+	if pin == "" && len(names) != 1 || t.NumNodes > 1 || t.Resources.CPUs.Value > 0 || t.Resources.Memory.Value > 0 {
 		return Placement{}, false
 	}
 	for _, a := range t.Resources.Accelerators {

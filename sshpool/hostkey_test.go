@@ -24,7 +24,7 @@ import (
 func withHostOption(t *testing.T, c *sshtest.Cluster, opt string) string {
 	t.Helper()
 	n := c.Nodes[0]
-	cfg := fmt.Sprintf("Host node1\n  HostName %s\n  Port %d\n  %s\nHost *\n  User %s\n  IdentityFile %s\n  IdentitiesOnly yes\n  UserKnownHostsFile %s\n  ConnectTimeout 5\n",
+	cfg := fmt.Sprintf("Host node1\n  HostName %s\n  Port %d\n  %s\nHost *\n  User %s\n  IdentityFile %s\n  IdentitiesOnly yes\n  UserKnownHostsFile %s\n  ConnectTimeout 15\n",
 		n.Addr, n.Port, opt, c.User, c.KeyPath, c.KnownHosts)
 	p := filepath.Join(t.TempDir(), "config")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
@@ -50,7 +50,7 @@ func TestUnknownHostUnderEachStrictHostKeyChecking(t *testing.T) {
 			t.Parallel()
 			c := sshtest.Start(t, sshtest.Options{Nodes: 1, UnknownHosts: true})
 			p := newPool(t, withHostOption(t, c, tc.value))
-			_, err := p.Run(ctxT(t, 20*time.Second), "node1", "true", nil)
+			_, err := p.Run(ctxT(t, time.Minute), "node1", "true", nil)
 			kh, _ := os.ReadFile(c.KnownHosts)
 			if !tc.connects {
 				if !errors.Is(err, sshpool.ErrHostKeyUnknown) {
@@ -98,7 +98,7 @@ func TestChangedHostKeyIsRefusedLoudly(t *testing.T) {
 	os.WriteFile(c.KnownHosts, []byte(line), 0o600)
 	for _, opt := range []string{"StrictHostKeyChecking no", "StrictHostKeyChecking accept-new"} {
 		p := newPool(t, withHostOption(t, c, opt))
-		_, err := p.Run(ctxT(t, 20*time.Second), "node1", "true", nil)
+		_, err := p.Run(ctxT(t, time.Minute), "node1", "true", nil)
 		if !errors.Is(err, sshpool.ErrHostKeyChanged) {
 			t.Fatalf("%s: got %v, want ErrHostKeyChanged", opt, err)
 		}
@@ -122,7 +122,7 @@ func TestKnownHostsWithOnlyEd25519(t *testing.T) {
 	}
 	os.WriteFile(c.KnownHosts, []byte(fmt.Sprintf("[%s]:%d %s", n.Addr, n.Port, ssh.MarshalAuthorizedKey(ed))), 0o600)
 	p := newPool(t, withHostOption(t, c, "StrictHostKeyChecking yes"))
-	if _, err := p.Run(ctxT(t, 20*time.Second), "node1", "true", nil); err != nil {
+	if _, err := p.Run(ctxT(t, time.Minute), "node1", "true", nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -147,7 +147,7 @@ func TestAgentAuthAndEncryptedKeyAdvice(t *testing.T) {
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
 
 	// No agent listening: the error must say ssh-add.
-	_, err = newPool(t, cfgPath).Run(ctxT(t, 20*time.Second), "node1", "true", nil)
+	_, err = newPool(t, cfgPath).Run(ctxT(t, time.Minute), "node1", "true", nil)
 	if !errors.Is(err, sshpool.ErrAuth) || !strings.Contains(err.Error(), "ssh-add "+enc) {
 		t.Fatalf("want ErrAuth advising ssh-add, got %v", err)
 	}
@@ -171,7 +171,7 @@ func TestAgentAuthAndEncryptedKeyAdvice(t *testing.T) {
 			go agent.ServeAgent(keyring, conn)
 		}
 	}()
-	res, err := newPool(t, cfgPath).Run(ctxT(t, 20*time.Second), "node1", "echo agent", nil)
+	res, err := newPool(t, cfgPath).Run(ctxT(t, time.Minute), "node1", "echo agent", nil)
 	if err != nil || string(res.Stdout) != "agent\n" {
 		t.Fatalf("agent auth: %q %v", res.Stdout, err)
 	}
@@ -188,7 +188,7 @@ func TestWrongKeyIsAuthError(t *testing.T) {
 	cfg := fmt.Sprintf("Host node1\n  HostName %s\n  Port %d\n  User %s\n  IdentityFile %s\n  IdentitiesOnly yes\n  IdentityAgent none\n  UserKnownHostsFile %s\n",
 		n.Addr, n.Port, c.User, filepath.Join(dir, "id"), c.KnownHosts)
 	os.WriteFile(filepath.Join(dir, "config"), []byte(cfg), 0o600)
-	_, err := newPool(t, filepath.Join(dir, "config")).Run(ctxT(t, 20*time.Second), "node1", "true", nil)
+	_, err := newPool(t, filepath.Join(dir, "config")).Run(ctxT(t, time.Minute), "node1", "true", nil)
 	if !errors.Is(err, sshpool.ErrAuth) || sshpool.Retryable(err) {
 		t.Fatalf("want a fatal ErrAuth, got %v", err)
 	}
@@ -202,7 +202,7 @@ func TestProxyJumpChainOfTwoHops(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := newPool(t, c.ConfigPath)
-	res, err := p.Run(ctxT(t, 30*time.Second), "behind", "echo $HOME", nil)
+	res, err := p.Run(ctxT(t, time.Minute), "behind", "echo $HOME", nil)
 	if err != nil || strings.TrimSpace(string(res.Stdout)) != tg.Home {
 		t.Fatalf("through two hops: %q %v", res.Stdout, err)
 	}
@@ -215,7 +215,7 @@ func TestProxyJumpChainOfTwoHops(t *testing.T) {
 	c.Trust(c.Nodes[1]) // the port may have changed
 	c.WriteConfig()
 	c.AddHost("") // rewrite with the extra block kept
-	_, err = newPool(t, c.ConfigPath).Run(ctxT(t, 30*time.Second), "behind", "true", nil)
+	_, err = newPool(t, c.ConfigPath).Run(ctxT(t, time.Minute), "behind", "true", nil)
 	if err == nil {
 		t.Fatal("chain still works with forwarding disabled on jump2: the hop is bypassed")
 	}

@@ -1,6 +1,9 @@
 package sshpool
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // Quote returns s as one POSIX shell word. Every remote command sshq sends is
 // assembled from words passed through here (or through Command), so a job
@@ -43,5 +46,35 @@ func isSafeWord(s string) bool {
 		}
 	}
 	// A leading '-' is fine to the shell; '~' and globs never pass the loop.
+	return true
+}
+
+// ExportLine is the line of a file bash sources that exports name with
+// value, newline included. The value is one Quote word, so it arrives
+// byte-exact and nothing in it runs. It refuses a name that is not an
+// environment variable's (IsEnvName) and a value that holds a NUL byte,
+// which no environment variable can carry.
+func ExportLine(name, value string) (string, error) {
+	if !IsEnvName(name) {
+		return "", fmt.Errorf("%q is not a valid environment variable name (letters, digits and '_', not starting with a digit)", name)
+	}
+	if strings.Contains(value, "\x00") {
+		return "", fmt.Errorf("the value of %s holds a NUL byte, which no environment variable can carry", name)
+	}
+	return "export " + name + "=" + Quote(value) + "\n", nil
+}
+
+// IsEnvName reports whether s can name an environment variable that a
+// shell exports: letters, digits and '_', not starting with a digit.
+func IsEnvName(s string) bool {
+	if s == "" || s[0] >= '0' && s[0] <= '9' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
 	return true
 }

@@ -2,7 +2,11 @@ package sshpool
 
 import (
 	"bytes"
+	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -64,4 +68,44 @@ func FuzzQuote(f *testing.F) {
 			t.Fatalf("Quote(%q) reached the shell as %q", s, got)
 		}
 	})
+}
+
+func TestExportLineArrivesByteExact(t *testing.T) {
+	t.Parallel()
+	vals := []string{"", "$(touch pwned)", "'; exit 9", "a b\nc", "`id`", "\x01\xff", "x=y"}
+	var script strings.Builder
+	for i, v := range vals {
+		line, err := ExportLine(fmt.Sprintf("V_%d", i), v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		script.WriteString(line)
+	}
+	for i := range vals {
+		fmt.Fprintf(&script, "printf '%%s\\0' \"$V_%d\"\n", i)
+	}
+	dir := t.TempDir()
+	cmd := exec.Command("bash", "-c", script.String())
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("bash: %v", err)
+	}
+	got := strings.Split(string(out), "\x00")
+	if len(got) != len(vals)+1 {
+		t.Fatalf("got %q, want %q", got, vals)
+	}
+	for i, v := range vals {
+		if got[i] != v {
+			t.Errorf("V_%d arrived as %q, want %q", i, got[i], v)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pwned")); err == nil {
+		t.Error("a value ran as a command")
+	}
+	for _, bad := range [][2]string{{"", "x"}, {"1X", "x"}, {"A-B", "x"}, {"A B", "x"}, {"PATH=", "x"}, {"OK", "a\x00b"}} {
+		if line, err := ExportLine(bad[0], bad[1]); err == nil {
+			t.Errorf("ExportLine(%q, %q) = %q, want it refused", bad[0], bad[1], line)
+		}
+	}
 }

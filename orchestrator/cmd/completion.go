@@ -134,7 +134,7 @@ func completionOptions(args []string, f *Factory) orchestrator.ControllerOptions
 	vals := map[string]string{}
 	for i := 1; i < len(args); i++ {
 		name, v, inline := strings.Cut(strings.TrimLeft(args[i], "-"), "=")
-		if !strings.HasPrefix(args[i], "-") || (name != "home" && name != "ssh-config" && name != "nodes") {
+		if !strings.HasPrefix(args[i], "-") || (name != "home" && name != "ssh-config" && name != "nodes" && name != "slurm") {
 			continue
 		}
 		if !inline && i+1 < len(args) {

@@ -26,6 +26,7 @@ type fake struct {
 	cancel  func(context.Context, orchestrator.CancelRequest) (*orchestrator.CancelView, error)
 	wait    func(context.Context, orchestrator.WaitRequest) (*orchestrator.WaitView, error)
 	attach  func(string) (*orchestrator.AttachTarget, error)
+	shell   func(context.Context, orchestrator.ShellRequest) (*orchestrator.ShellView, error)
 	forward func(context.Context, orchestrator.ForwardRequest) error
 	dl      func(context.Context, orchestrator.DownloadRequest) (*orchestrator.DownloadView, error)
 	init    func([]string) (*orchestrator.InitView, error)
@@ -109,6 +110,13 @@ func (f *fake) Attach(ref string) (*orchestrator.AttachTarget, error) {
 		return nil, f.missing("Attach")
 	}
 	return f.attach(ref)
+}
+
+func (f *fake) Shell(ctx context.Context, r orchestrator.ShellRequest) (*orchestrator.ShellView, error) {
+	if f.shell == nil {
+		return nil, f.missing("Shell")
+	}
+	return f.shell(ctx, r)
 }
 
 func (f *fake) Forward(ctx context.Context, r orchestrator.ForwardRequest) error {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sshq/sshq/orchestrator/job"
+	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/ui"
 )
 
@@ -92,7 +93,7 @@ func stateColor(s job.State) string {
 	switch s {
 	case job.Succeeded:
 		return ui.Green
-	case job.Failed, job.FailedSetup, job.Lost:
+	case job.Failed, job.FailedSetup, job.Lost, job.Timeout, job.OutOfMemory:
 		return ui.Red
 	case job.Running, job.SettingUp:
 		return ui.Blue
@@ -100,4 +101,45 @@ func stateColor(s job.State) string {
 		return ui.Gray
 	}
 	return ui.Yellow
+}
+
+// limitsCell is a job's limits for people: "mem 300M, time 4h, 8 cpus",
+// or "-" for none.
+func limitsCell(j *store.Job) string {
+	var p []string
+	if j.MemLimitMiB != nil {
+		p = append(p, "mem "+ui.MiB(int(*j.MemLimitMiB)))
+	}
+	if j.TimeLimitS != nil {
+		p = append(p, "time "+limitDuration(*j.TimeLimitS))
+	}
+	if j.CPUs > 0 {
+		c := fmt.Sprintf("%d cpus", j.CPUs)
+		if j.Cores != "" {
+			c += " (" + j.Cores + ")"
+		}
+		p = append(p, c)
+	}
+	if len(p) == 0 {
+		return "-"
+	}
+	return strings.Join(p, ", ")
+}
+
+// limitDuration is a time limit as --time takes it: 90s, 30m, 4h, 3d,
+// else Slurm's D-HH:MM:SS.
+func limitDuration(s int64) string {
+	switch {
+	case s%86400 == 0:
+		return fmt.Sprintf("%dd", s/86400)
+	case s%3600 == 0:
+		return fmt.Sprintf("%dh", s/3600)
+	case s%60 == 0:
+		return fmt.Sprintf("%dm", s/60)
+	case s < 3600:
+		return fmt.Sprintf("%ds", s)
+	case s < 86400:
+		return fmt.Sprintf("%d:%02d:%02d", s/3600, s/60%60, s%60)
+	}
+	return fmt.Sprintf("%d-%02d:%02d:%02d", s/86400, s/3600%24, s/60%60, s%60)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sshq/sshq/orchestrator"
+	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/task"
 	"github.com/sshq/sshq/orchestrator/ui"
 	"github.com/sshq/sshq/orchestrator/wsync"
@@ -37,9 +38,15 @@ type LaunchOptions struct {
 	Secrets []string
 	Workdir string
 	Forward []string // [LOCAL:]REMOTE, while attached
+	Mem     string   // --mem as typed; "" takes config.yaml's default
+	Time    string   // --time as typed; "" takes the default
+	CPUs    int      // --cpus; 0 pins nothing
 	Detach  bool
 	DryRun  bool
 	JSON    bool
+
+	// NumNodes replaces the task's num_nodes when not 0.
+	NumNodes int
 }
 
 // NewCmdLaunch builds `sshq launch`; runF replaces launchRun in tests.
@@ -62,16 +69,25 @@ Examples:
    sshq launch task.yaml --gpus A100:2 --env LR=3e-4 -d
    sshq launch task.yaml --env-file .env    # dotenv, as sky launch --env-file
    sshq launch --gpus 1 -- python train.py --epochs 3
-   sshq launch --dry-run task.yaml          # validate and show the placement, touch nothing`,
+   sshq launch --gpus 1 --mem 32G --time 4h --cpus 8 task.yaml
+   sshq launch --dry-run task.yaml          # validate and show the placement, touch nothing
+
+Limits: --mem bounds the memory of the job's whole process tree (past it the job ends
+OUT_OF_MEMORY, exit code 137); --time bounds its time from the start of setup (past it the
+job gets SIGTERM, SIGKILL 10s later, and ends TIMEOUT, exit code 124); --cpus pins it to N
+cores. Without --mem or --time, config.yaml's defaults apply (defaults: {mem_per_gpu: 60G,
+mem: 16G, time: 3d}); --mem none or --time none lifts them.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "name", Usage: "job name (default: the task's name, or the command's program)"},
 			&cli.StringFlag{Name: "gpus", Usage: "GPUs to use: `N` or TYPE:N (A100:2); overrides the task's resources"},
 			&cli.StringFlag{Name: "node", Usage: "run on this node only"},
+			&cli.IntFlag{Name: "num-nodes", Usage: "run on `N` distinct nodes at once, each with the task's resources (SkyPilot's num_nodes)"},
 			&cli.GenericFlag{Name: "env", Value: &verbatim{}, Usage: "set an env var: `NAME=VALUE` (the value verbatim, commas included), or NAME to pass the local value (repeatable)"},
 			&cli.StringFlag{Name: "env-file", Usage: "set env vars from a dotenv `FILE` (NAME=VALUE lines, # comments, quotes, export); --env wins over it"},
 			&cli.GenericFlag{Name: "secret", Value: &verbatim{}, Usage: "like --env, but never printed, logged or stored on this machine"},
 			&cli.StringFlag{Name: "workdir", Usage: "local directory to sync and run in"},
 			&cli.GenericFlag{Name: "forward", Value: &verbatim{}, Usage: "while attached, reach the job's port here: `[LOCAL:]REMOTE` (repeatable; resources.ports are forwarded too)"},
+			limitFlagDefs[0], limitFlagDefs[1], limitFlagDefs[2],
 			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "print the job id and return once it is queued"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "validate, place and print the plan; change nothing"},
 			&cli.BoolFlag{Name: "json", Usage: "machine-readable result (implies --detach)"},
@@ -82,7 +98,12 @@ Examples:
 			opts := &LaunchOptions{IO: f.IO, Ctx: c.Context, Controller: opener(c, f), Hostname: f.Hostname,
 				Args: c.Args().Slice(), Name: c.String("name"), GPUs: c.String("gpus"), Node: c.String("node"),
 				Env: *c.Generic("env").(*verbatim), EnvFile: c.String("env-file"), Secrets: *c.Generic("secret").(*verbatim), Workdir: c.String("workdir"),
-				Forward: *c.Generic("forward").(*verbatim), Detach: c.Bool("detach") || c.Bool("json"), DryRun: c.Bool("dry-run"), JSON: c.Bool("json")}
+				Forward: *c.Generic("forward").(*verbatim), Mem: c.String("mem"), Time: c.String("time"), CPUs: c.Int("cpus"),
+				Detach: c.Bool("detach") || c.Bool("json"), DryRun: c.Bool("dry-run"), JSON: c.Bool("json")}
+			opts.NumNodes = c.Int("num-nodes")
+			if c.IsSet("num-nodes") && opts.NumNodes < 1 {
+				return usageErr("--num-nodes %d: a job runs on 1 or more nodes", opts.NumNodes)
+			}
 			if runF != nil {
 				return runF(opts)
 			}
@@ -127,7 +148,7 @@ func buildTask(opts *LaunchOptions) (*task.Task, error) {
 	for _, w := range warns {
 		fmt.Fprintf(opts.IO.ErrOut, "sshq: warning: %s\n", w)
 	}
-	ov := task.Overrides{Name: opts.Name, Run: run, Workdir: opts.Workdir}
+	ov := task.Overrides{Name: opts.Name, Run: run, Workdir: opts.Workdir, NumNodes: opts.NumNodes}
 	if g := opts.GPUs; g != "" {
 		a, err := task.ParseGPUFlag(g)
 		if err != nil {
@@ -157,8 +178,44 @@ func buildTask(opts *LaunchOptions) (*task.Task, error) {
 	return t, nil
 }
 
+// limitFlagDefs are --mem, --time and --cpus, which launch and shell share.
+var limitFlagDefs = [3]cli.Flag{
+	&cli.StringFlag{Name: "mem", Usage: "memory limit of the job's whole process tree: `SIZE` as 300M, 32G (binary units; none lifts the default)"},
+	&cli.StringFlag{Name: "time", Usage: "time limit: `DURATION` as 90s, 30m, 4h, 3d, HH:MM:SS or D-HH:MM:SS (none lifts the default)"},
+	&cli.IntFlag{Name: "cpus", Usage: "pin the job to `N` cores (taskset), apart from other sshq jobs' and near its GPUs"},
+}
+
+// limitFlags reads --mem, --time and --cpus as typed ("" for a flag not
+// given: config.yaml's default).
+func limitFlags(mem, dur string, cpus int) (orchestrator.LimitFlags, error) {
+	var f orchestrator.LimitFlags
+	if mem != "" {
+		mib, err := orchestrator.ParseMem(mem)
+		if err != nil {
+			return f, usageErr("--mem: %v", err)
+		}
+		f.MemMiB = &mib
+	}
+	if dur != "" {
+		d, err := orchestrator.ParseTime(dur)
+		if err != nil {
+			return f, usageErr("--time: %v", err)
+		}
+		f.Time = &d
+	}
+	if cpus < 0 {
+		return f, usageErr("--cpus %d: give a number of cores, 1 or more", cpus)
+	}
+	f.CPUs = cpus
+	return f, nil
+}
+
 func launchRun(opts *LaunchOptions) error {
 	t, err := buildTask(opts)
+	if err != nil {
+		return err
+	}
+	limits, err := limitFlags(opts.Mem, opts.Time, opts.CPUs)
 	if err != nil {
 		return err
 	}
@@ -179,7 +236,7 @@ func launchRun(opts *LaunchOptions) error {
 	bar := newProgress(errOut, errStyle.TTY && !opts.JSON)
 	host, _ := opts.Hostname()
 	v, err := ctrl.Launch(ctx, orchestrator.LaunchRequest{Task: t, Node: opts.Node, Options: orchestrator.LaunchOptions{
-		Origin: host, Progress: bar.update,
+		Origin: host, Progress: bar.update, Limits: limits,
 		Notef: func(f string, a ...any) {
 			if !opts.JSON {
 				bar.clear()
@@ -193,8 +250,9 @@ func launchRun(opts *LaunchOptions) error {
 	}
 	j, p := v.Job, v.Placement
 	if opts.JSON {
-		return writeJSON(out, map[string]any{"id": j.ID, "uid": j.UID, "name": j.Name, "node": j.Node,
-			"gpus": j.GPUs, "num_gpus": j.NumGPUs, "state": j.State})
+		return writeJSON(out, map[string]any{"id": j.ID, "uid": j.UID, "name": j.Name, "node": j.Node, "nodes": j.Nodes(),
+			"gpus": j.GPUs, "num_gpus": j.NumGPUs, "state": j.State, "backend": j.Backend, "slurm_id": j.SlurmID,
+			"mem_limit_mib": j.MemLimitMiB, "time_limit_s": j.TimeLimitS, "cpus": j.CPUs})
 	}
 	where := "starting"
 	switch {
@@ -203,10 +261,22 @@ func launchRun(opts *LaunchOptions) error {
 	case !p.FitsNow:
 		where = fmt.Sprintf("waiting in the node's queue until %d GPU(s) free up", p.NumGPUs)
 	}
+	if len(p.Ranks) > 0 {
+		where = fmt.Sprintf("%d ranks, starting together once each holds its GPUs", len(p.Ranks))
+		if !p.FitsNow {
+			where = fmt.Sprintf("%d ranks, waiting until every node can give %d GPU(s)", len(p.Ranks), p.NumGPUs)
+		}
+	}
+	if j.Backend == store.BackendSlurm {
+		where = fmt.Sprintf("Slurm job %s (%s)", j.SlurmID, p.Reason)
+	}
 	if p.NumGPUs == 0 {
 		where += " (no GPU requested: add --gpus N, or resources.accelerators in the task, for GPUs)"
 	}
-	fmt.Fprintf(errOut, "sshq: job #%d (%s) submitted to %s: %s\n", j.ID, j.Name, j.Node, where)
+	if l := limitsCell(j); l != "-" {
+		where += "; limits: " + l
+	}
+	fmt.Fprintf(errOut, "sshq: job #%d (%s) submitted to %s: %s\n", j.ID, j.Name, j.NodeList(), where)
 	if opts.Detach {
 		fmt.Fprintf(out, "%d\n", j.ID)
 		fmt.Fprintf(errOut, "sshq: follow it with `sshq logs -f %d`; list jobs with `sshq queue`\n", j.ID)
@@ -230,6 +300,9 @@ func launchRun(opts *LaunchOptions) error {
 	if lv.Job.ExitCode != nil {
 		fmt.Fprintf(errOut, " (exit code %d)", *lv.Job.ExitCode)
 	}
+	if lv.Job.Reason != "" && lv.Job.State.Terminal() {
+		fmt.Fprintf(errOut, ": %s", ui.Safe(lv.Job.Reason))
+	}
 	fmt.Fprintln(errOut)
 	if lv.ExitCode != 0 {
 		return &ExitError{Code: lv.ExitCode}
@@ -246,11 +319,18 @@ func dryRun(opts *LaunchOptions, ctrl Controller, t *task.Task) error {
 	if opts.JSON {
 		return writeJSON(out, map[string]any{"dry_run": true, "name": t.Name, "placement": p, "workdir": t.Workdir})
 	}
+	if len(p.Ranks) > 0 {
+		printGangPlan(out, t, p)
+		return nil
+	}
 	fmt.Fprintf(out, "plan for %q (nothing was changed):\n  node:     %s (%s)\n", t.Name, p.Node, p.Reason)
 	if p.NumGPUs > 0 {
 		fmt.Fprintf(out, "  gpus:     %d × %s\n", p.NumGPUs, orAny(p.Accelerator))
 	}
-	if !p.FitsNow {
+	switch {
+	case p.Backend == store.BackendSlurm:
+		fmt.Fprintf(out, "  slurm:    sbatch through %s (Slurm picks the compute nodes; num_nodes %d)\n", p.Node, max(t.NumNodes, 1))
+	case !p.FitsNow:
 		fmt.Fprintf(out, "  queue:    would wait behind %d job(s) until GPUs free up\n", p.QueueAhead)
 	}
 	if t.Workdir != "" {
@@ -441,5 +521,35 @@ func (p *progress) clear() {
 	if p.drawn {
 		fmt.Fprint(p.w, "\r\x1b[K")
 		p.drawn = false
+	}
+}
+
+// printGangPlan is the dry-run of a multi-node job: each rank's node and
+// how it would take the job now.
+func printGangPlan(out io.Writer, t *task.Task, p orchestrator.Placement) {
+	nodes := make([]string, len(p.Ranks))
+	for i, r := range p.Ranks {
+		nodes[i] = r.Node
+	}
+	fmt.Fprintf(out, "plan for %q (nothing was changed):\n  nodes:    %d, %s (%s)\n", t.Name, len(p.Ranks), strings.Join(nodes, "+"), p.Reason)
+	for _, r := range p.Ranks {
+		what := "starts now"
+		if !r.FitsNow {
+			what = "waits"
+		}
+		fmt.Fprintf(out, "  rank %d:   %s, %s: %s\n", r.Rank, r.Node, what, r.Reason)
+	}
+	if p.NumGPUs > 0 {
+		fmt.Fprintf(out, "  gpus:     %d × %s on each node\n", p.NumGPUs, orAny(p.Accelerator))
+	}
+	fmt.Fprintf(out, "  start:    all ranks together, once each holds its GPUs; MASTER_ADDR is rank 0's (%s)\n", p.Node)
+	if t.Workdir != "" {
+		fmt.Fprintf(out, "  workdir:  %s → each node's ~/.sshq/workdirs/\n", t.Workdir)
+	}
+	for r, l := range t.FileMounts {
+		fmt.Fprintf(out, "  mount:    %s → each node's %s\n", l, r)
+	}
+	if len(t.Resources.Ports) > 0 {
+		fmt.Fprintf(out, "  ports:    %s on rank 0's node (forwarded to this machine while attached)\n", task.PortsString(t.Resources.Ports))
 	}
 }

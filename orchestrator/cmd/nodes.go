@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sshq/sshq/inventory"
+	"github.com/sshq/sshq/orchestrator"
 	"github.com/sshq/sshq/orchestrator/ui"
 )
 
@@ -27,7 +28,10 @@ func NewCmdNodes(f *Factory, runF func(*NodesOptions) error) *cli.Command {
 		Name:  "nodes",
 		Usage: "list the nodes and check that each is ready for sshq",
 		Description: `Connects to every node (in parallel, each within its ConnectTimeout) and checks what sshq
-needs there: bash, tmux, flock, nvidia-smi and a usable GPU lease directory.
+needs there: bash, tmux, flock, nvidia-smi and a usable GPU lease directory. LIMITS says how
+the node holds a job to --mem: "cgroup" (a systemd user scope with MemoryMax, where the
+user's systemd delegates memory and the user lingers) or "watchdog" (the job's wrapper sums
+its processes' memory every second), and the memory it keeps available (SSHQ_RESERVE_MEM).
 
 Examples:
    sshq nodes                      # check every node
@@ -89,10 +93,20 @@ func nodesRun(opts *NodesOptions) error {
 				leases = "provisioned"
 			}
 		}
-		rows = append(rows, []string{r.Name, fmt.Sprintf("%s:%d", r.Host, r.Port), state, lat, fmt.Sprint(r.GPUs), leases, note})
+		rows = append(rows, []string{r.Name, fmt.Sprintf("%s:%d", r.Host, r.Port), state, lat, fmt.Sprint(r.GPUs), nodeLimits(r), leases, note})
 	}
-	fmt.Fprint(opts.IO.Out, st.Table([]string{"NODE", "ADDRESS", "STATE", "LATENCY", "GPUS", "LEASE DIR", "NOTES"}, rows))
+	rows = append(rows, slurmNodeRows(st, v.Slurm)...)
+	fmt.Fprint(opts.IO.Out, st.Table([]string{"NODE", "ADDRESS", "STATE", "LATENCY", "GPUS", "LIMITS", "LEASE DIR", "NOTES"}, rows))
 	return v.Err()
+}
+
+// nodeLimits is how a node holds jobs to their limits: its --mem
+// mechanism and the memory it keeps back.
+func nodeLimits(r orchestrator.NodeCheck) string {
+	if r.MemLimit == "" {
+		return "-"
+	}
+	return fmt.Sprintf("%s, reserve %s", r.MemLimit, ui.MiB(int(r.ReserveMemMiB)))
 }
 
 func resolveRun(opts *NodesOptions, ctrl Controller) error {

@@ -34,7 +34,11 @@ Jobs on a node that does not answer keep their last known state and are marked.
 Examples:
    sshq queue
    sshq queue -a                 # include ended jobs
-   sshq queue --json | jq '.[] | select(.state=="FAILED") | .id'`,
+   sshq queue --json | jq '.[] | select(.state=="FAILED") | .id'
+
+LIMITS are the job's --mem, --time and --cpus (or config.yaml's defaults); REASON is why it
+waits (the node's disk under its floor) or how a limit ended it (OUT_OF_MEMORY: its memory
+peak and limit, or "node memory low"; TIMEOUT: its time limit).`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include ended jobs"},
 			&cli.BoolFlag{Name: "json", Usage: "machine-readable output"},
@@ -81,6 +85,9 @@ func renderQueue(io *IOStreams, views []orchestrator.JobView) {
 		if v.State == job.Pending && v.QueuePosition != nil {
 			state = fmt.Sprintf("PENDING (#%d in queue)", *v.QueuePosition)
 		}
+		if v.Gang != nil {
+			state = gangState(v)
+		}
 		state = st.Paint(stateColor(v.State), state)
 		if !v.NodeReachable {
 			state += st.Paint(ui.Gray, " (node unreachable)")
@@ -99,16 +106,27 @@ func renderQueue(io *IOStreams, views []orchestrator.JobView) {
 		if v.ExitCode != nil {
 			exit = fmt.Sprint(*v.ExitCode)
 		}
-		rows = append(rows, []string{fmt.Sprint(v.ID), v.Name, v.User, orDash(v.Node), gpus, state,
-			v.Submitted.Local().Format("01-02 15:04"), started, dur, exit})
+		node := orDash(v.NodeList())
+		if isSlurm(v) {
+			node = slurmNode(v)
+		}
+		rows = append(rows, []string{fmt.Sprint(v.ID), v.Name, v.User, node, gpus, limitsCell(v.Job), state,
+			v.Submitted.Local().Format("01-02 15:04"), started, dur, exit, ui.Safe(orDash(v.Reason))})
 	}
-	fmt.Fprint(io.Out, st.Table([]string{"ID", "NAME", "USER", "NODE", "GPUS", "STATE", "SUBMITTED", "STARTED", "DURATION", "EXIT"}, rows))
+	fmt.Fprint(io.Out, st.Table([]string{"ID", "NAME", "USER", "NODE", "GPUS", "LIMITS", "STATE", "SUBMITTED", "STARTED", "DURATION", "EXIT", "REASON"}, rows))
 }
 
 // gpusCell is the GPUS column: how many, then which: `2 (0,1)` once they
 // are leased, `1 (waiting)` before, `-` for a job that asked for none.
 func gpusCell(v orchestrator.JobView) string {
+	if v.Gang != nil && v.NumGPUs > 0 {
+		// Per node, as the task asks; each rank's are in --json.
+		return fmt.Sprintf("%d/node", v.NumGPUs)
+	}
 	switch {
+	case isSlurm(v) && v.NumGPUs > 0:
+		// Slurm names no GPU indices: CUDA_VISIBLE_DEVICES tells the job.
+		return fmt.Sprint(v.NumGPUs)
 	case len(v.GPUs) > 0:
 		idx := make([]string, len(v.GPUs))
 		for i, g := range v.GPUs {
@@ -121,4 +139,31 @@ func gpusCell(v orchestrator.JobView) string {
 		return fmt.Sprintf("%d (waiting)", v.NumGPUs)
 	}
 	return fmt.Sprintf("%d (none)", v.NumGPUs) // it ended before it got them
+}
+
+// gangState is a multi-node job's STATE cell: while it waits, how many
+// ranks hold their GPUs and which are parked; once it ended otherwise than
+// well, the rank that ended it.
+func gangState(v orchestrator.JobView) string {
+	g := v.Gang
+	switch {
+	case v.State == job.Pending:
+		hold, park := 0, []string{}
+		for _, r := range g.Ranks {
+			switch r.Mode {
+			case "hold":
+				hold++
+			case "park":
+				park = append(park, fmt.Sprint(r.Rank))
+			}
+		}
+		s := fmt.Sprintf("PENDING (%d/%d ranks hold their GPUs", hold, len(g.Ranks))
+		if len(park) > 0 {
+			s += "; parked: rank " + strings.Join(park, ",")
+		}
+		return s + ")"
+	case v.State.Terminal() && v.State != job.Succeeded && g.Cause != "":
+		return fmt.Sprintf("%s (%s)", v.State, g.Cause)
+	}
+	return string(v.State)
 }

@@ -65,6 +65,7 @@ type Controller interface {
 	Cancel(ctx context.Context, r orchestrator.CancelRequest) (*orchestrator.CancelView, error)
 	Wait(ctx context.Context, r orchestrator.WaitRequest) (*orchestrator.WaitView, error)
 	Attach(ref string) (*orchestrator.AttachTarget, error)
+	Shell(ctx context.Context, r orchestrator.ShellRequest) (*orchestrator.ShellView, error)
 	Forward(ctx context.Context, r orchestrator.ForwardRequest) error
 	Download(ctx context.Context, r orchestrator.DownloadRequest) (*orchestrator.DownloadView, error)
 	Init(patterns []string) (*orchestrator.InitView, error)
@@ -127,6 +128,7 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "ssh-config", Usage: "OpenSSH client config listing the nodes [$SSHQ_SSH_CONFIG]", DefaultText: "~/.ssh/config"},
 		&cli.StringFlag{Name: "nodes", Usage: "which hosts are nodes: aliases or globs, comma-separated (e.g. gpu-*,!gpu-9) [$SSHQ_NODES]"},
 		&cli.StringFlag{Name: "home", Usage: "controller state directory [$SSHQ_HOME]", DefaultText: "~/.sshq"},
+		&cli.StringFlag{Name: "slurm", Usage: "which hosts are Slurm login nodes: aliases, comma-separated; jobs placed there go through sbatch [$SSHQ_SLURM]"},
 	}
 }
 
@@ -143,7 +145,7 @@ func gflag(c *cli.Context, name string) string {
 
 // controllerOptions are the global flags, then the environment.
 func controllerOptions(c *cli.Context, f *Factory) orchestrator.ControllerOptions {
-	return optionsFrom(map[string]string{"home": gflag(c, "home"), "ssh-config": gflag(c, "ssh-config"), "nodes": gflag(c, "nodes")}, f)
+	return optionsFrom(map[string]string{"home": gflag(c, "home"), "ssh-config": gflag(c, "ssh-config"), "nodes": gflag(c, "nodes"), "slurm": gflag(c, "slurm")}, f)
 }
 
 // optionsFrom completes the global flags' values with the environment.
@@ -156,6 +158,11 @@ func optionsFrom(flags map[string]string, f *Factory) orchestrator.ControllerOpt
 		o.NodesFrom = "--nodes"
 	} else if o.Nodes = f.IO.Getenv("SSHQ_NODES"); o.Nodes != "" {
 		o.NodesFrom = "SSHQ_NODES"
+	}
+	if o.Slurm = flags["slurm"]; o.Slurm != "" {
+		o.SlurmFrom = "--slurm"
+	} else if o.Slurm = f.IO.Getenv("SSHQ_SLURM"); o.Slurm != "" {
+		o.SlurmFrom = "SSHQ_SLURM"
 	}
 	if o.Home == "" {
 		o.Home = f.IO.Getenv("SSHQ_HOME")
@@ -175,6 +182,7 @@ func opener(c *cli.Context, f *Factory) func() (Controller, error) {
 func commands(f *Factory) []*cli.Command {
 	cmds := []*cli.Command{
 		NewCmdLaunch(f, nil),
+		NewCmdShell(f, nil),
 		NewCmdQueue(f, nil),
 		NewCmdLogs(f, nil),
 		NewCmdCancel(f, nil),
@@ -203,7 +211,7 @@ func NewApp(f *Factory) *cli.App {
 		Name:                 "sshq",
 		Version:              f.Version,
 		Usage:                "a GPU job queue for the machines in your ~/.ssh/config",
-		Description:          "sshq turns hosts you can already ssh into into one GPU job queue, with nothing installed on them.\nNodes are chosen with --nodes, SSHQ_NODES or `sshq init`.",
+		Description:          "sshq turns hosts you can already ssh into into one GPU job queue, with nothing installed on them.\nNodes are chosen with --nodes, SSHQ_NODES or `sshq init`; Slurm login nodes with --slurm or SSHQ_SLURM.",
 		Writer:               f.IO.Out,
 		ErrWriter:            f.IO.ErrOut,
 		EnableBashCompletion: true,

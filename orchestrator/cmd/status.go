@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sshq/sshq/orchestrator"
+	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/ui"
 )
 
@@ -124,9 +125,15 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 					free++
 				case "leased":
 					if g.Holder != nil {
-						holder = st.Paint(ui.Blue, fmt.Sprintf("#%d %s (%s)", g.Holder.JobID, ui.Safe(g.Holder.Name), ui.Safe(orDash(g.Holder.User))))
+						holder = st.Paint(ui.Blue, fmt.Sprintf("#%d %s (%s)%s%s", g.Holder.JobID, ui.Safe(g.Holder.Name), ui.Safe(orDash(g.Holder.User)), gangLabel(g.Holder.Gang), runLimits(n.Running, g.Holder.JobUID)))
 					} else {
 						holder = st.Paint(ui.Blue, "leased")
+					}
+				case orchestrator.GPUReserved:
+					// A rank holding its GPUs until the other ranks hold theirs.
+					holder = st.Paint(ui.Yellow, "reserved")
+					if g.Holder != nil {
+						holder = st.Paint(ui.Yellow, fmt.Sprintf("reserved: #%d %s (%s)%s, waiting for its other nodes", g.Holder.JobID, ui.Safe(g.Holder.Name), ui.Safe(orDash(g.Holder.User)), gangLabel(g.Holder.Gang)))
 					}
 				case "foreign":
 					var ps []string
@@ -149,7 +156,7 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 			var rows [][]string
 			for _, q := range n.Queue {
 				waiting++
-				rows = append(rows, []string{fmt.Sprint(q.Position), ui.Safe(q.Name), ui.Safe(orDash(q.User)), fmt.Sprint(q.NumGPUs), humanSince(q.Since)})
+				rows = append(rows, []string{fmt.Sprint(q.Position), ui.Safe(q.Name) + gangLabel(q.Gang), ui.Safe(orDash(q.User)), fmt.Sprint(q.NumGPUs), humanSince(q.Since)})
 			}
 			b.WriteString("  waiting:\n")
 			b.WriteString(indent(st.Table([]string{"POS", "JOB", "USER", "GPUS", "WAITING"}, rows), "  "))
@@ -158,7 +165,7 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 		for _, j := range n.Running {
 			if len(j.GPUs) == 0 {
 				noGPU++
-				cpu = append(cpu, fmt.Sprintf("#%d %s (%s)", j.JobID, ui.Safe(j.Name), ui.Safe(orDash(j.User))))
+				cpu = append(cpu, fmt.Sprintf("#%d %s (%s)%s%s", j.JobID, ui.Safe(j.Name), ui.Safe(orDash(j.User)), gangLabel(j.Gang), runLimits(n.Running, j.JobUID)))
 			}
 		}
 		if len(cpu) > 0 {
@@ -169,10 +176,41 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 		}
 		b.WriteString("\n")
 	}
+	b.WriteString(renderSlurm(st, v.Slurm))
+	sf, stot, sr, sw := slurmTotals(v.Slurm)
+	free, total, running, waiting = free+sf, total+stot, running+sr, waiting+sw
 	jobs := fmt.Sprintf("%d running", running)
 	if noGPU > 0 {
 		jobs += fmt.Sprintf(" (%d without GPUs)", noGPU)
 	}
 	fmt.Fprintf(&b, "GPUs: %d free / %d total   jobs: %s, %d waiting\n", free, total, jobs, waiting)
 	return b.String()
+}
+
+// gangLabel names a multi-node job's rank on this node: " rank 1/2", and
+// " parked" for one that let its GPUs go for a while.
+func gangLabel(g *orchestrator.GangRank) string {
+	if g == nil {
+		return ""
+	}
+	s := fmt.Sprintf(" rank %d/%d", g.Rank, g.NumNodes)
+	if g.Mode == "park" {
+		s += " parked"
+	}
+	return s
+}
+
+// runLimits is " [mem 300M, time 4h]" for a running job of this
+// controller's that has limits, else "".
+func runLimits(running []orchestrator.RunningJob, uid string) string {
+	for _, r := range running {
+		if r.JobUID == uid {
+			l := limitsCell(&store.Job{MemLimitMiB: r.MemLimitMiB, TimeLimitS: r.TimeLimitS, CPUs: r.CPUs, Cores: r.Cores})
+			if l == "-" {
+				return ""
+			}
+			return " [" + l + "]"
+		}
+	}
+	return ""
 }

@@ -28,8 +28,9 @@ func NewCmdWait(f *Factory, runF func(*WaitOptions) error) *cli.Command {
 		Usage:     "block until jobs end; exit with the last failing one's code",
 		ArgsUsage: "JOB...",
 		Description: `Asks the jobs' nodes every --interval until every job has ended. Exits 0 when all
-SUCCEEDED, else with the exit code of the last failing job (1 for LOST or CANCELLED without one).
-The jobs keep running if wait is interrupted.
+SUCCEEDED, else with the exit code of the last failing job: its own for FAILED, 124 for TIMEOUT
+(as timeout(1)), 137 for OUT_OF_MEMORY (128+SIGKILL, as for a job the kernel's OOM killer
+ended), 1 for LOST or CANCELLED without one. The jobs keep running if wait is interrupted.
 
 Examples:
    sshq wait 12 13 && echo all good

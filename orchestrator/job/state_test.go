@@ -7,6 +7,7 @@ func TestTerminal(t *testing.T) {
 	for s, want := range map[State]bool{
 		Submitting: false, Pending: false, SettingUp: false, Running: false,
 		Succeeded: true, Failed: true, FailedSetup: true, Cancelled: true, Lost: true,
+		Timeout: true, OutOfMemory: true,
 	} {
 		if s.Terminal() != want {
 			t.Errorf("%s.Terminal() = %v, want %v", s, !want, want)

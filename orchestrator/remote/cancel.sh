@@ -2,7 +2,8 @@
 # pending job leaves the queue, a running one's processes get SIGTERM, then
 # SIGKILL after the grace period; its wrapper records the end. The answer
 # ends with the jobs' report (as jobs gives it), so the controller learns
-# how they ended in the same command. Needs lib.sh, lease.sh and jobs.sh.
+# how they ended in the same command. Needs lib.sh, lease.sh, sched.sh,
+# gangrec.sh and jobs.sh.
 
 cmd_cancel() {
 	local grace=$1 uid jd st deadline any round p spare

@@ -5,7 +5,8 @@ import "fmt"
 // NodeCheck is what a node offers sshq, from Check.
 type NodeCheck struct {
 	// Tools maps each tool sshq uses on a node (bash, tmux, flock,
-	// nvidia-smi, systemd-run, ps) to its path, "" when it is missing.
+	// nvidia-smi, systemd-run, ps; python3 for multi-node jobs) to its
+	// path, "" when it is missing.
 	// Only bash is known when bash is missing or too old.
 	Tools       map[string]string `json:"tools"`
 	BashVersion string            `json:"bash_version"`
@@ -31,6 +32,21 @@ type NodeCheck struct {
 	// Linger ("yes", "no", "unknown") spares.
 	KillUserProcesses bool   `json:"kill_user_processes"`
 	Linger            string `json:"linger,omitempty"`
+	// MemLimit is how the node holds a job to --mem: "cgroup" (a systemd
+	// user scope with MemoryMax, where the user's systemd delegates the
+	// memory controller and the user lingers) or "watchdog" (the job's
+	// wrapper sums its processes' resident memory every second); "" from
+	// a node script that does not say.
+	MemLimit string `json:"mem_limit"`
+	// ReserveMemMiB is the memory the node keeps available
+	// (SSHQ_RESERVE_MEM), DiskFloorMiB the free space in $HOME a job needs
+	// to start (SSHQ_DISK_FLOOR), LogCapMiB the most of a job's log kept
+	// (SSHQ_LOG_CAP); 0 is off. LimitWarnings name settings the node could
+	// not read (it uses the default).
+	ReserveMemMiB int64    `json:"reserve_mem_mib"`
+	DiskFloorMiB  int64    `json:"disk_floor_mib"`
+	LogCapMiB     int64    `json:"log_cap_mib"`
+	LimitWarnings []string `json:"limit_warnings,omitempty"`
 }
 
 // Provisioned reports whether the node's admin made its lease directory
@@ -78,6 +94,9 @@ func (c *NodeCheck) Problems() []string {
 	if !c.Has("flock") {
 		p = append(p, "flock missing: `sudo apt-get install -y util-linux`")
 	}
+	if path, asked := c.Tools["python3"]; asked && path == "" {
+		p = append(p, "python3 missing: multi-node jobs (num_nodes > 1) cannot run here (`sudo apt-get install -y python3`)")
+	}
 	switch {
 	case !c.Has("nvidia-smi"):
 		p = append(p, "nvidia-smi not on PATH: CPU-only node (install the NVIDIA driver for GPU jobs)")
@@ -95,6 +114,12 @@ func (c *NodeCheck) Problems() []string {
 		p = append(p, fmt.Sprintf("lease dir %s is not a directory: remove it or set SSHQ_LEASE_DIR", c.LeaseDir))
 	case "unsafe":
 		p = append(p, "no safe place for GPU lease records: "+c.LeaseDirError)
+	}
+	for _, w := range c.LimitWarnings {
+		p = append(p, w+" (fix it in the node's login environment)")
+	}
+	if c.MemLimit != "" && !c.Has("taskset") {
+		p = append(p, "taskset missing: --cpus cannot pin jobs here (`sudo apt-get install -y util-linux`)")
 	}
 	if c.KillsJobs() {
 		p = append(p, "logind kills a user's processes at logout (KillUserProcesses=yes) and you have no linger: jobs would die with your ssh sessions; run `loginctl enable-linger` on the node")

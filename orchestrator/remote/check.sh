@@ -1,12 +1,13 @@
 # sshq node protocol, v1: check reports what the node offers sshq, for
 # `sshq nodes`: the tools it needs, bash's version, the lease directory,
 # the GPUs the driver lists, and whether logind ends a user's processes at
-# logout. It changes nothing on the node. Needs lib.sh, lease.sh and
-# sched.sh.
+# logout, and how it holds jobs to their limits. It changes nothing on the
+# node. Needs lib.sh, lease.sh, sched.sh and limits.sh.
 #
 # Records: tool NAME PATH|-, bash VERSION, kernel TEXT,
 # lease_dir PATH ok|unsafe MODE WHERE WHY, gpus N | gpus - ERROR,
-# logind KILL_USER_PROCESSES(yes|no) LINGER(yes|no|unknown).
+# logind KILL_USER_PROCESSES(yes|no) LINGER(yes|no|unknown),
+# limits cgroup|watchdog RESERVE_KIB DISK_FLOOR_KIB LOG_CAP_KIB, limits_warn TEXT.
 # MODE is provisioned (root made the lease directory: the admin step) or
 # shared (records go beside it, in its parent), none when neither is safe
 # (WHY says what to do); WHERE is the directory the records go in.
@@ -14,7 +15,7 @@
 cmd_check() {
 	local t p d st kup=no linger=unknown
 	printf 'SSHQ-BEGIN %s\n' "$SSHQ_PROTO"
-	for t in bash tmux flock nvidia-smi systemd-run ps; do
+	for t in bash tmux flock nvidia-smi systemd-run ps taskset fallocate python3; do
 		p=$(command -v "$t" 2>/dev/null) || p=-
 		printf 'tool\t%s\t%s\n' "$t" "${p//$tab/ }"
 	done
@@ -39,5 +40,6 @@ cmd_check() {
 		[ -n "$linger" ] || linger=unknown
 	fi
 	printf 'logind\t%s\t%s\n' "$kup" "$linger"
+	limits_report
 	printf 'SSHQ-END\n'
 }

@@ -33,6 +33,7 @@ func TestNodeCheckReadinessRule(t *testing.T) {
 		{"lease dir read-only", func(c *NodeCheck) { c.LeaseDirState = "not-writable" }, false, "chmod 1777"},
 		{"logind kills jobs", func(c *NodeCheck) { c.KillUserProcesses, c.Linger = true, "no" }, false, "enable-linger"},
 		{"logind with linger", func(c *NodeCheck) { c.KillUserProcesses, c.Linger = true, "yes" }, true, ""},
+		{"no python3", func(c *NodeCheck) { c.Tools["python3"] = "" }, true, "multi-node jobs"},
 	} {
 		c := ok()
 		tc.change(&c)

@@ -140,7 +140,11 @@ func (c *Client) Jobs(ctx context.Context, uids []string) (map[string]JobStatus,
 	if err != nil {
 		return nil, err
 	}
-	return parseJobs(out)
+	m, err := parseJobs(out)
+	if err == nil {
+		parseGangJobs(out, m)
+	}
+	return m, err
 }
 
 // Status reports the node as `sshq status` shows it: host facts, what the
@@ -153,7 +157,9 @@ func (c *Client) Status(ctx context.Context) (*NodeStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	return parseStatus(out), nil
+	ns := parseStatus(out)
+	ns.Gangs = parseGangStatus(out)
+	return ns, nil
 }
 
 // Cancel ends the given jobs on the node: a pending job leaves the queue, a
@@ -180,6 +186,7 @@ func (c *Client) Cancel(ctx context.Context, uids []string, grace time.Duration)
 	if err != nil {
 		return nil, nil, err
 	}
+	parseGangJobs(out, jobs)
 	return outcomes, jobs, nil
 }
 

@@ -1,6 +1,7 @@
 # sshq node protocol, v1: jobs UID... reports the given jobs (liveness,
-# state history, exit code, GPUs, place in the queue). Needs lib.sh and
-# lease.sh. Cancel ends its answer with the same report.
+# state history, exit code, GPUs, place in the queue, the reason it waits
+# or a limit ended it, its cores). Needs lib.sh, lease.sh, sched.sh and
+# gangrec.sh. Cancel ends its answer with the same report.
 
 cmd_jobs() {
 	printf 'SSHQ-BEGIN %s\n' "$SSHQ_PROTO"
@@ -10,7 +11,7 @@ cmd_jobs() {
 
 # report_jobs UID...: the records of the given jobs.
 report_jobs() {
-	local uid jd alive tm st ts rc idx u tn i
+	local uid jd alive tm st ts rc idx u tn i rs
 	local -A pos_of=()
 	# The queue is read only when a job of these waits in it.
 	for uid in "$@"; do
@@ -54,5 +55,15 @@ report_jobs() {
 		tn=
 		[ -f "$jd/ticket" ] && read -r tn <"$jd/ticket" 2>/dev/null
 		[ -n "$tn" ] && [ -n "${pos_of[$tn]:-}" ] && printf 'queue\t%s\t%s\n' "$uid" "${pos_of[$tn]}"
+		# Why it waits or how a limit ended it, and the cores it is
+		# pinned to (limits.sh, watch.sh).
+		if [ -s "$jd/reason" ] && IFS= read -r rs <"$jd/reason"; then
+			enc "$rs"
+			printf 'reason\t%s\t%s\n' "$uid" "$enc_out"
+		fi
+		if [ -s "$jd/cores" ] && read -r rs <"$jd/cores"; then
+			case $rs in '' | *[!0-9,-]*) ;; *) printf 'cores\t%s\t%s\n' "$uid" "$rs" ;; esac
+		fi
+		gang_report_job "$uid" "$jd" # a rank of a multi-node job: gangrec.sh
 	done
 }

@@ -34,6 +34,12 @@
 # sshq never makes are ignored; whose record it is comes from the owner of
 # its directory, never from its text.
 
+# Besides the queue's records a user's directory holds two kinds of side
+# record, each flocked (through a read-only fd) by its wrapper while the job
+# lives, so a record nobody holds is stale: g.<job> (a rank of a multi-node
+# job: gangrec.sh) and l.<job> (a job's limits and memory: watch.sh). Other
+# users read them; only their owner can write or remove them.
+
 lease_err= lease_mode=none
 declare -a ns_dirs=() ns_prefixes=()
 w_dir= w_prefix= my_dir=
@@ -480,4 +486,55 @@ cmd_keeper() {
 	done
 	[ -n "$name" ] && rec_drop "$name"
 	exit 0
+}
+
+# lock_free FILE: nobody holds FILE's flock (its writer is gone).
+lock_free() {
+	flock -n 9 9<"$1" 2>/dev/null
+}
+
+# side_files KIND: every user's side records KIND.<job> (side_out), from
+# directories their owners own; this user's stale ones are removed.
+declare -a side_out=()
+side_files() {
+	local d f
+	side_out=()
+	[ ${#ns_dirs[@]} -gt 0 ] || lease_where || [ ${#ns_dirs[@]} -gt 0 ] || return 0
+	users_scan
+	for d in ${u_dir[@]+"${u_dir[@]}"}; do
+		for f in "$d/$1".*; do
+			[ -f "$f" ] && [ ! -L "$f" ] || continue
+			valid_uid "${f##*/"$1".}" || continue
+			if lock_free "$f"; then
+				[ -O "$f" ] && rm -f -- "$f" 2>/dev/null
+				continue
+			fi
+			side_out+=("$f")
+		done
+	done
+}
+
+# side_put KIND LINE: this job's side record, made under a temporary name,
+# locked on side_fd, then renamed, so no reader sees it unlocked; side_rec
+# is its path. Later writes rewrite it in place (side_rec, side_fd stay).
+side_rec= side_fd=
+side_put() {
+	local tmp
+	[ -n "$w_dir" ] || lease_where || return 1
+	my_dir_ensure || return 1
+	tmp=$my_dir/.new-$1-$uid
+	rm -f -- "$tmp" 2>/dev/null
+	side_fd=
+	if ! (
+		umask 022
+		set -C
+		printf '%s\n' "$2" >"$tmp"
+	) 2>/dev/null || ! exec {side_fd}<"$tmp" || ! flock -n "$side_fd" || ! mv -f -- "$tmp" "$my_dir/$1.$uid" 2>/dev/null; then
+		[ -n "$side_fd" ] && exec {side_fd}<&-
+		side_fd=
+		rm -f -- "$tmp" 2>/dev/null
+		lease_err="cannot write this job's record in $my_dir (is the file system full?)"
+		return 1
+	fi
+	side_rec=$my_dir/$1.$uid
 }

@@ -45,6 +45,15 @@ type JobStatus struct {
 	// WrapperAlive: the job's wrapper still runs. SessionAlive: its tmux
 	// session still exists.
 	WrapperAlive, SessionAlive bool
+	// Reason is why the job waits (the node's disk is under its floor) or
+	// how a limit ended it (its memory peak and limit, its time limit, the
+	// node's memory running low); "" for none.
+	Reason string
+	// Cores are the cores the job is pinned to ("0-3,8"); "" when it is not.
+	Cores string
+	// Gang is the job's part in its multi-node job; nil for a job on one
+	// node.
+	Gang *GangStatus
 }
 
 // Lease is a GPU lease held on a node by any user's job.
@@ -128,6 +137,9 @@ type NodeStatus struct {
 	Queue  []Ticket
 	// Running are the sshq jobs running on the node.
 	Running []RunningJob
+	// Gangs are the ranks of multi-node jobs that wait for, or hold GPUs
+	// for, their peers on the node.
+	Gangs []GangMember
 	// Errors are problems the node reported besides the driver's (a lease
 	// directory that is a symlink, a bad lock file, a queue lock held too
 	// long, a process list nvidia-smi could not give).
@@ -259,6 +271,20 @@ func parseJobs(out []byte) (map[string]JobStatus, error) {
 			if j.QueuePosition, err = strconv.Atoi(r[2]); err != nil {
 				return nil, fmt.Errorf("job %s: bad queue position %q", r[1], r[2])
 			}
+		case "reason":
+			j, err := get(r)
+			if err != nil {
+				return nil, err
+			}
+			if j.Reason, err = DecodeField(r[2]); err != nil {
+				return nil, fmt.Errorf("job %s: %w", r[1], err)
+			}
+		case "cores":
+			j, err := get(r)
+			if err != nil {
+				return nil, err
+			}
+			j.Cores = r[2]
 		default:
 			// A newer node script may add records; older controllers skip them.
 		}
@@ -580,6 +606,15 @@ func parseCheck(out []byte) (*NodeCheck, error) {
 		case r[0] == "logind" && len(r) >= 3:
 			nc.KillUserProcesses = r[1] == "yes"
 			nc.Linger = r[2]
+		case r[0] == "limits" && len(r) >= 5:
+			nc.MemLimit = r[1]
+			for i, p := range []*int64{&nc.ReserveMemMiB, &nc.DiskFloorMiB, &nc.LogCapMiB} {
+				if v, err := strconv.ParseInt(r[2+i], 10, 64); err == nil && v >= 0 {
+					*p = v / 1024
+				}
+			}
+		case r[0] == "limits_warn" && len(r) >= 2:
+			nc.LimitWarnings = append(nc.LimitWarnings, r[1])
 		}
 	}
 	return nc, nil

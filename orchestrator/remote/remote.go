@@ -4,10 +4,12 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/sshpool"
 )
 
@@ -25,6 +27,8 @@ var (
 	submitSh string
 	//go:embed wrapper.sh
 	wrapperSh string
+	//go:embed shell.sh
+	shellSh string
 	//go:embed jobs.sh
 	jobsSh string
 	//go:embed status.sh
@@ -37,18 +41,22 @@ var (
 	logsSh string
 	//go:embed check.sh
 	checkSh string
+	//go:embed limits.sh
+	limitsSh string
+	//go:embed watch.sh
+	watchSh string
 )
 
 // scripts maps each action to its script. Submit's is also the job's
 // wrapper (the node keeps a copy), hence wrapper.sh in it.
 var scripts = map[string]string{
-	"submit": script(leaseSh, schedSh, submitSh, wrapperSh),
-	"jobs":   script(leaseSh, jobsSh),
-	"status": script(leaseSh, schedSh, statusSh),
+	"submit": script(leaseSh, schedSh, gangRecSh, limitsSh, watchSh, submitSh, wrapperSh, shellSh),
+	"jobs":   script(leaseSh, schedSh, gangRecSh, jobsSh),
+	"status": script(leaseSh, schedSh, gangRecSh, statusSh),
 	"place":  script(leaseSh, schedSh, placeSh),
-	"cancel": script(leaseSh, jobsSh, cancelSh),
+	"cancel": script(leaseSh, schedSh, gangRecSh, jobsSh, cancelSh),
 	"logs":   script(logsSh),
-	"check":  script(leaseSh, schedSh, checkSh),
+	"check":  script(leaseSh, schedSh, limitsSh, checkSh),
 }
 
 func script(parts ...string) string {
@@ -96,6 +104,28 @@ type JobSpec struct {
 	// means 1.
 	NodeRank, NumNodes int
 	NodeIPs            []string
+	// MemLimitMiB bounds the memory of the job's whole process tree (0:
+	// none): past it the job ends OUT_OF_MEMORY. TimeLimit bounds its
+	// time from the start of setup (0: none; whole seconds, rounded up):
+	// past it the job ends TIMEOUT. CPUs pins it to that many cores (0:
+	// not pinned).
+	MemLimitMiB int64
+	TimeLimit   time.Duration
+	CPUs        int
+	// Gang makes the job one rank of a multi-node job (NumNodes >= 2);
+	// nil for a job on one node.
+	Gang *GangSpec
+	// Shell makes the job `sshq shell`'s: after setup, its tmux pane runs
+	// the account's login shell instead of Run (see shell.sh), within the
+	// same limits; nil for a batch job.
+	Shell *ShellSpec
+}
+
+// ShellSpec is an interactive job's.
+type ShellSpec struct {
+	// Idle ends the shell after that long with no tmux client attached
+	// (whole seconds, at least one); 0 never does.
+	Idle time.Duration
 }
 
 // submitCommand returns the command that creates the job on a node (see
@@ -119,8 +149,17 @@ func submitCommand(spec JobSpec) (cmd string, stdin []byte, err error) {
 		"SSHQ_M_NGPUS=" + strconv.Itoa(spec.NumGPUs),
 		"SSHQ_M_ALLOWED=" + sshpool.Quote(allowed),
 		"SSHQ_M_WORKDIR=" + sshpool.Quote(spec.WorkdirKey),
+		"SSHQ_M_MEM_KIB=" + strconv.FormatInt(spec.MemLimitMiB*1024, 10),
+		"SSHQ_M_TIME_S=" + strconv.FormatInt(int64((spec.TimeLimit+time.Second-1)/time.Second), 10),
+		"SSHQ_M_CPUS=" + strconv.Itoa(spec.CPUs),
 		"",
 	}, "\n")
+	if spec.Shell != nil {
+		meta += "SSHQ_M_SHELL=" + strconv.FormatInt(int64(spec.Shell.idleSeconds()), 10) + "\n"
+	}
+	if spec.Gang != nil {
+		meta += spec.Gang.metaLines(spec)
+	}
 
 	ips := strings.Join(spec.NodeIPs, "\n")
 	static := []EnvVar{
@@ -139,6 +178,10 @@ func submitCommand(spec JobSpec) (cmd string, stdin []byte, err error) {
 	env, err := exportLines(spec.Env, "# sshq job environment: the task's envs, then sshq's own values (which win)")
 	if err != nil {
 		return "", nil, fmt.Errorf("job %s: env: %w", spec.UID, err)
+	}
+	if spec.Gang != nil {
+		// A gang's addresses are known when it starts: gpu.env has them.
+		static = slices.DeleteFunc(static, func(v EnvVar) bool { return strings.HasSuffix(v.Name, "_NODE_IPS") })
 	}
 	own, _ := exportLines(static, "")
 	secrets, err := exportLines(spec.Secrets, "# sshq job secrets: removed when the job ends")
@@ -160,7 +203,19 @@ func submitCommand(spec JobSpec) (cmd string, stdin []byte, err error) {
 	}
 	add("setup.sh", spec.Setup)
 	add("run.sh", spec.Run)
+	if spec.Gang != nil {
+		return commandWith(gangSubmit, "submit", spec.UID), b, nil
+	}
 	return command("submit", spec.UID), b, nil
+}
+
+// idleSeconds rounds Idle up to whole seconds: a limit of 0.5s must not
+// become "never".
+func (s *ShellSpec) idleSeconds() int64 {
+	if s.Idle <= 0 {
+		return 0
+	}
+	return int64((s.Idle + time.Second - 1) / time.Second)
 }
 
 // validate refuses a spec the node could not take as it is meant.
@@ -190,12 +245,21 @@ func (spec JobSpec) validate() error {
 	if strings.Contains(spec.Setup, "\x00") || strings.Contains(spec.Run, "\x00") {
 		return fmt.Errorf("job %s: setup or run script holds a NUL byte, which bash cannot run", spec.UID)
 	}
+	if spec.MemLimitMiB < 0 || spec.TimeLimit < 0 || spec.CPUs < 0 {
+		return fmt.Errorf("job %s: a negative limit (memory %d MiB, time %v, %d CPUs)", spec.UID, spec.MemLimitMiB, spec.TimeLimit, spec.CPUs)
+	}
+	if spec.MemLimitMiB > 1<<40 {
+		return fmt.Errorf("job %s: memory limit %d MiB is past any machine", spec.UID, spec.MemLimitMiB)
+	}
 	numNodes := spec.NumNodes
 	if numNodes == 0 {
 		numNodes = 1
 	}
 	if spec.NodeRank < 0 || spec.NodeRank >= numNodes {
 		return fmt.Errorf("job %s: node rank %d is outside 0..%d", spec.UID, spec.NodeRank, numNodes-1)
+	}
+	if spec.Gang != nil {
+		return spec.Gang.validate(spec)
 	}
 	return nil
 }
@@ -208,13 +272,11 @@ func exportLines(vars []EnvVar, header string) (string, error) {
 		sb.WriteString(header + "\n")
 	}
 	for _, v := range vars {
-		if !isEnvName(v.Name) {
-			return "", fmt.Errorf("%q is not a valid environment variable name (letters, digits and '_', not starting with a digit)", v.Name)
+		line, err := sshpool.ExportLine(v.Name, v.Value)
+		if err != nil {
+			return "", err
 		}
-		if strings.Contains(v.Value, "\x00") {
-			return "", fmt.Errorf("the value of %s holds a NUL byte, which no environment variable can carry", v.Name)
-		}
-		sb.WriteString("export " + v.Name + "=" + sshpool.Quote(v.Value) + "\n")
+		sb.WriteString(line)
 	}
 	return sb.String(), nil
 }
@@ -223,31 +285,9 @@ func command(action string, args ...string) string {
 	return sshpool.Command(append([]string{"bash", "-c", scripts[action], "sshq", action}, args...)...)
 }
 
-func checkUID(uid string) error {
-	if uid == "" || len(uid) > 128 {
-		return fmt.Errorf("job uid %q must be 1 to 128 characters", uid)
-	}
-	for i := 0; i < len(uid); i++ {
-		c := uid[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return fmt.Errorf("job uid %q: only letters, digits, '-' and '_' may name a tmux session and a directory", uid)
-		}
-	}
-	return nil
-}
-
-func isEnvName(s string) bool {
-	if s == "" || s[0] >= '0' && s[0] <= '9' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
-			return false
-		}
-	}
-	return true
-}
+// checkUID also vets the uids read back from a node's records, which other
+// users can write.
+func checkUID(uid string) error { return job.CheckUID(uid) }
 
 func isToken(s string) bool {
 	if s == "" {

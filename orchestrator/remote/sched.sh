@@ -333,6 +333,9 @@ queue_join() {
 	ns=${ns//[!0-9]/}
 	if [ ${#ns} -eq 16 ]; then ns=${ns}000; else ns=$(date +%s%N); fi
 	ticket=w.$ns.$uid
+	# A multi-node job's ticket is ordered by its gang's key ("<ns>-<uid>",
+	# the controller's clock) on every node (gang.sh).
+	case ${SSHQ_M_GANG:-} in [0-9]*-*) ns=${SSHQ_M_GANG%%-*} && [ ${#ns} = 19 ] && ticket=w.$ns.$uid ;; esac
 	if ! rec_write w "$ticket"; then
 		jlog "$lease_err"
 		return 1
@@ -347,7 +350,9 @@ queue_wait() {
 	local noted=
 	while :; do
 		if cancelled || [ -n "$got_signal" ]; then finish CANCELLED 143; fi
-		try_start && return 0
+		# A node short of disk keeps the job waiting, in its place
+		# (limits.sh).
+		if disk_ok; then try_start && return 0; fi
 		if [ -n "$never" ]; then
 			jlog "$never"
 			finish FAILED_SETUP 3
@@ -386,6 +391,8 @@ try_start() {
 	[ -n "$free" ] || return 1
 	lease_scan all clean
 	[ -z "$scan_unknown" ] || return 1
+	# Parked ranks of multi-node jobs keep their place but ask for nothing.
+	declare -F gang_skip_parked >/dev/null && gang_skip_parked
 	gpu_leases
 	me=${#t_name[@]}
 	for i in "${!t_name[@]}"; do

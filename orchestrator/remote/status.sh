@@ -2,7 +2,8 @@
 # in one pass: host facts, the driver's answers (one GPU query, one process
 # query: the same ones the queue decides by), the queue's view of every GPU,
 # its leases and waiters, and every sshq job running on the node, of any
-# user, with or without GPUs. Needs lib.sh, lease.sh and sched.sh.
+# user, with or without GPUs. Needs lib.sh, lease.sh, sched.sh and
+# gangrec.sh.
 #
 # The driver's answers come first, as sections after "@@sshq NAME" marker
 # lines (gpu.ParseProbe reads them: nvidia-smi's own lines are not records),
@@ -74,6 +75,7 @@ cmd_status() {
 		printf 'running\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${r_uid[$i]}" "${r_id[$i]}" "${r_user[$i]}" \
 			"${r_name[$i]}" "${r_n[$i]}" "${r_since[$i]}" "${r_login[$i]}"
 	done
+	[ -n "$lease_ok" ] && gang_status_report # multi-node jobs' ranks: gangrec.sh
 	for i in "${!errors[@]}"; do
 		report_error "${errors[$i]}"
 	done

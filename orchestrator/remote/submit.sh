@@ -67,7 +67,7 @@ cmd_submit() {
 	{
 		printf 'umask %s\n' "$user_umask"
 		printf 'export SSHQ_LEASE_DIR=%q\n' "$lease_dir"
-		for f in PATH LD_LIBRARY_PATH LANG LC_CTYPE SSHQ_SIM_DIR SSHQ_POLL_INTERVAL SSHQ_PROBE_TIMEOUT SSHQ_END_GRACE XDG_RUNTIME_DIR DBUS_SESSION_BUS_ADDRESS; do
+		for f in PATH LD_LIBRARY_PATH LANG LC_CTYPE SSHQ_SIM_DIR SSHQ_POLL_INTERVAL SSHQ_PROBE_TIMEOUT SSHQ_END_GRACE SSHQ_RESERVE_MEM SSHQ_DISK_FLOOR SSHQ_LOG_CAP SSHQ_NO_SYSTEMD XDG_RUNTIME_DIR DBUS_SESSION_BUS_ADDRESS; do
 			[ -n "${!f+x}" ] && printf 'export %s=%q\n' "$f" "${!f}"
 		done
 		if [ -n "$orig_lc_set" ]; then

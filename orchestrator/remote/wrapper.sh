@@ -1,10 +1,14 @@
 # sshq node protocol, v1: the wrapper (action wrapper JOBDIR), which runs a
 # job in its tmux session with no controller anywhere: takes its place in
-# the queue, waits for its GPUs, runs setup and run, records how it ended.
-# Needs lib.sh, lease.sh and sched.sh (the queue: queue_join, queue_wait).
+# the queue, waits for its GPUs, runs setup and run (or, for `sshq shell`,
+# an interactive shell: shell.sh) within the job's limits, records how it
+# ended. Needs lib.sh, lease.sh, sched.sh (the queue: queue_join,
+# queue_wait), gangrec.sh, limits.sh, watch.sh and shell.sh; a multi-node
+# job's rank, gang.sh too.
 
 # Files in its job directory: meta.sh (identity, from the controller),
-# state (lines "STATE unix_ts"), log, exit, gpus, ticket, cancel.
+# state (lines "STATE unix_ts"), log, exit, gpus, ticket, cancel; and
+# reason, cores, log.dropped (limits.sh, watch.sh).
 jd= uid= got_signal= wfd= disp_pid=
 
 jlog() { printf 'sshq: %s\n' "$*" >>"$jd/log"; }
@@ -17,7 +21,10 @@ set_state() {
 # atomically: whoever sees it sees the terminal state too. Processes the job
 # left behind end first (see sweep_leftovers), so an ended job holds no GPU.
 finish() {
+	# A rank of a multi-node job may end otherwise (gang.sh).
+	[ -n "${SSHQ_M_GANG:-}" ] && gang_finish "$1" "$2" && set -- "$gang_fstate" "$gang_fcode"
 	sweep_leftovers
+	limits_end
 	rm -f -- "$jd/secrets.sh"
 	lease_end
 	set_state "$1"
@@ -26,9 +33,10 @@ finish() {
 }
 
 # own_pids: the wrapper's own processes, which carry the job's mark but are
-# not the job's: itself, the scope's outer wrapper waiting on it, the display.
+# not the job's: itself, the scope's outer wrapper waiting on it, the
+# display, a shell's watcher (shell.sh).
 own_pids() {
-	printf '%s\n' $$ ${disp_pid:+"$disp_pid"}
+	printf '%s\n' $$ ${disp_pid:+"$disp_pid"} ${gang_pid:+"$gang_pid"} ${shell_watch_pid:+"$shell_watch_pid"}
 	[ -n "${SSHQ_IN_SCOPE:-}" ] && printf '%s\n' "$PPID"
 }
 
@@ -72,7 +80,9 @@ sweep_leftovers() {
 # cancelled: `sshq cancel` leaves a mark before it signals. While the job
 # runs only the mark counts (a stray signal to the wrapper alone changes
 # nothing); while it waits, any SIGTERM/SIGHUP also ends the wait.
-cancelled() { [ -e "$jd/cancel" ]; }
+# A rank of a multi-node job that another rank stopped (gang.sh) ends the same
+# way, its agent having left gang.cause.
+cancelled() { [ -e "$jd/cancel" ] || [ -e "$jd/gang.cause" ]; }
 
 # run_phase SCRIPT: run a user script with the job's environment in a fresh
 # bash. The task's variables are sourced there, not here, so no name a user
@@ -81,12 +91,56 @@ cancelled() { [ -e "$jd/cancel" ]; }
 run_phase() {
 	local wd=$HOME
 	[ -d "$jd/workdir" ] && wd=$jd/workdir
+	limited "$1" start_script "$1" "$wd"
+}
+
+# start_script SCRIPT WD: run_phase's phase, in the background, under the
+# limits' prefix; its output goes to the log alone.
+start_script() {
 	(
 		cd "$jd" || exit 1
+		[ -n "$nap_fd" ] && exec {nap_fd}<&-
+		exec {errfd}>&-
 		restore_locale
-		exec "$BASH" -c '. ./env.sh && { [ ! -f ./secrets.sh ] || . ./secrets.sh; } && . ./gpu.env &&
-			cd -- "$1" && exec "$2" "$3"' sshq-phase "$wd" "$BASH" "$jd/$1"
-	) </dev/null >>"$jd/log" 2>&1 {wfd}<&-
+		exec ${phase_pre[@]+"${phase_pre[@]}"} "$BASH" -c ': >./.phase && . ./env.sh &&
+			{ [ ! -f ./secrets.sh ] || . ./secrets.sh; } && . ./gpu.env && cd -- "$1" && exec "$2" "$3"' \
+			sshq-phase "$2" "$BASH" "$jd/$1"
+	) </dev/null >>"$jd/log" 2>&1 {wfd}<&- &
+}
+
+# limited PHASE START ARGS...: a phase (setup.sh, run.sh, or the shell)
+# within the job's limits: START ARGS... starts it in the background under
+# the prefix its limits ask for (phase_pre: a memory scope, taskset), and
+# the wrapper watches it meanwhile (watch.sh). A phase whose prefix could
+# not start it (its first act is to touch .phase) runs again without.
+# Returns the phase's exit status; a phase a limit ended finishes the job.
+limited() {
+	local phase=$1
+	shift
+	limits_begin
+	phase_prefix "$phase"
+	# bash reports a background job a signal ended ("Killed ...") on its
+	# stderr, the pane: not while a phase runs. START finds the pane's
+	# stderr in errfd.
+	local errfd
+	exec {errfd}>&2 2>/dev/null
+	while :; do
+		rm -f -- "$jd/.phase"
+		"$@"
+		watch_phase $!
+		{ [ ${#phase_pre[@]} -eq 0 ] || [ -e "$jd/.phase" ] || cancelled || [ -n "$got_signal" ]; } && break
+		jlog "could not start $phase under: ${phase_pre[*]} (exit $phase_rc); trying without $([ "$lim_mem_mode" = cgroup ] && echo the memory scope || echo taskset)"
+		if [ "$lim_mem_mode" = cgroup ]; then
+			lim_mem_mode=watchdog
+		else
+			lim_cores=
+			rm -f -- "$jd/cores"
+		fi
+		phase_prefix "$phase"
+	done
+	exec 2>&"$errfd" {errfd}>&-
+	rm -f -- "$jd/.phase"
+	return "$phase_rc"
 }
 
 # show_log: the pane `sshq attach` shows is the job's log, live and from
@@ -164,13 +218,22 @@ cmd_wrapper() {
 	export PYTHONUNBUFFERED=1
 	local u cvd
 
+	[ -n "${SSHQ_M_GANG:-}" ] && gang_start
 	# A job asking for GPUs waits for them in the node's queue (sched.sh).
 	if [ "$ngpus" -gt 0 ]; then
 		queue_join || finish FAILED_SETUP 3
 		set_state PENDING
-		queue_wait
+		if [ -n "${SSHQ_M_GANG:-}" ]; then
+			# A node short of disk keeps the rank waiting, in its place.
+			wait_disk
+			gang_wait
+		else
+			queue_wait
+		fi
 	else
 		set_state PENDING
+		wait_disk
+		[ -n "${SSHQ_M_GANG:-}" ] && gang_wait
 	fi
 
 	cvd=
@@ -185,6 +248,7 @@ cmd_wrapper() {
 		printf 'export PYTHONUNBUFFERED=1\n'
 		printf 'export SSHQ_JOB_UID=%s\n' "$uid"
 	} >"$jd/gpu.env"
+	[ -n "${SSHQ_M_GANG:-}" ] && gang_env >>"$jd/gpu.env"
 	[ -n "$cvd" ] && jlog "leased GPU(s) $cvd"
 	record_running
 
@@ -201,9 +265,13 @@ cmd_wrapper() {
 	fi
 	if cancelled; then finish CANCELLED 143; fi
 	set_state RUNNING
-	run_phase run.sh
+	if [ -n "${SSHQ_M_SHELL:-}" ]; then
+		run_shell # sshq shell: see shell.sh
+	else
+		run_phase run.sh
+	fi
 	rc=$?
-	if cancelled; then finish CANCELLED "$rc"; fi
+	if cancelled || [ -e "$jd/idle" ]; then finish CANCELLED "$rc"; fi
 	if [ $rc -eq 0 ]; then finish SUCCEEDED 0; fi
 	finish FAILED "$rc"
 }

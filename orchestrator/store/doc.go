@@ -89,8 +89,10 @@
 // by reconcile: if its node knows the uid it takes the node's state,
 // otherwise, once the launch could no longer be syncing, it is LOST. After
 // SUBMITTING the states follow the node: PENDING → SETTING_UP → RUNNING →
-// SUCCEEDED | FAILED | FAILED_SETUP | CANCELLED, and LOST for a job whose
-// process vanished without an exit record.
+// SUCCEEDED | FAILED | FAILED_SETUP | CANCELLED | TIMEOUT | OUT_OF_MEMORY
+// (the last two: a limit ended it, the node's or Slurm's reason in
+// Job.Reason), and
+// LOST for a job whose process vanished without an exit record.
 //
 // # File format
 //

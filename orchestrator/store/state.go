@@ -44,7 +44,25 @@ type Job struct {
 	QueuePosition *int       `json:"queue_position"` // place in its node's FIFO while PENDING
 	EnvNames      []string   `json:"env_names"`      // names of the envs given to it, never values
 	LastSeen      *time.Time `json:"last_seen"`      // when its node last confirmed State
+	MemLimitMiB   *int64     `json:"mem_limit_mib"`  // memory limit of its whole process tree (--mem or the default); null for none
+	TimeLimitS    *int64     `json:"time_limit_s"`   // time limit from the start of setup, in seconds (--time or the default); null for none
+	CPUs          int        `json:"cpus"`           // cores it asked for (--cpus); 0 for none
+	Cores         string     `json:"cores"`          // the cores its node pinned it to ("0-3,8"); "" for none
+	// Why it waits (the node's disk low; Slurm's pending reason) or how it
+	// ended at a limit (the peak and the limit; Slurm's words); "" for none.
+	Reason string `json:"reason"`
+	// A job on a Slurm cluster (Backend "slurm") runs under sbatch through
+	// its Node, the cluster's login node, not in that node's own queue.
+	Backend  string `json:"backend"`   // "" for a node's own queue, or BackendSlurm
+	SlurmID  string `json:"slurm_id"`  // Slurm's job id once sbatch took it; "" otherwise
+	SlurmDir string `json:"slurm_dir"` // its job directory on the login node (~/...); "" otherwise
+	// Gang is a multi-node job's ranks (Node is rank 0's); absent for a job
+	// on one node.
+	Gang *Gang `json:"gang,omitempty"`
 }
+
+// BackendSlurm is Job.Backend for a job submitted to a Slurm cluster.
+const BackendSlurm = "slurm"
 
 // State is the whole of state.json: the unfinished jobs and the recently
 // ended ones (see [KeepEnded]). Change it only inside [Store.Update].

@@ -438,9 +438,9 @@ func TestJobJSONContract(t *testing.T) {
 	data, _ := json.Marshal(st.Jobs[0])
 	var m map[string]any
 	json.Unmarshal(data, &m)
-	want := []string{"accelerator", "command", "ended", "env_names", "exit_code", "gpu_uuids", "gpus", "id",
-		"last_seen", "name", "node", "num_gpus", "queue_position", "started", "state", "submitted", "task_file",
-		"uid", "user", "workdir"}
+	want := []string{"accelerator", "backend", "command", "cores", "cpus", "ended", "env_names", "exit_code", "gpu_uuids", "gpus", "id",
+		"last_seen", "mem_limit_mib", "name", "node", "num_gpus", "queue_position", "reason", "slurm_dir", "slurm_id", "started", "state",
+		"submitted", "task_file", "time_limit_s", "uid", "user", "workdir"}
 	var keys []string
 	for k := range m {
 		keys = append(keys, k)
@@ -449,7 +449,7 @@ func TestJobJSONContract(t *testing.T) {
 	if !slices.Equal(keys, want) {
 		t.Errorf("job JSON keys\n got %v\nwant %v", keys, want)
 	}
-	for _, k := range []string{"started", "ended", "exit_code", "queue_position", "last_seen"} {
+	for _, k := range []string{"started", "ended", "exit_code", "queue_position", "last_seen", "mem_limit_mib", "time_limit_s"} {
 		if m[k] != nil {
 			t.Errorf("%s of a new job = %v, want null", k, m[k])
 		}

@@ -138,6 +138,22 @@ func TestGoodCorpus(t *testing.T) {
 				"resources.disk_size", "resources.disk_tier", "resources.labels", "config"},
 		},
 		{
+			file:     "skypilot_distributed.yaml",
+			override: Overrides{},
+			check: func(t *testing.T, tk *Task) {
+				if tk.NumNodes != 2 || !reflect.DeepEqual(tk.Resources.Accelerators, []Accel{{"V100", 4}}) {
+					t.Errorf("num_nodes %d accelerators %v, want 2 nodes of V100:4", tk.NumNodes, tk.Resources.Accelerators)
+				}
+				over := *tk
+				if err := over.Apply(Overrides{NumNodes: 3}); err != nil || over.NumNodes != 3 {
+					t.Errorf("--num-nodes 3: %d %v", over.NumNodes, err)
+				}
+				if err := over.Apply(Overrides{NumNodes: MaxNumNodes + 1}); err == nil {
+					t.Errorf("--num-nodes %d accepted", MaxNumNodes+1)
+				}
+			},
+		},
+		{
 			file: "minimal.yaml",
 			check: func(t *testing.T, tk *Task) {
 				if tk.Run != "nvidia-smi" || tk.Workdir != "" || len(tk.Resources.Accelerators) != 0 || tk.NumNodes != 1 {

@@ -31,7 +31,7 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if tk.NumNodes != 1 {
+		if tk.NumNodes < 1 || tk.NumNodes > MaxNumNodes {
 			t.Fatalf("NumNodes %d accepted", tk.NumNodes)
 		}
 		for _, a := range tk.Resources.Accelerators {

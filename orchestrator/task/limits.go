@@ -44,6 +44,9 @@ const (
 	// (ARG_MAX), and the node's own environment and sshq's variables need
 	// the rest.
 	MaxEnvTotal = 1 << 20
+	// MaxNumNodes bounds num_nodes: a number of nodes, not of anything
+	// smaller, and it reaches sbatch --nodes.
+	MaxNumNodes = 4096
 )
 
 const bigValueFix = "put the data in a file (in the workdir, or copied with file_mounts) and pass its path instead"

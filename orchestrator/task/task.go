@@ -62,7 +62,9 @@ type Task struct {
 	// Workdir is the absolute local directory synced to the node and used as
 	// the job's working directory; "" when the task has none.
 	Workdir string
-	// NumNodes is always 1 for now; larger values are refused.
+	// NumNodes is how many nodes run the task (SkyPilot's num_nodes), each
+	// with Resources; 1 unless the file or --num-nodes says more. Plain
+	// nodes run it as a gang of ranks, a Slurm cluster under sbatch --nodes.
 	NumNodes  int
 	Resources Resources
 	// Envs are the job's environment variables. A variable the file
@@ -254,6 +256,8 @@ type Overrides struct {
 	Workdir string
 	// Run replaces the task's run: (from `sshq launch task.yaml CMD...`).
 	Run string
+	// NumNodes replaces the task's num_nodes when it is not 0.
+	NumNodes int
 }
 
 // ParseEnvFlag reads one --env or --secret value: NAME=VALUE, or NAME
@@ -323,6 +327,12 @@ func ParseIn(base, name string, data []byte) (t *Task, warns []Warning, err erro
 
 // Apply merges the command line's overrides into t.
 func (t *Task) Apply(o Overrides) error {
+	if o.NumNodes != 0 {
+		if o.NumNodes < 1 || o.NumNodes > MaxNumNodes {
+			return &Error{Field: "--num-nodes", Msg: fmt.Sprintf("%d: a job runs on 1 to %d nodes", o.NumNodes, MaxNumNodes)}
+		}
+		t.NumNodes = o.NumNodes
+	}
 	if o.Name != "" {
 		if why := nameProblem(o.Name); why != "" {
 			return &Error{Field: "--name", Msg: why}

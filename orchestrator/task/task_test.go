@@ -306,6 +306,21 @@ func TestSetupOnlyIsATask(t *testing.T) {
 	}
 }
 
+// num_nodes is kept as written: whether a task may span nodes depends on
+// where it is placed (a Slurm cluster), not on the file.
+func TestNumNodes(t *testing.T) {
+	t.Parallel()
+	for text, want := range map[string]int{"run: x\n": 1, "num_nodes: 1\nrun: x\n": 1, "num_nodes: 2\nrun: x\n": 2, "num_nodes:\nrun: x\n": 1} {
+		tk, _, err := Parse("t.yaml", []byte(text))
+		if err != nil || tk.NumNodes != want {
+			t.Errorf("%q: NumNodes %v, %v; want %d", text, tk, err, want)
+		}
+	}
+	if _, _, err := Parse("t.yaml", []byte("num_nodes: 100000\nrun: x\n")); err == nil || !strings.Contains(err.Error(), "at most 4096") {
+		t.Errorf("num_nodes 100000: %v", err)
+	}
+}
+
 func TestApply(t *testing.T) {
 	t.Parallel()
 	const src = `name: train

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -199,55 +198,19 @@ func (j *job) addMetaFix(le, re *entry) {
 // content only needs its metadata fixed, the rest is sent.
 func (j *job) compareContent(ctx context.Context) error {
 	j.st.Hashed = len(j.hash)
-	var stdin bytes.Buffer
-	for _, e := range j.hash {
-		stdin.WriteString(shellRel(e.rel))
-		stdin.WriteByte(0)
-	}
-	type remoteResult struct {
-		out  []byte
-		err  error
-		code int
-		msg  []byte
-	}
-	rch := make(chan remoteResult, 1)
-	go func() {
-		out, msg, code, err := j.r.Run(ctx, hashScript(j.root), &stdin)
-		rch <- remoteResult{out, err, code, msg}
-	}()
-
-	local := make([][32]byte, len(j.hash))
-	errs := make([]error, len(j.hash))
+	local, errs, remote, rerr := hashBoth(ctx, j.r, j.root, j.hash, runtime.NumCPU(), j.opts.open, func(e *entry) string { return e.abs })
 	gone := make([]bool, len(j.hash))
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for w := 0; w < min(runtime.NumCPU(), len(j.hash)); w++ {
-		wg.Go(func() {
-			for i := range next {
-				local[i], errs[i] = j.hashLocal(j.hash[i].abs)
-				if j.vanishedOK(errs[i]) {
-					gone[i], errs[i] = true, nil
-				}
-			}
-		})
+	for i, err := range errs {
+		if j.vanishedOK(err) {
+			gone[i], errs[i] = true, nil
+		}
 	}
-	for i := range j.hash {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	rr := <-rch
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	if rr.err != nil {
-		return fmt.Errorf("hashing files on the node: %w", rr.err)
+	if rerr != nil {
+		return rerr
 	}
-	// 123 is xargs saying some sha256sum failed: a file vanished, it is sent.
-	if rr.code != 0 && rr.code != 123 {
-		return fmt.Errorf("hashing files on the node failed (exit %d): %s", rr.code, strings.TrimSpace(string(rr.msg)))
-	}
-	remote := parseHashes(rr.out)
 	for i, le := range j.hash {
 		if gone[i] {
 			j.st.Vanished++
@@ -268,21 +231,6 @@ func (j *job) compareContent(ctx context.Context) error {
 // than failing over it; a file mount has nothing else to sync, so it fails.
 func (j *job) vanishedOK(err error) bool {
 	return err != nil && j.single == "" && errors.Is(err, fs.ErrNotExist)
-}
-
-func (j *job) hashLocal(abs string) ([32]byte, error) {
-	var h [32]byte
-	f, err := j.opts.open(abs)
-	if err != nil {
-		return h, fmt.Errorf("cannot read %s: %w", abs, err)
-	}
-	defer f.Close()
-	s := sha256.New()
-	if _, err := io.Copy(s, f); err != nil {
-		return h, fmt.Errorf("cannot read %s: %w", abs, err)
-	}
-	copy(h[:], s.Sum(nil))
-	return h, nil
 }
 
 // prepare runs the one command that changes directories on the node.
@@ -327,15 +275,6 @@ func (j *job) prepare(ctx context.Context) error {
 	return err
 }
 
-func (j *job) report(f func(p *Progress)) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	f(&j.prog)
-	if j.opts.Progress != nil {
-		j.opts.Progress(j.prog)
-	}
-}
-
 // pool runs fn on every item with n workers and stops at the first error.
 func pool[T any](ctx context.Context, n int, items []T, fn func(T) error) error {
 	if len(items) == 0 {
@@ -370,20 +309,13 @@ feed:
 // transfer sends the planned files and links and fixes metadata in place,
 // Concurrency at a time on the one client.
 func (j *job) transfer(ctx context.Context, c *sftp.Client) error {
-	var total int64
-	for _, e := range j.upload {
-		total += e.size
-	}
+	up, total := bigFirst(j.upload)
 	j.report(func(p *Progress) { p.FilesTotal, p.BytesTotal = len(j.upload), total })
 	type task struct {
 		e   *entry
 		fix bool
 	}
 	tasks := make([]task, 0, len(j.upload)+len(j.fixInPlace))
-	// Big files first: they pipeline on their own and the small ones fill
-	// the gaps, so the tail of the sync is not one large file alone.
-	up := append([]*entry(nil), j.upload...)
-	sort.SliceStable(up, func(a, b int) bool { return up[a].size > up[b].size })
 	for _, e := range up {
 		tasks = append(tasks, task{e: e})
 	}
@@ -429,10 +361,7 @@ func (j *job) sendLink(c *sftp.Client, e *entry) error {
 		c.Remove(tmp)
 		return fmt.Errorf("renaming %s into place on the node: %w", dst, err)
 	}
-	j.report(func(p *Progress) { p.FilesDone++ })
-	j.mu.Lock()
-	j.st.Uploaded++
-	j.mu.Unlock()
+	j.fileDone(func() { j.st.Uploaded++ })
 	return nil
 }
 
@@ -511,7 +440,7 @@ func (j *job) sendFile(c *sftp.Client, e *entry) (err error) {
 		if err = private(); err != nil {
 			return err
 		}
-		n, err = f.ReadFromWithConcurrency(&countingReader{r: src, j: j}, 0)
+		n, err = f.ReadFromWithConcurrency(io.TeeReader(src, &j.reporter), 0)
 		if err != nil {
 			return fmt.Errorf("writing %s on the node: %w", dst, err)
 		}
@@ -536,25 +465,8 @@ func (j *job) sendFile(c *sftp.Client, e *entry) (err error) {
 	if err = c.PosixRename(tmp, dst); err != nil {
 		return fmt.Errorf("renaming %s into place on the node: %w", dst, err)
 	}
-	j.report(func(p *Progress) { p.FilesDone++ })
-	j.mu.Lock()
-	j.st.Uploaded++
-	j.st.BytesUploaded += n
-	j.mu.Unlock()
+	j.fileDone(func() { j.st.Uploaded++; j.st.BytesUploaded += n })
 	return nil
-}
-
-type countingReader struct {
-	r io.Reader
-	j *job
-}
-
-func (cr *countingReader) Read(b []byte) (int, error) {
-	n, err := cr.r.Read(b)
-	if n > 0 {
-		cr.j.report(func(p *Progress) { p.BytesDone += int64(n) })
-	}
-	return n, err
 }
 
 // dirFixes lists the directories whose mode and mtime must be set, deepest
@@ -572,8 +484,29 @@ func (j *job) dirFixes() []*entry {
 			ds = append(ds, le)
 		}
 	}
+	return deepestFirst(ds)
+}
+
+// deepestFirst returns directories in the order their mode and mtime are
+// set, children before parents: writing into a directory changes its mtime,
+// and a parent's final mode may forbid the writes and lookups below it.
+func deepestFirst(ds []*entry) []*entry {
+	ds = append([]*entry(nil), ds...)
 	sort.SliceStable(ds, func(a, b int) bool { return depth(ds[a].rel) > depth(ds[b].rel) })
 	return ds
+}
+
+// bigFirst returns files largest first, and their total size. Big files
+// start first: they pipeline on their own and the small ones fill the
+// gaps, so the tail of a transfer is not one large file alone.
+func bigFirst(es []*entry) ([]*entry, int64) {
+	var total int64
+	for _, e := range es {
+		total += e.size
+	}
+	es = append([]*entry(nil), es...)
+	sort.SliceStable(es, func(a, b int) bool { return es[a].size > es[b].size })
+	return es, total
 }
 
 func depth(rel string) int {

@@ -3,7 +3,6 @@ package wsync
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -11,9 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -56,7 +53,7 @@ type PullStats struct {
 func Pull(ctx context.Context, r Remote, remotePath, localPath string, opts Options) (PullStats, error) {
 	start := time.Now()
 	opts = opts.withDefaults()
-	p := &puller{r: r, opts: opts}
+	p := &puller{r: r, opts: opts, reporter: reporter{progress: opts.Progress}}
 	st, err := p.run(ctx, remotePath, localPath)
 	st.Duration = time.Since(start)
 	return st, err
@@ -82,9 +79,8 @@ type puller struct {
 	writeDirs   map[string]bool // local directories written into
 	localOf     map[string]string
 	st          PullStats
-	mu          sync.Mutex
-	prog        Progress
 	createdDirs map[string]bool
+	reporter
 }
 
 // pullListScript lists the remote path: a directory from inside, a file
@@ -354,36 +350,11 @@ func (p *puller) addDownload(e *entry) {
 // sides at once: equal content only gets its mode and mtime fixed.
 func (p *puller) compare(ctx context.Context) error {
 	p.st.Hashed = len(p.hash)
-	var stdin bytes.Buffer
-	for _, e := range p.hash {
-		stdin.WriteString(shellRel(e.rel))
-		stdin.WriteByte(0)
+	// A local file that cannot be read is copied, not compared.
+	local, errs, remote, err := hashBoth(ctx, p.r, p.root, p.hash, 4, p.opts.open, func(e *entry) string { return p.local(e.rel) })
+	if err != nil {
+		return err
 	}
-	type result struct {
-		out, msg []byte
-		code     int
-		err      error
-	}
-	rch := make(chan result, 1)
-	go func() {
-		out, msg, code, err := p.r.Run(ctx, hashScript(p.root), &stdin)
-		rch <- result{out, msg, code, err}
-	}()
-	local := make([][32]byte, len(p.hash))
-	errs := make([]error, len(p.hash))
-	pool(ctx, 4, indexes(len(p.hash)), func(i int) error {
-		local[i], errs[i] = hashFile(p.local(p.hash[i].rel))
-		return nil
-	})
-	rr := <-rch
-	if rr.err != nil {
-		return fmt.Errorf("hashing files on the node: %w", rr.err)
-	}
-	// 123: xargs says a sha256sum failed (a file vanished): it is copied.
-	if rr.code != 0 && rr.code != 123 {
-		return fmt.Errorf("hashing files on the node failed (exit %d): %s", rr.code, strings.TrimSpace(string(rr.msg)))
-	}
-	remote := parseHashes(rr.out)
 	for i, e := range p.hash {
 		if h, ok := remote[shellRel(e.rel)]; ok && errs[i] == nil && h == local[i] {
 			p.metaFix = append(p.metaFix, e)
@@ -393,14 +364,6 @@ func (p *puller) compare(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func indexes(n int) []int {
-	out := make([]int, n)
-	for i := range out {
-		out[i] = i
-	}
-	return out
 }
 
 // prepareLocal replaces what is in the way of directories, creates the
@@ -425,7 +388,7 @@ func (p *puller) prepareLocal() error {
 		}
 		if p.single {
 			// The user's directory: only this file's own temps are ours.
-			stale, _ := filepath.Glob(filepath.Join(globQuote(d), tempPrefix+"*-"+globQuote(truncName(filepath.Base(p.dest)))))
+			stale, _ := filepath.Glob(filepath.Join(globEscape(d), tempPrefix+"*-"+globEscape(truncName(filepath.Base(p.dest)))))
 			for _, s := range stale {
 				if os.Remove(s) == nil {
 					p.st.StaleTemps++
@@ -439,7 +402,7 @@ func (p *puller) prepareLocal() error {
 				return fmt.Errorf("cannot write into %s: %w", d, err)
 			}
 		}
-		stale, _ := filepath.Glob(filepath.Join(globQuote(d), tempPrefix+"*"))
+		stale, _ := filepath.Glob(filepath.Join(globEscape(d), tempPrefix+"*"))
 		for _, s := range stale {
 			if os.Remove(s) == nil {
 				p.st.StaleTemps++
@@ -449,36 +412,9 @@ func (p *puller) prepareLocal() error {
 	return nil
 }
 
-// globQuote escapes filepath.Match's metacharacters.
-func globQuote(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[\`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
-
-func (p *puller) report(f func(*Progress)) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	f(&p.prog)
-	if p.opts.Progress != nil {
-		p.opts.Progress(p.prog)
-	}
-}
-
 func (p *puller) transfer(ctx context.Context, c *sftp.Client) error {
-	var total int64
-	for _, e := range p.download {
-		total += e.size
-	}
+	files, total := bigFirst(p.download)
 	p.report(func(pr *Progress) { pr.FilesTotal, pr.BytesTotal = len(p.download)+len(p.links), total })
-	// Big files first, so the tail of the download is not one large file.
-	files := append([]*entry(nil), p.download...)
-	sort.SliceStable(files, func(a, b int) bool { return files[a].size > files[b].size })
 	return pool(ctx, p.opts.Concurrency, files, func(e *entry) error {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -514,7 +450,7 @@ func (p *puller) fetch(c *sftp.Client, e *entry) (err error) {
 			os.Remove(tmp)
 		}
 	}()
-	n, err := rf.WriteTo(&countingWriter{w: f, p: p})
+	n, err := rf.WriteTo(io.MultiWriter(f, &p.reporter))
 	if err != nil {
 		return fmt.Errorf("downloading %s: %w", src, err)
 	}
@@ -527,25 +463,8 @@ func (p *puller) fetch(c *sftp.Client, e *entry) (err error) {
 	if err = os.Rename(tmp, dst); err != nil {
 		return fmt.Errorf("renaming %s into place: %w", dst, err)
 	}
-	p.report(func(pr *Progress) { pr.FilesDone++ })
-	p.mu.Lock()
-	p.st.Downloaded++
-	p.st.BytesDownloaded += n
-	p.mu.Unlock()
+	p.fileDone(func() { p.st.Downloaded++; p.st.BytesDownloaded += n })
 	return nil
-}
-
-type countingWriter struct {
-	w io.Writer
-	p *puller
-}
-
-func (cw *countingWriter) Write(b []byte) (int, error) {
-	n, err := cw.w.Write(b)
-	if n > 0 {
-		cw.p.report(func(pr *Progress) { pr.BytesDone += int64(n) })
-	}
-	return n, err
 }
 
 func (p *puller) writeLink(e *entry) error {
@@ -558,8 +477,7 @@ func (p *puller) writeLink(e *entry) error {
 		os.Remove(tmp)
 		return fmt.Errorf("renaming %s into place: %w", dst, err)
 	}
-	p.report(func(pr *Progress) { pr.FilesDone++ })
-	p.st.Downloaded++
+	p.fileDone(func() { p.st.Downloaded++ })
 	return nil
 }
 
@@ -576,13 +494,9 @@ func setLocalAttrs(p string, mode uint32, mtime int64) error {
 	return nil
 }
 
-// fixDirs gives directories their mode and mtime, deepest first: writing
-// into a directory changes its mtime, and a read-only mode would stop the
-// writes below it.
+// fixDirs gives directories their mode and mtime, deepest first.
 func (p *puller) fixDirs() error {
-	ds := append([]*entry(nil), p.dirFixes...)
-	sort.SliceStable(ds, func(a, b int) bool { return depth(ds[a].rel) > depth(ds[b].rel) })
-	for _, e := range ds {
+	for _, e := range deepestFirst(p.dirFixes) {
 		d := p.local(e.rel)
 		fi, err := os.Stat(d)
 		if err != nil {
@@ -596,19 +510,4 @@ func (p *puller) fixDirs() error {
 		}
 	}
 	return nil
-}
-
-func hashFile(p string) ([32]byte, error) {
-	var h [32]byte
-	f, err := os.Open(p)
-	if err != nil {
-		return h, err
-	}
-	defer f.Close()
-	s := sha256.New()
-	if _, err := io.Copy(s, f); err != nil {
-		return h, err
-	}
-	copy(h[:], s.Sum(nil))
-	return h, nil
 }

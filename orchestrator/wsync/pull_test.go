@@ -174,3 +174,21 @@ func TestPullNeverWritesThroughALocalSymlink(t *testing.T) {
 	}
 	assertSame(t, treeOf(t, filepath.Join(n.home, "out")), treeOf(t, filepath.Join(dest, "out")))
 }
+
+func TestPullProgressCountsWhatTravels(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	richTree(t, filepath.Join(n.home, "out"), "/etc/passwd")
+	var last Progress
+	st, err := Pull(context.Background(), n, "~/out", t.TempDir(), Options{Progress: func(p Progress) {
+		if p.BytesDone < last.BytesDone || p.FilesDone < last.FilesDone {
+			t.Errorf("progress went backwards: %+v after %+v", p, last)
+		}
+		last = p
+	}})
+	must(t, err)
+	if st.Downloaded == 0 || last.FilesDone != last.FilesTotal || last.FilesTotal != st.Downloaded ||
+		last.BytesDone != last.BytesTotal || last.BytesTotal != st.BytesDownloaded {
+		t.Errorf("final progress %+v does not match stats %+v", last, st)
+	}
+}

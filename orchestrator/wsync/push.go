@@ -77,7 +77,7 @@ func Push(ctx context.Context, r Remote, localDir, remoteDir string, opts Option
 	if err != nil {
 		return Stats{}, err
 	}
-	j := &job{r: r, opts: opts, local: local, mirror: !opts.NoDelete, start: start.Unix()}
+	j := &job{r: r, opts: opts, local: local, mirror: !opts.NoDelete, start: start.Unix(), reporter: reporter{progress: opts.Progress}}
 	st, err := j.run(ctx, listDirScript(expr, !opts.NoDelete))
 	st.Duration = time.Since(start)
 	return st, err
@@ -119,7 +119,7 @@ func PushFile(ctx context.Context, r Remote, localPath, remotePath string, opts 
 	abs, _ := filepath.Abs(localPath)
 	j := &job{r: r, opts: opts, single: name, local: []entry{{
 		rel: name, kind: 'f', mode: posixMode(fi.Mode()), size: fi.Size(), mtime: fi.ModTime().Unix(), abs: abs,
-	}}}
+	}}, reporter: reporter{progress: opts.Progress}}
 	st, err := j.run(ctx, listFileScript(expr, name))
 	st.RemoteDir = path.Join(st.RemoteDir, name)
 	st.Duration = time.Since(start)
@@ -164,8 +164,7 @@ type job struct {
 	fixByCopy          []*entry
 	touched            map[string]bool // directories whose entries change
 
-	mu   sync.Mutex
-	prog Progress
+	reporter
 }
 
 func (j *job) run(ctx context.Context, listCmd string) (Stats, error) {

@@ -365,9 +365,18 @@ func TestInterruptedByCancelThenResync(t *testing.T) {
 func TestMain(m *testing.M) {
 	if os.Getenv("WSYNC_CHILD_SRC") != "" {
 		n := &localNode{home: os.Getenv("WSYNC_CHILD_HOME")}
+		var sent int64
 		_, err := Push(context.Background(), n, os.Getenv("WSYNC_CHILD_SRC"), os.Getenv("WSYNC_CHILD_DST"), Options{
 			Concurrency: 4,
-			Progress:    func(Progress) { time.Sleep(time.Millisecond) }, // slow enough to be killed mid-way
+			Progress: func(p Progress) {
+				// Bytes are counted while their file is still a temp file:
+				// stop there, mid-sync, until killed, however fast the
+				// machine is.
+				if p.FilesDone >= 2 && p.BytesDone > 250_000 && p.BytesDone > sent {
+					select {}
+				}
+				sent = p.BytesDone
+			},
 		})
 		if err != nil {
 			os.Stderr.WriteString(err.Error())
@@ -393,17 +402,19 @@ func TestInterruptedByKillThenResync(t *testing.T) {
 	must(t, child.Start())
 	done := make(chan error, 1)
 	go func() { done <- child.Wait() }()
-	deadline := time.Now().Add(10 * time.Second)
+	// The child stops mid-sync with a temp file on the node (see TestMain);
+	// the deadline only catches a hang.
+	deadline := time.Now().Add(2 * time.Minute)
 	for len(tempFiles(t, dst)) == 0 {
 		select {
 		case err := <-done:
-			t.Fatalf("the child finished (%v) before a temp file was seen; slow it down", err)
+			t.Fatalf("the child ended (%v) before it stopped mid-sync", err)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("no temp file appeared on the node within 10s")
+			t.Fatal("no temp file appeared on the node within 2 minutes")
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 	must(t, child.Process.Kill())
 	<-done

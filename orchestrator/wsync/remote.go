@@ -85,6 +85,8 @@ func listFileScript(parentExpr, name string) string {
 	return b.String()
 }
 
+// globEscape escapes the metacharacters of find's -name patterns and of
+// filepath.Match, which share them.
 func globEscape(s string) string {
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {

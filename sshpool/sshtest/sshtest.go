@@ -49,6 +49,15 @@ type Options struct {
 	SSHDExtra string
 	// Env adds variables to every node's login environment.
 	Env map[string]string
+	// ConnectTimeout is the config's ConnectTimeout for the nodes
+	// (default 15s): generous, because on a loaded machine a healthy
+	// node's handshake can take seconds, and a node that is down is
+	// refused at once anyway.
+	ConnectTimeout time.Duration
+	// HungTimeout is the ConnectTimeout of the hosts AddHungNode adds
+	// (default 2s): a test that dials one waits this long for the failure
+	// it expects.
+	HungTimeout time.Duration
 }
 
 // Cluster is a set of running nodes and the client-side files to reach them.
@@ -64,6 +73,7 @@ type Cluster struct {
 	mu      sync.Mutex
 	extra   []string // extra config blocks (hung/dead nodes, custom hosts)
 	closers []func()
+	dials   map[string]*atomic.Int32 // connections each hung node accepted
 }
 
 // Node is one sshd with its own simulated machine.
@@ -128,9 +138,16 @@ func Require(tb testing.TB) {
 	if SSHDPath() != "" && SFTPServerPath() != "" {
 		return
 	}
-	msg := "OpenSSH sshd/sftp-server not installed; install it with `sudo apt-get install -y openssh-server tmux` (Debian/Ubuntu) or `sudo dnf install openssh-server tmux`"
+	SkipUnlessCI(tb, "OpenSSH sshd/sftp-server not installed; install it with `sudo apt-get install -y openssh-server tmux` (Debian/Ubuntu) or `sudo dnf install openssh-server tmux`")
+}
+
+// SkipUnlessCI skips tb for lack of what msg names (say how to install it),
+// or fails it when the CI environment variable is set: a CI run that
+// skipped the tests against real daemons would pass without testing them.
+func SkipUnlessCI(tb testing.TB, msg string) {
+	tb.Helper()
 	if os.Getenv("CI") != "" {
-		tb.Fatal(msg + " (CI is set: real-sshd tests must not be skipped)")
+		tb.Fatal(msg + " (CI is set: tests against real daemons must not be skipped)")
 	}
 	tb.Skip(msg)
 }
@@ -460,13 +477,15 @@ func (c *Cluster) AddHost(block string) error {
 }
 
 // AddHungNode adds a host that accepts TCP connections and never speaks, the
-// way a wedged sshd or a host in the middle of a kernel panic behaves.
+// way a wedged sshd or a host in the middle of a kernel panic behaves. Its
+// Host block sets ConnectTimeout to Options.HungTimeout.
 func (c *Cluster) AddHungNode(name string) (string, error) {
 	ip := allocIP()
 	l, err := net.Listen("tcp", ip+":0")
 	if err != nil {
 		return "", err
 	}
+	dials := new(atomic.Int32)
 	var conns []net.Conn
 	var mu sync.Mutex
 	go func() {
@@ -478,9 +497,14 @@ func (c *Cluster) AddHungNode(name string) (string, error) {
 			mu.Lock()
 			conns = append(conns, conn)
 			mu.Unlock()
+			dials.Add(1)
 		}
 	}()
 	c.mu.Lock()
+	if c.dials == nil {
+		c.dials = map[string]*atomic.Int32{}
+	}
+	c.dials[name] = dials
 	c.closers = append(c.closers, func() {
 		l.Close()
 		mu.Lock()
@@ -491,7 +515,22 @@ func (c *Cluster) AddHungNode(name string) (string, error) {
 	})
 	c.mu.Unlock()
 	port := l.Addr().(*net.TCPAddr).Port
-	return name, c.AddHost(fmt.Sprintf("Host %s\n  HostName %s\n  Port %d\n", name, ip, port))
+	timeout := c.opts.HungTimeout
+	if timeout <= 0 {
+		timeout = 2 * time.Second
+	}
+	return name, c.AddHost(fmt.Sprintf("Host %s\n  HostName %s\n  Port %d\n  ConnectTimeout %d\n", name, ip, port, int(timeout.Round(time.Second).Seconds())))
+}
+
+// HungDials is how many connections the hung node called name has
+// accepted: a test waits for the first to know a client is dialing it.
+func (c *Cluster) HungDials(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d := c.dials[name]; d != nil {
+		return int(d.Load())
+	}
+	return 0
 }
 
 // AddDeadNode adds a host whose port has nothing listening.
@@ -506,9 +545,17 @@ func (c *Cluster) AddDeadNode(name string) (string, error) {
 
 // WriteConfig (re)writes the ssh config: one Host block per node, then the
 // extra blocks, then a `Host *` block with the client key and known_hosts.
+//
+// Its timeouts only catch what is really dead: ServerAlive 5s × 3 keeps a
+// connection whose client or server is starved of CPU for a few seconds
+// (two CPU burners beside the tests) instead of dropping it mid-job.
 func (c *Cluster) WriteConfig() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	connect := c.opts.ConnectTimeout
+	if connect <= 0 {
+		connect = 15 * time.Second
+	}
 	var b strings.Builder
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "Host %s\n  HostName %s\n  Port %d\n", n.Name, n.Addr, n.Port)
@@ -522,8 +569,8 @@ func (c *Cluster) WriteConfig() error {
 			b.WriteString("\n")
 		}
 	}
-	fmt.Fprintf(&b, "Host *\n  User %s\n  IdentityFile %s\n  IdentitiesOnly yes\n  UserKnownHostsFile %s\n  StrictHostKeyChecking yes\n  ConnectTimeout 3\n  ServerAliveInterval 2\n  ServerAliveCountMax 2\n  LogLevel ERROR\n  ControlMaster no\n",
-		c.User, c.KeyPath, c.KnownHosts)
+	fmt.Fprintf(&b, "Host *\n  User %s\n  IdentityFile %s\n  IdentitiesOnly yes\n  UserKnownHostsFile %s\n  StrictHostKeyChecking yes\n  ConnectTimeout %d\n  ServerAliveInterval 5\n  ServerAliveCountMax 3\n  LogLevel ERROR\n  ControlMaster no\n",
+		c.User, c.KeyPath, c.KnownHosts, int(connect.Round(time.Second).Seconds()))
 	return os.WriteFile(c.ConfigPath, []byte(b.String()), 0o600)
 }
 
@@ -572,6 +619,17 @@ func (c *Cluster) Close() {
 // dir as HOME or TMUX_TMPDIR: the tmux servers and jobs a node's sessions
 // started, which outlive sshd by design.
 func killUnder(dir string) {
+	KillByEnv(func(k, v string) bool {
+		// dir+"/": /tmp/TestA12/001 must not take /tmp/TestA123's jobs.
+		return (k == "HOME" || k == "TMUX_TMPDIR") && (v == dir || strings.HasPrefix(v, dir+"/"))
+	})
+}
+
+// KillByEnv SIGKILLs every process but this one that has an environment
+// variable k=v for which match is true. A test's daemons leave processes
+// behind that no parent will reap (tmux servers, jobs); their environment
+// is what marks them as that test's.
+func KillByEnv(match func(k, v string) bool) {
 	procs, _ := filepath.Glob("/proc/[0-9]*/environ")
 	for _, p := range procs {
 		data, err := os.ReadFile(p)
@@ -579,8 +637,8 @@ func killUnder(dir string) {
 			continue
 		}
 		for _, kv := range strings.Split(string(data), "\x00") {
-			if (strings.HasPrefix(kv, "HOME=") || strings.HasPrefix(kv, "TMUX_TMPDIR=")) &&
-				strings.HasPrefix(kv[strings.IndexByte(kv, '=')+1:], dir) {
+			k, v, _ := strings.Cut(kv, "=")
+			if match(k, v) {
 				var pid int
 				fmt.Sscanf(filepath.Base(filepath.Dir(p)), "%d", &pid)
 				if pid > 0 && pid != os.Getpid() {
