@@ -535,7 +535,7 @@ func TestHungNvidiaSmiReadsAsSuch(t *testing.T) {
 			t.Errorf("launch %v on a node whose nvidia-smi hangs: exit %d after %v\n%s%s", args, r.code, time.Since(start), r.stdout, r.stderr)
 		}
 	}
-	for _, j := range waitJobs(t, c, home, env, time.Minute) {
+	for _, j := range waitJobs(t, c, home, env) {
 		if j.State != "SUCCEEDED" {
 			t.Errorf("job %+v", j)
 		}
