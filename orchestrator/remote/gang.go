@@ -26,7 +26,7 @@ var (
 
 // gangSubmit is submit's script for a rank of a gang: the wrapper with the
 // gang's part and its agent.
-var gangSubmit = script(schedSh, gangRecSh, limitsSh, watchSh, submitSh, wrapperSh, shellSh, gangSh, "gang_py="+sshpool.Quote(gangPy))
+var gangSubmit = script(leaseSh, schedSh, gangRecSh, limitsSh, watchSh, submitSh, wrapperSh, shellSh, gangSh, "gang_py="+sshpool.Quote(gangPy))
 
 // GangSpec makes a JobSpec one rank of a multi-node job. The job's
 // NodeRank and NumNodes say which rank of how many.
