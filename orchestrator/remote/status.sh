@@ -75,7 +75,7 @@ cmd_status() {
 		printf 'running\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${r_uid[$i]}" "${r_id[$i]}" "${r_user[$i]}" \
 			"${r_name[$i]}" "${r_n[$i]}" "${r_since[$i]}" "${r_login[$i]}"
 	done
-	[ -n "$lease_ok" ] && gang_status_report # multi-node jobs' ranks: gangrec.sh
+	gang_status_report # multi-node jobs' ranks: gangrec.sh
 	for i in "${!errors[@]}"; do
 		report_error "${errors[$i]}"
 	done
