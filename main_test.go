@@ -447,3 +447,57 @@ func TestCompletionNeverLaunches(t *testing.T) {
 		t.Errorf("completion bash: %d %s", r.code, r.stdout)
 	}
 }
+
+// A node whose nvidia-smi hangs (`exec sleep`, as a wedged driver does) is
+// up: status says nvidia-smi hung, within the connect timeout and a few
+// seconds, and jobs without GPUs are placed and run there.
+func TestHungNvidiaSmiReadsAsSuch(t *testing.T) {
+	t.Parallel()
+	c := sshtest.Start(t, sshtest.Options{Names: []string{"box", "ok"}, Env: map[string]string{"SSHQ_POLL_INTERVAL": "0.2"}})
+	for _, n := range c.Nodes {
+		if err := gpusim.Install(n.Dir, gpusim.T4x1(t.Name()+n.Name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hang := "#!/bin/sh\nexec sleep 100000\n"
+	if err := os.WriteFile(filepath.Join(c.Node("box").BinDir, "nvidia-smi"), []byte(hang), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	home := t.TempDir()
+	env := []string{"SSHQ_NODES=box,ok"}
+	for i := 0; i < 2; i++ {
+		// The node gives nvidia-smi its report bound (5 s) here, not the
+		// waiters' 20 s; the message names the bound that applied. No
+		// clock is read: a loaded machine only makes it slower.
+		r := sshq(t, c, home, env, "status", "--json")
+		var st struct {
+			Nodes []struct {
+				Name       string `json:"name"`
+				Reachable  bool   `json:"reachable"`
+				GPUMessage string `json:"gpu_message"`
+			} `json:"nodes"`
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || len(st.Nodes) != 2 {
+			t.Fatalf("status --json: %v\n%s%s", err, r.stdout, r.stderr)
+		}
+		if box := st.Nodes[0]; !box.Reachable || !strings.Contains(box.GPUMessage, "hung") || !strings.Contains(box.GPUMessage, "SSHQ_REPORT_PROBE_TIMEOUT") {
+			t.Errorf("box with a hung nvidia-smi: %+v, want up with nvidia-smi hung", box)
+		}
+		if r.code != 0 {
+			t.Errorf("status exit %d with every node up\n%s", r.code, r.stderr)
+		}
+	}
+	// A job without GPUs goes there, pinned, or placed by asking both
+	// nodes.
+	for _, args := range [][]string{{"--node", "box"}, {}} {
+		r := sshq(t, c, home, env, append(append([]string{"launch", "-d", "--name", "cpu"}, args...), "--", "true")...)
+		if r.code != 0 {
+			t.Errorf("launch %v on a node whose nvidia-smi hangs: exit %d\n%s%s", args, r.code, r.stdout, r.stderr)
+		}
+	}
+	for _, j := range waitJobs(t, c, home, env) {
+		if j.State != "SUCCEEDED" {
+			t.Errorf("job %+v", j)
+		}
+	}
+}

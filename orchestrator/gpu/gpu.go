@@ -188,7 +188,7 @@ func ParseQueryGPU(out []byte, exitCode int, fields string) Report {
 	case len(lost) > 0:
 		r.State, r.Message = StateError, fmt.Sprintf("no GPU answers the driver (lost: %s); reset the GPUs or reboot the node", strings.Join(lost, ", "))
 	case exitCode == 124 || exitCode == 137:
-		r.State, r.Message = StateError, "nvidia-smi did not answer in time (SSHQ_PROBE_TIMEOUT on the node, 20s by default): a GPU or the driver is hung; check dmesg for Xid errors"
+		r.State, r.Message = StateError, "nvidia-smi hung: it did not answer in time (the node gives it SSHQ_REPORT_PROBE_TIMEOUT, 5s by default, for a report): the node is up, but a GPU or the driver is stuck; check dmesg for Xid errors"
 	case len(noDevices) > 0:
 		r.State, r.Message = StateNoDevices, "No devices were found: the NVIDIA driver sees no GPU on this node"
 	case exitCode != 0 || len(other) > 0:

@@ -111,9 +111,12 @@
 // gpu.ComputeAppsFields), so the queue and the report share answers.
 // nvidia-smi and ps run with none of the lock fds (bash's `exec {fd}<` is
 // not close-on-exec) and are abandoned after SSHQ_PROBE_TIMEOUT seconds
-// (default 20): a hung driver fails the probe instead of holding
-// queue.lock, and the hang is remembered for that long so other waiters do
-// not each wait it out. Waiters and Place reuse their account's answers for
+// (default 20) in a waiter, after SSHQ_REPORT_PROBE_TIMEOUT (default 5)
+// in a report (Status, Place, Check), so that a hung driver reads as "node
+// up, nvidia-smi hung" within the controller's connect timeout and a few
+// seconds and jobs without GPUs are still placed there: a hung driver
+// fails the probe instead of holding queue.lock, and the hang is
+// remembered for that long so other waiters do not each wait it out. Waiters and Place reuse their account's answers for
 // one poll interval (.smi-*), so N waiters cost the driver one probe a poll
 // instead of N; Status and Check ask the driver itself unless it hung
 // within SSHQ_PROBE_TIMEOUT. A job that asks for no GPU never makes the

@@ -46,6 +46,10 @@ poll=${SSHQ_POLL_INTERVAL:-2}
 # probe_timeout bounds one GPU probe (nvidia-smi twice, ps once), in whole
 # seconds: a driver that hangs must not hold queue.lock, and so the node.
 probe_timeout=${SSHQ_PROBE_TIMEOUT:-20}
+# A report (status, place, check) gives the driver report_probe_timeout
+# instead, so that a hung driver reads as such within the controller's
+# connect timeout and a few seconds, and the node as up.
+report_probe_timeout=${SSHQ_REPORT_PROBE_TIMEOUT:-5}
 tab=$'\t'
 
 die() { # die CODE MESSAGE

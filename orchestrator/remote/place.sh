@@ -13,6 +13,7 @@
 
 cmd_place() {
 	local spec need al i any_gpu= ask= line r u eligible free ahead demand verdict
+	probe_timeout=$report_probe_timeout
 	local -a needs=() alloweds=()
 	for spec in "$@"; do
 		need=${spec%%:*} al=${spec#*:}

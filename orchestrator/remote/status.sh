@@ -10,6 +10,7 @@
 
 cmd_status() {
 	local lease_ok=1 locked= r=1 u i o_uid o_id o_user o_name o_since o_pid o_sid o_idx o_login o_rest
+	probe_timeout=$report_probe_timeout
 	local -a errors=()
 	smi_fresh=1
 	if ! lease_dir_prepare; then
