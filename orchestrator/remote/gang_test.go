@@ -140,7 +140,7 @@ func TestGangRankFailureStopsTheOthers(t *testing.T) {
 	up := filepath.Join(t.TempDir(), "rank0-up")
 	long := `trap 'echo got TERM; exit 143' TERM; echo "rank $SKYPILOT_NODE_RANK up"; : >` + sshpool.Quote(up) + `; sleep 300 & wait`
 	fail := `while [ ! -e ` + sshpool.Quote(up) + ` ]; do sleep 0.05; done; echo bad; exit 3`
-	submitGang(t, []*testNode{n0, n1}, "fail", 1, []string{long, fail}, func(g *GangSpec) { g.Grace = time.Second })
+	submitGang(t, []*testNode{n0, n1}, "fail", 1, []string{long, fail}, func(g *GangSpec) { g.Grace = 20 * time.Second })
 	r1 := n1.waitState(gangUID("fail", 1), job.Failed)
 	r0 := n0.waitState("fail", job.Failed)
 	if r1.ExitCode != 3 || r0.ExitCode != 3 {
