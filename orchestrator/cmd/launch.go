@@ -149,22 +149,30 @@ func buildTask(opts *LaunchOptions) (*task.Task, error) {
 		fmt.Fprintf(opts.IO.ErrOut, "sshq: warning: %s\n", w)
 	}
 	ov := task.Overrides{Name: opts.Name, Run: run, Workdir: opts.Workdir, NumNodes: opts.NumNodes}
-	if g := opts.GPUs; g != "" {
-		a, err := task.ParseGPUFlag(g)
+	return applyTaskFlags(t, ov, opts.GPUs, opts.EnvFile, opts.Env, opts.Secrets, opts.IO)
+}
+
+// applyTaskFlags puts what launch and shell take from their flags
+// (--gpus, --env-file, --env, --secret, on top of ov) into t, and checks
+// the result as a task file is checked.
+func applyTaskFlags(t *task.Task, ov task.Overrides, gpus, envFile string, env, secrets []string, io *IOStreams) (*task.Task, error) {
+	var err error
+	if gpus != "" {
+		a, err := task.ParseGPUFlag(gpus)
 		if err != nil {
 			return nil, &ExitError{ExitUsage, err}
 		}
 		ov.GPUs = &a
 	}
-	if opts.EnvFile != "" {
-		if ov.EnvFile, err = task.LoadEnvFile(opts.EnvFile, opts.IO.LookupEnv); err != nil {
+	if envFile != "" {
+		if ov.EnvFile, err = task.LoadEnvFile(envFile, io.LookupEnv); err != nil {
 			return nil, &ExitError{ExitUsage, err}
 		}
 	}
-	if ov.Env, err = kvFlags(opts.Env, "--env", opts.IO); err != nil {
+	if ov.Env, err = kvFlags(env, "--env", io); err != nil {
 		return nil, err
 	}
-	sec, err := kvFlags(opts.Secrets, "--secret", opts.IO)
+	sec, err := kvFlags(secrets, "--secret", io)
 	if err != nil {
 		return nil, err
 	}

@@ -119,33 +119,7 @@ func shellTask(opts *ShellOptions) (*task.Task, error) {
 	// The shell is the run: with it the task is complete.
 	t.Run = orchestrator.ShellRun
 	ov := task.Overrides{Name: opts.Name, Workdir: opts.Workdir}
-	if g := opts.GPUs; g != "" {
-		a, err := task.ParseGPUFlag(g)
-		if err != nil {
-			return nil, &ExitError{ExitUsage, err}
-		}
-		ov.GPUs = &a
-	}
-	if opts.EnvFile != "" {
-		if ov.EnvFile, err = task.LoadEnvFile(opts.EnvFile, opts.IO.LookupEnv); err != nil {
-			return nil, &ExitError{ExitUsage, err}
-		}
-	}
-	if ov.Env, err = kvFlags(opts.Env, "--env", opts.IO); err != nil {
-		return nil, err
-	}
-	sec, err := kvFlags(opts.Secrets, "--secret", opts.IO)
-	if err != nil {
-		return nil, err
-	}
-	ov.Secrets = task.Secrets(sec)
-	if err := t.Apply(ov); err != nil {
-		return nil, &ExitError{ExitUsage, err}
-	}
-	if err := t.Validate(); err != nil {
-		return nil, &ExitError{ExitUsage, err}
-	}
-	return t, nil
+	return applyTaskFlags(t, ov, opts.GPUs, opts.EnvFile, opts.Env, opts.Secrets, opts.IO)
 }
 
 func shellRun(opts *ShellOptions) error {

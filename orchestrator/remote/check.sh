@@ -14,6 +14,7 @@
 
 cmd_check() {
 	local t p d st kup=no linger=unknown
+	probe_timeout=$report_probe_timeout
 	printf 'SSHQ-BEGIN %s\n' "$SSHQ_PROTO"
 	for t in bash tmux flock nvidia-smi systemd-run ps taskset fallocate python3; do
 		p=$(command -v "$t" 2>/dev/null) || p=-

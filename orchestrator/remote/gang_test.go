@@ -13,6 +13,7 @@ import (
 
 	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
 	"github.com/sshq/sshq/orchestrator/job"
+	"github.com/sshq/sshq/sshpool"
 )
 
 // gangUID is rank r's uid (untagged) of the gang called name.
@@ -133,8 +134,13 @@ func TestGangRankFailureStopsTheOthers(t *testing.T) {
 	t.Parallel()
 	n0 := newNode(t, gpusim.T4x1("f0"))
 	n1 := newNode(t, gpusim.T4x1("f1"))
-	long := `echo "rank $SKYPILOT_NODE_RANK up"; trap 'echo got TERM; exit 143' TERM; sleep 300 & wait`
-	submitGang(t, []*testNode{n0, n1}, "fail", 1, []string{long, "sleep 0.3; echo bad; exit 3"}, func(g *GangSpec) { g.Grace = time.Second })
+	// Rank 1 fails only once rank 0 is up with its trap set (the nodes
+	// share this machine's disk), so on a loaded machine too the TERM it
+	// gets is the gang's stop and not an early kill.
+	up := filepath.Join(t.TempDir(), "rank0-up")
+	long := `trap 'echo got TERM; exit 143' TERM; echo "rank $SKYPILOT_NODE_RANK up"; : >` + sshpool.Quote(up) + `; sleep 300 & wait`
+	fail := `while [ ! -e ` + sshpool.Quote(up) + ` ]; do sleep 0.05; done; echo bad; exit 3`
+	submitGang(t, []*testNode{n0, n1}, "fail", 1, []string{long, fail}, func(g *GangSpec) { g.Grace = 20 * time.Second })
 	r1 := n1.waitState(gangUID("fail", 1), job.Failed)
 	r0 := n0.waitState("fail", job.Failed)
 	if r1.ExitCode != 3 || r0.ExitCode != 3 {

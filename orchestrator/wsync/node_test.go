@@ -216,13 +216,27 @@ func must(t testing.TB, err error) {
 	}
 }
 
-// tempFiles lists leftovers of interrupted syncs under root.
+// tempFiles lists leftovers of interrupted syncs under root. A sync may be
+// running meanwhile: a file renamed or removed between listing and look is
+// simply not counted.
 func tempFiles(t testing.TB, root string) []string {
+	t.Helper()
 	var out []string
-	for k := range treeOf(t, root) {
-		if strings.HasPrefix(filepath.Base(k), tempPrefix) {
-			out = append(out, k)
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
 		}
+		if err != nil {
+			return err
+		}
+		if strings.HasPrefix(d.Name(), tempPrefix) {
+			rel, _ := filepath.Rel(root, p)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
