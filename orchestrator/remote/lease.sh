@@ -437,14 +437,21 @@ keeper_tell() {
 # waits for briefly so that an ended job holds no GPU.
 keeper_stop() {
 	local i
+	local pipe f holders=
 	[ -n "$kfd" ] || return 0
+	pipe=$(readlink "/proc/$BASHPID/fd/$kfd" 2>/dev/null)
 	exec {kfd}>&-
 	kfd=
 	for ((i = 0; i < 100; i++)); do
 		kill -0 "$kpid" 2>/dev/null || return 0
 		nap 0.02
 	done
-	jlog "a process of the job still holds its lock ($my_lock): its GPUs stay leased until it ends"
+	for f in /proc/[0-9]*/fd/*; do
+		[ "$(readlink "$f" 2>/dev/null)" = "$pipe" ] || continue
+		f=${f#/proc/}
+		holders+=" ${f%%/*}($(tr '\0' ' ' <"/proc/${f%%/*}/cmdline" 2>/dev/null | cut -c1-80))"
+	done
+	jlog "a process of the job still holds its lock ($my_lock): its GPUs stay leased until it ends;$holders"
 }
 
 cmd_keeper() {

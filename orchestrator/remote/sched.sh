@@ -225,12 +225,35 @@ take_from_avail() {
 # Waiters are other users' records, so two kinds are passed over: one that
 # can never fit (more GPUs than the node has of those it may use: it holds
 # nothing), and, with plan_watch set (a waiter deciding), one this waiter
-# has seen fit for longer than a poll interval and a second without taking
-# its GPUs (its wrapper is not deciding: it must not hold the queue).
+# has seen fit, poll after poll, for longer than a poll interval and a
+# second without taking its GPUs (its wrapper is not deciding: it must not
+# hold the queue; see fit_stale).
 # Returns 0 with picked set when the job fits; avail is left holding what
 # the older waiters did not reserve.
-declare -A fit_seen=()
-plan_watch=
+declare -A fit_first=() fit_seq=() fit_n=()
+plan_watch= poll_seq=0
+
+# fit_stale TICKET GRACE: this waiter has seen TICKET fit in every one of
+# its own polls for over GRACE ms, and in at least three of them. A
+# sighting counts only if the poll before saw it too: a ticket that fitted
+# for a moment (a GPU seen free while a wiped record was being written
+# back) and then waited behind a running job starts afresh. Counting our
+# own polls, not only the clock, keeps a loaded node (where every waiter is
+# slow, the head's too) from passing a head that is deciding.
+fit_stale() {
+	local t=$1
+	case ${fit_seq[$t]:-} in
+	"$poll_seq") ;;
+	"$((poll_seq - 1))")
+		fit_seq[$t]=$poll_seq
+		fit_n[$t]=$((fit_n[$t] + 1))
+		;;
+	*)
+		fit_seq[$t]=$poll_seq fit_first[$t]=$now_ms fit_n[$t]=1
+		;;
+	esac
+	[ $((now_ms - fit_first[$t])) -gt "$2" ] && [ "${fit_n[$t]}" -ge 3 ]
+}
 plan() {
 	local me=$1 need=$2 allowed=$3 i u e head=1 grace
 	to_ms "$poll"
@@ -243,14 +266,12 @@ plan() {
 		done
 		[ "${t_n[$i]}" -le $e ] || continue
 		if pick "${t_n[$i]}" "${t_allowed[$i]}" "$allowed"; then
-			u=${fit_seen[${t_name[$i]}]:-}
-			if [ -n "$plan_watch" ] && [ -n "$u" ] && [ $((now_ms - u)) -gt "$grace" ]; then
+			if [ "$plan_watch" = watch ] && fit_stale "${t_name[$i]}" "$grace"; then
 				continue
 			fi
-			[ "$plan_watch" = watch ] && [ -z "$u" ] && fit_seen[${t_name[$i]}]=$now_ms
 			take_from_avail
 		else
-			[ "$plan_watch" = watch ] && unset "fit_seen[${t_name[$i]}]"
+			[ "$plan_watch" = watch ] && unset "fit_seq[${t_name[$i]}]"
 			if [ -n "$head" ]; then
 				picked=()
 				for u in ${avail[@]+"${avail[@]}"}; do
@@ -369,6 +390,7 @@ queue_wait() {
 # picks. Sets never when the node no longer has the GPUs the job asks for.
 try_start() {
 	local i u me fit=0 free=
+	poll_seq=$((poll_seq + 1))
 	lease_view_run
 	if [ -n "$scan_unknown" ]; then
 		note_err "${scan_errs[0]}; still waiting"

@@ -24,7 +24,12 @@ run_shell() {
 	sh=$(login_shell)
 	jlog "interactive shell ($sh) started in $wd"
 	rm -f -- "$jd/idle"
-	shell_watch {wfd}<&- </dev/null >/dev/null 2>&1 &
+	# The watcher is not the job: it must not keep the job's lease alive
+	# (the keeper's pipe) when a limit ends the job before it is stopped.
+	(
+		[ -n "$kfd" ] && exec {kfd}>&-
+		shell_watch
+	) {wfd}<&- </dev/null >/dev/null 2>&1 &
 	shell_watch_pid=$!
 	local ttyfd
 	exec {ttyfd}<&0

@@ -23,6 +23,8 @@ set_state() {
 finish() {
 	# A rank of a multi-node job may end otherwise (gang.sh).
 	[ -n "${SSHQ_M_GANG:-}" ] && gang_finish "$1" "$2" && set -- "$gang_fstate" "$gang_fcode"
+	# A limit can end a shell before run_shell stops its watcher.
+	[ -n "${shell_watch_pid:-}" ] && kill -USR1 "$shell_watch_pid" 2>/dev/null
 	sweep_leftovers
 	limits_end
 	rm -f -- "$jd/secrets.sh"
