@@ -168,7 +168,9 @@ func TestGangHoldLimitParks(t *testing.T) {
 	n1 := newNode(t, gpusim.T4x1("p1"))
 	n1.submit(spec("busy-park", 1, blockUntil("busy-park")))
 	n1.waitState("busy-park", job.Running)
-	submitGang(t, []*testNode{n0, n1}, "park", 1, []string{"echo r0", "echo r1"}, func(g *GangSpec) { g.Hold = time.Second })
+	// The hold must outlast a claim on a loaded machine (two settles and
+	// a poll): with less, the ranks could take turns holding forever.
+	submitGang(t, []*testNode{n0, n1}, "park", 1, []string{"echo r0", "echo r1"}, func(g *GangSpec) { g.Hold = 4 * time.Second })
 	waitFor(t, "rank 0 to park", func() bool {
 		g := n0.job("park").Gang
 		return g != nil && g.Mode == GangParked
