@@ -106,7 +106,7 @@ type GangRank struct {
 type GPUProcess struct {
 	PID           int    `json:"pid"`
 	User          string `json:"user"`
-	UsedMemoryMiB int    `json:"used_memory_mib"`
+	UsedMemoryMiB *int   `json:"used_memory_mib"` // null: not reported ([N/A])
 	Name          string `json:"name"`
 }
 
@@ -115,8 +115,8 @@ type GPUStatus struct {
 	Index          int          `json:"index"`
 	UUID           string       `json:"uuid"`
 	Name           string       `json:"name"`
-	MemoryTotalMiB int          `json:"memory_total_mib"`
-	MemoryUsedMiB  int          `json:"memory_used_mib"`
+	MemoryTotalMiB *int         `json:"memory_total_mib"` // null: not reported ([N/A], unified memory)
+	MemoryUsedMiB  *int         `json:"memory_used_mib"`
 	UtilizationPct *int         `json:"utilization_pct"`
 	State          string       `json:"state"` // a remote.GPUState: free, leased, foreign, unusable; or reserved (GPUReserved)
 	Holder         *Holder      `json:"holder"`
@@ -227,10 +227,10 @@ func (c *Cluster) Probe(ctx context.Context, name string) NodeStatus {
 		queueState[g.UUID] = g
 	}
 	for _, g := range rep.GPUs {
-		gs := GPUStatus{Index: g.Index, UUID: g.UUID, Name: g.Name, MemoryTotalMiB: g.MemoryTotalMiB,
-			MemoryUsedMiB: g.MemoryUsedMiB, UtilizationPct: g.UtilizationPct, State: string(remote.GPUFree), Processes: []GPUProcess{}}
+		gs := GPUStatus{Index: g.Index, UUID: g.UUID, Name: g.Name, MemoryTotalMiB: reported(g.MemoryTotalMiB),
+			MemoryUsedMiB: reported(g.MemoryUsedMiB), UtilizationPct: g.UtilizationPct, State: string(remote.GPUFree), Processes: []GPUProcess{}}
 		for _, p := range rep.ProcessesOn(g.UUID) {
-			gs.Processes = append(gs.Processes, GPUProcess{PID: p.PID, User: p.User, UsedMemoryMiB: p.UsedMemoryMiB, Name: p.Name})
+			gs.Processes = append(gs.Processes, GPUProcess{PID: p.PID, User: p.User, UsedMemoryMiB: reported(p.UsedMemoryMiB), Name: p.Name})
 		}
 		if l, ok := leases[g.UUID]; ok {
 			gs.State = string(remote.GPULeased)
@@ -271,4 +271,14 @@ func (c *Cluster) Status(ctx context.Context) []NodeStatus {
 		out[idx[name]] = c.Probe(ctx, name)
 	})
 	return out
+}
+
+// reported is a driver's figure for JSON: the parser's -1 (the driver said
+// [N/A] or [Not Supported]) becomes null, never a number a script could
+// add up.
+func reported(n int) *int {
+	if n < 0 {
+		return nil
+	}
+	return &n
 }

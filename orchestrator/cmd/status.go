@@ -148,7 +148,7 @@ func renderStatus(st ui.Style, v *orchestrator.StatusView) string {
 				if g.UtilizationPct != nil {
 					util = fmt.Sprintf("%d%%", *g.UtilizationPct)
 				}
-				rows = append(rows, []string{fmt.Sprint(g.Index), ui.Safe(g.Name), ui.MiB(g.MemoryUsedMiB) + " / " + ui.MiB(g.MemoryTotalMiB), util, holder})
+				rows = append(rows, []string{fmt.Sprint(g.Index), ui.Safe(g.Name), ui.MiBOf(g.MemoryUsedMiB) + " / " + ui.MiBOf(g.MemoryTotalMiB), util, holder})
 			}
 			b.WriteString(indent(st.Table([]string{"GPU", "MODEL", "MEMORY", "UTIL", "HOLDER"}, rows), "  "))
 		}

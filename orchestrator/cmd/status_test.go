@@ -12,7 +12,7 @@ import (
 )
 
 func gpu(i int, state string, holder *orchestrator.Holder) orchestrator.GPUStatus {
-	return orchestrator.GPUStatus{Index: i, UUID: "GPU-" + string(rune('a'+i)), Name: "Tesla T4", MemoryTotalMiB: 15360, State: state, Holder: holder}
+	return orchestrator.GPUStatus{Index: i, UUID: "GPU-" + string(rune('a'+i)), Name: "Tesla T4", MemoryTotalMiB: mib(15360), State: state, Holder: holder}
 }
 
 // A job that holds no GPU still runs: status must count and show it.
@@ -116,3 +116,5 @@ func TestStatusNeverPrintsNodeTextRaw(t *testing.T) {
 		}
 	}
 }
+
+func mib(n int) *int { return &n }

@@ -170,6 +170,14 @@ func MiB(m int) string {
 	return fmt.Sprintf("%dM", m)
 }
 
+// MiBOf is MiB for a figure the driver may not report (nil: "-").
+func MiBOf(m *int) string {
+	if m == nil {
+		return "-"
+	}
+	return MiB(*m)
+}
+
 // Safe returns s ready to print on a terminal: every control character is
 // replaced by a visible escape, so text that came from a node (a job name,
 // a user name, nvidia-smi output, an error from the remote side) cannot

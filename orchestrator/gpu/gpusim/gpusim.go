@@ -70,7 +70,11 @@ type GPU struct {
 	Persistence    bool
 	Display        bool // drives a monitor (display_active Enabled)
 	MIG            bool // MIG mode enabled
-	DriverVersion  string
+	// UnifiedMemory: the GPU shares the host's memory (GB10, DGX Spark),
+	// so the driver reports memory.total and memory.used as [N/A], and a
+	// process's used memory too.
+	UnifiedMemory bool
+	DriverVersion string
 }
 
 // SimDir is where Install puts the GPU description of the node at nodeDir,
@@ -118,7 +122,7 @@ func Install(nodeDir string, gpus []GPU) error {
 		}
 		fields := []string{
 			strconv.Itoa(i), g.UUID, g.Name, g.PCIBusID,
-			strconv.Itoa(g.MemoryTotalMiB), strconv.Itoa(g.MemoryUsedMiB), util,
+			orNA(!g.UnifiedMemory, strconv.Itoa(g.MemoryTotalMiB)), orNA(!g.UnifiedMemory, strconv.Itoa(g.MemoryUsedMiB)), util,
 			orNA(g.TemperatureC > 0, strconv.Itoa(g.TemperatureC)),
 			orNA(g.PowerDrawW > 0, strconv.FormatFloat(g.PowerDrawW, 'f', 2, 64)),
 			orNA(g.PowerLimitW > 0, strconv.Itoa(g.PowerLimitW)+".00"),
@@ -175,21 +179,26 @@ func SetDelay(simDir string, d time.Duration) error {
 }
 
 // AddProcess registers a process as using usedMiB of the GPU gpuUUID, as if it
-// had opened a CUDA context. nvidia-smi lists it for as long as pid lives.
+// had opened a CUDA context (usedMiB -1: the driver reports [N/A], as on
+// unified-memory parts). nvidia-smi lists it for as long as pid lives.
 // The line goes out in one O_APPEND write, so concurrent registrations from
 // several processes never interleave.
 func AddProcess(simDir, gpuUUID string, pid, usedMiB int, name string) error {
 	if strings.ContainsAny(gpuUUID+name, ",\n\r") {
 		return fmt.Errorf("gpusim: GPU UUID %q and process name %q must hold no comma or newline", gpuUUID, name)
 	}
-	if pid <= 0 || usedMiB < 0 {
-		return fmt.Errorf("gpusim: pid %d and used memory %d MiB must be positive", pid, usedMiB)
+	if pid <= 0 || usedMiB < -1 {
+		return fmt.Errorf("gpusim: pid %d must be positive and used memory %d MiB at least 0 (-1 for [N/A])", pid, usedMiB)
+	}
+	used := strconv.Itoa(usedMiB)
+	if usedMiB < 0 {
+		used = "[N/A]"
 	}
 	f, err := os.OpenFile(filepath.Join(simDir, "procs.csv"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o666)
 	if err != nil {
 		return fmt.Errorf("gpusim: %w (is the node installed with gpusim.Install?)", err)
 	}
-	_, err = fmt.Fprintf(f, "%s,%d,%d,%s\n", gpuUUID, pid, usedMiB, name)
+	_, err = fmt.Fprintf(f, "%s,%d,%s,%s\n", gpuUUID, pid, used, name)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

@@ -60,6 +60,16 @@ func T4x1(seed string) []GPU {
 	}}
 }
 
+// GB10x1 is a DGX Spark-class box: one GB10 whose memory is the host's, so
+// nvidia-smi reports its memory as [N/A].
+func GB10x1(seed string) []GPU {
+	return []GPU{{
+		UUID: UUID(seed+"/gb10x1", 0), Name: "NVIDIA GB10", PCIBusID: "0000000F:01:00.0",
+		UnifiedMemory: true, TemperatureC: 41, PowerDrawW: 4.5,
+		DriverVersion: "580.95.05",
+	}}
+}
+
 // WorkstationWithDisplay is a 4-GPU workstation whose GPU 0 (the lowest bus
 // id, so index 0 to both nvidia-smi and CUDA in PCI_BUS_ID order) drives the
 // monitor: 412 MiB of it are taken by Xorg and the desktop before any job.
