@@ -62,6 +62,7 @@ type queueEntry struct {
 	QueuePos  *int     `json:"queue_position"`
 	EnvNames  []string `json:"env_names"`
 	Reachable bool     `json:"node_reachable"`
+	Reason    string   `json:"reason"`
 }
 
 func queue(t *testing.T, c *sshtest.Cluster, home string, env []string) []queueEntry {

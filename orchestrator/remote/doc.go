@@ -191,7 +191,8 @@
 // starts at once, with a running record for Status (without one when the
 // records cannot be kept). One asking for more GPUs than the node has (of
 // those it may use) fails at once (FAILED_SETUP, reason in the log), and so
-// does a waiter when the node no longer has them (a GPU gone). Setup and run
+// does a waiter when the node no longer has them (a GPU gone: "never fits"
+// in its reason file too, so queue's REASON says it). Setup and run
 // run with bash in the snapshot workdir, or $HOME without one, stdin from /dev/null, output
 // appended to log, PYTHONUNBUFFERED=1. The log is the job's only output: the
 // tmux pane (what `sshq attach` shows) runs `tail --pid=<wrapper> -F log`,

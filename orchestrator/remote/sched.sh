@@ -376,6 +376,7 @@ queue_wait() {
 		if disk_ok; then try_start && return 0; fi
 		if [ -n "$never" ]; then
 			jlog "$never"
+			printf '%s\n' "$never" >"$jd/reason"
 			finish FAILED_SETUP 3
 		fi
 		if [ -z "$noted" ]; then
@@ -407,7 +408,7 @@ try_start() {
 		[ -n "${leased_by[$u]+x}" ] || free=1
 	done
 	if [ $fit -lt "$ngpus" ]; then
-		never="the job needs $ngpus GPU(s) but this node now has only $fit it may use (nvidia-smi lists ${#gpu_uuids[@]}); it can never start here"
+		never="never fits: the job needs $ngpus GPU(s) but this node now has only $fit it may use (nvidia-smi lists ${#gpu_uuids[@]}); launch it again to place it elsewhere"
 		return 1
 	fi
 	[ -n "$free" ] || return 1
