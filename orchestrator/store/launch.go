@@ -25,11 +25,16 @@ const LaunchDir = "launching"
 // (see [Store.LauncherGone]).
 type LaunchLock struct {
 	fl   *flock.Flock
+	st   *Store
+	uid  string
 	once sync.Once
 }
 
-// Release gives the lock up and removes its file. Call it once the job has
-// left SUBMITTING (submitted, deleted, or ended); it may be called again.
+// Release gives the lock up when the launch is over, and removes its file
+// if the job has left SUBMITTING (submitted, forgotten, cancelled). A job
+// still SUBMITTING (its submit's answer lost, its record not written)
+// keeps the file, free now: the next reconcile asks its node and settles
+// it. It may be called again.
 func (l *LaunchLock) Release() {
 	if l == nil {
 		return
@@ -39,6 +44,15 @@ func (l *LaunchLock) Release() {
 		// takes the freed lock meanwhile finds the job no longer
 		// SUBMITTING, and does nothing.
 		_ = l.fl.Close()
+		s, err := l.st.Load()
+		if err != nil {
+			return // kept: a later launch sweeps it once the job has moved on
+		}
+		for _, j := range s.Jobs {
+			if j.UID == l.uid && j.State == job.Submitting {
+				return
+			}
+		}
 		_ = os.Remove(l.fl.Path())
 	})
 }
@@ -94,7 +108,7 @@ func (s *Store) lockLaunch(uid string) (*LaunchLock, error) {
 		// Uids are never reused, so only a hand-made file can be held.
 		return nil, fmt.Errorf("%s is locked by another process, yet no job has its uid; remove it (`fuser %s` names the holder)", fl.Path(), fl.Path())
 	}
-	return &LaunchLock{fl: fl}, nil
+	return &LaunchLock{fl: fl, st: s, uid: uid}, nil
 }
 
 // LauncherGone reports whether nobody holds the launch lock of the job
@@ -118,7 +132,7 @@ func (s *Store) LauncherGone(uid string) bool {
 }
 
 // ForgetLaunch removes the launch lock file of a job that has left
-// SUBMITTING after its launcher died.
+// SUBMITTING after its launcher was gone.
 func (s *Store) ForgetLaunch(uid string) {
 	_ = os.Remove(s.launchPath(uid))
 }

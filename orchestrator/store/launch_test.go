@@ -82,9 +82,11 @@ func TestLaunchLockTellsALiveLauncherFromADeadOne(t *testing.T) {
 	}
 }
 
-// The lock is held as soon as the job can be read, and released with its
-// file; a lock file its job never got (its launcher killed before the
-// write) is swept by the next launch.
+// The lock is held as soon as the job can be read. Released once the job
+// has left SUBMITTING, its file goes; released with the job still
+// SUBMITTING (the launch gave up on it), the file stays, free, for the
+// next reconcile. A lock file its job never got (its launcher killed
+// before the write) is swept by the next launch.
 func TestLaunchLockLifecycle(t *testing.T) {
 	t.Parallel()
 	s := openTemp(t)
@@ -99,11 +101,23 @@ func TestLaunchLockLifecycle(t *testing.T) {
 	if s.LauncherGone(rec.UID) {
 		t.Error("the lock is not held after AddJob")
 	}
+	if err := s.Update(func(st *State) error { st.Job(rec.ID).State = job.Pending; return nil }); err != nil {
+		t.Fatal(err)
+	}
 	lk.Release()
 	lk.Release()
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
-		t.Errorf("released lock file still there: %v", err)
+		t.Errorf("the lock file of a submitted job is still there: %v", err)
 	}
+	rec, lk, err = s.AddJob("gave-up", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lk.Release()
+	if !s.LauncherGone(rec.UID) {
+		t.Error("a job its launch gave up on, still SUBMITTING, does not read as orphaned")
+	}
+	s.ForgetLaunch(rec.UID)
 
 	stray := s.launchPath("0000abcd-99")
 	if err := os.WriteFile(stray, nil, 0o600); err != nil {
@@ -124,7 +138,7 @@ func TestLaunchLockLifecycle(t *testing.T) {
 	}
 	es, _ := os.ReadDir(filepath.Join(s.dir, LaunchDir))
 	st, _ := s.Load()
-	if len(es) != 1 || len(st.Jobs) != 2 {
+	if len(es) != 1 || len(st.Jobs) != 3 {
 		t.Errorf("after a failed AddJob: %d lock files, %d jobs", len(es), len(st.Jobs))
 	}
 }
