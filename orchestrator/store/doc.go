@@ -92,8 +92,9 @@
 // launching process holds until the job has left SUBMITTING: the kernel
 // drops it when that process dies, however it dies. A SUBMITTING job whose
 // lock is free ([Store.LauncherGone]) will never be submitted by anyone, so
-// the next reconcile settles it at once: if its node knows the uid it takes
-// the node's state (the submit got there just before the launcher died),
+// the next reconcile settles it at once: if its node knows the uid (for a
+// Slurm job, if its job directory holds the id sbatch gave it) it takes the
+// node's state (the submit got there just before the launcher died),
 // otherwise it is FAILED_SETUP, its reason saying that the launching sshq
 // process died. A live launcher's job, seen by another sshq sharing the
 // directory, is never settled. A job without a lock file (an older sshq
