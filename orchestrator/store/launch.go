@@ -176,17 +176,17 @@ func (e *WriteError) Error() string {
 	var fix string
 	switch {
 	case errors.Is(e.Err, errNoSpace):
-		fix = fmt.Sprintf("the disk holding %s is full: free space there (`df -h %s` shows how much is left) and retry", e.Dir, e.Dir)
+		fix = fmt.Sprintf("the disk holding %s is full: free space there (`df -h %s` shows how much is left)", e.Dir, e.Dir)
 	case errors.Is(e.Err, errQuota):
-		fix = fmt.Sprintf("you are over your disk quota where %s lies: free space there (`quota -s`) and retry", e.Dir)
+		fix = fmt.Sprintf("you are over your disk quota where %s lies: free space there (`quota -s`)", e.Dir)
 	case errors.Is(e.Err, errFileSize):
-		fix = "a limit on file size stops sshq (`ulimit -f` shows it): raise it, or run sshq where it does not apply, and retry"
+		fix = "a limit on file size stops sshq (`ulimit -f` shows it): raise it, or run sshq where it does not apply"
 	case errors.Is(e.Err, errReadOnly):
 		fix = fmt.Sprintf("%s is on a read-only filesystem: point SSHQ_HOME at a writable directory", e.Dir)
 	case errors.Is(e.Err, fs.ErrPermission):
 		fix = fmt.Sprintf("check that you own %s and may write there (`ls -ld %s`)", e.Dir, e.Dir)
 	default:
-		fix = fmt.Sprintf("check that %s is writable and its disk not full (`df -h %s`), and retry", e.Dir, e.Dir)
+		fix = fmt.Sprintf("check that %s is writable and its disk not full (`df -h %s`)", e.Dir, e.Dir)
 	}
 	cause := e.Err
 	var pe *fs.PathError
