@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/sshq/sshq/inventory"
+	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/orchestrator/store"
 	"github.com/sshq/sshq/orchestrator/task"
 	"github.com/sshq/sshq/sshpool"
@@ -329,6 +330,7 @@ func (c *Controller) Launch(ctx context.Context, r LaunchRequest) (*LaunchView, 
 	if err != nil {
 		return nil, err
 	}
+	defer c.settlingOrphans(ctx)()
 	st, err := c.store()
 	if err != nil {
 		return nil, err
@@ -351,6 +353,9 @@ type QueueView struct {
 	Jobs []JobView
 	// Unreachable are the nodes that did not answer, with why.
 	Unreachable map[string]error
+	// NotRecorded, when set, is why what the nodes said could not be
+	// written to the store (a full disk): Jobs show it all the same.
+	NotRecorded error
 }
 
 // Queue reconciles this controller's unfinished jobs (ended ones too with
@@ -369,10 +374,14 @@ func (c *Controller) Queue(ctx context.Context, all bool) (*QueueView, error) {
 		reconcile, only = c.cluster(nil).ReconcileAll, nil
 	}
 	views, down, err := reconcile(ctx, st, only)
+	v := &QueueView{Jobs: views, Unreachable: down}
+	if we := (*store.WriteError)(nil); errors.As(err, &we) {
+		v.NotRecorded, err = err, nil
+	}
 	if err != nil {
 		return nil, err
 	}
-	return &QueueView{Jobs: views, Unreachable: down}, nil
+	return v, nil
 }
 
 // unreachableError names the nodes that did not answer.
@@ -452,8 +461,56 @@ func (c *Controller) reconcileIDs(ctx context.Context, st *store.Store, ids map[
 func (c *Controller) reconcileJobs(ctx context.Context, st *store.Store, ids map[int]bool) ([]JobView, map[string]error, error) {
 	only := func(j *store.Job) bool { return ids[j.ID] }
 	views, down, err := c.cluster(nil).Reconcile(ctx, st, only)
-	if err != nil || len(views) >= len(ids) {
-		return views, down, err
+	// A store that cannot be written (a full disk) is no reason to stop
+	// following the jobs: the views hold what the nodes said. The next
+	// launch, or `sshq queue`, says what is wrong.
+	if we := (*store.WriteError)(nil); errors.As(err, &we) {
+		err = nil
 	}
-	return c.cluster(nil).ReconcileAll(ctx, st, only)
+	if err == nil && len(views) < len(ids) {
+		views, down, err = c.cluster(nil).ReconcileAll(ctx, st, only)
+		if we := (*store.WriteError)(nil); errors.As(err, &we) {
+			err = nil
+		}
+	}
+	return views, down, err
+}
+
+// settleOrphans settles the SUBMITTING jobs whose launching process is
+// gone (see Cluster.Reconcile), asking their nodes only, and does nothing
+// when there are none (a few file locks tried, no node asked). The
+// commands that read the queue without reconciling it (status, launch)
+// call it, so a launch killed on its way never outlives the next command.
+func (c *Controller) settleOrphans(ctx context.Context) {
+	if !c.hasStore() {
+		return
+	}
+	st, err := c.store()
+	if err != nil {
+		return
+	}
+	s, err := st.Load()
+	if err != nil {
+		return
+	}
+	ids := map[int]bool{}
+	for _, j := range s.Jobs {
+		if j.State == job.Submitting && st.LauncherGone(j.UID) {
+			ids[j.ID] = true
+		}
+	}
+	if len(ids) > 0 {
+		_, _, _ = c.cluster(nil).Reconcile(ctx, st, func(j *store.Job) bool { return ids[j.ID] })
+	}
+}
+
+// settlingOrphans runs settleOrphans beside the caller's own work; the
+// returned function waits for it.
+func (c *Controller) settlingOrphans(ctx context.Context) (wait func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.settleOrphans(ctx)
+	}()
+	return func() { <-done }
 }

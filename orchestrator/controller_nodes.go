@@ -81,6 +81,7 @@ func (c *Controller) Status(ctx context.Context) (*StatusView, error) {
 		return nil, err
 	}
 	slurmDone := c.slurmStatus(ctx, hosts)
+	defer c.settlingOrphans(ctx)()
 	nodes := c.cluster(names).Status(ctx)
 	sl := slurmDone()
 	if err := ctx.Err(); err != nil {

@@ -238,9 +238,7 @@ func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task,
 	}
 	n := t.NumNodes
 	lim := defaults.resolve(opts.Limits, p.NumGPUs)
-	var rec store.Job
-	err = st.Update(func(s *store.State) error {
-		j := s.NewJob(t.Name)
+	rec, lk, err := st.AddJob(t.Name, func(j *store.Job) error {
 		j.User = LocalUser()
 		j.Node = p.Node
 		j.Accelerator = p.Accelerator
@@ -255,12 +253,13 @@ func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task,
 			j.Gang.Ranks = append(j.Gang.Ranks, store.Rank{Rank: r, Node: rp.Node, UID: remote.RankUID(j.UID, r),
 				State: job.Submitting, GPUs: []int{}, Reachable: true})
 		}
-		rec = *j
 		return nil
 	})
 	if err != nil {
-		return nil, p, err
+		return nil, p, fmt.Errorf("nothing was submitted: %w", err)
 	}
+	// Held until the job has left SUBMITTING: see Launch.
+	defer lk.Release()
 	fail := func(err error) (*store.Job, Placement, error) {
 		_ = st.Update(func(s *store.State) error { s.Delete(rec.ID); return nil })
 		return nil, p, err
@@ -294,13 +293,10 @@ func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task,
 	if err := errors.Join(errs...); err != nil {
 		return fail(err)
 	}
-	if err := st.Update(func(s *store.State) error {
-		if j := s.Job(rec.ID); j != nil && j.State == job.Cancelled {
-			return ErrCancelledDuringLaunch
-		}
-		return nil
-	}); err != nil {
-		return nil, p, err
+	if s, err := st.Load(); err != nil {
+		return fail(err)
+	} else if j := s.Job(rec.ID); j != nil && j.State == job.Cancelled {
+		return nil, p, ErrCancelledDuringLaunch
 	}
 
 	var tok [16]byte
@@ -431,6 +427,9 @@ func (c *Cluster) launchGang(ctx context.Context, st *store.Store, t *task.Task,
 type rankStatus struct {
 	js       remote.JobStatus
 	answered bool
+	// launcherGone: the job's launching process is gone, so a rank still
+	// SUBMITTING that its node lacks will never get there.
+	launcherGone bool
 }
 
 // applyGang records what the ranks' nodes said (get(r)) and sums the ranks
@@ -456,7 +455,7 @@ func applyGang(j *store.Job, get func(r int) rankStatus, now time.Time) {
 		asked = true
 		js := a.js
 		if !js.Found {
-			if r.State == job.Submitting && now.Sub(j.Submitted) < submitGrace() {
+			if r.State == job.Submitting && !a.launcherGone && now.Sub(j.Submitted) < submitGrace() {
 				continue
 			}
 			r.State = job.Lost

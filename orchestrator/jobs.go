@@ -68,8 +68,16 @@ type LaunchOptions struct {
 
 // Launch places t, syncs its workdir and file mounts, submits it to the
 // node's queue and records it in st. The job is in the store (state
-// SUBMITTING, with its node) before anything is sent, so a controller that
-// dies mid-launch leaves a job that reconcile can find.
+// SUBMITTING, with its node) before anything is sent, and this process
+// holds its launch lock until it has left SUBMITTING: a launch that dies
+// on the way (SIGKILL, a crash) leaves a job whose lock is free, which the
+// next reconcile settles at once (see Reconcile).
+//
+// A node that refuses the job as one it cannot run (see
+// remote.NodeError.NodeCannotRun: no tmux, a tmux that cannot start
+// sessions, a home it cannot write) makes the launch try the next node
+// that fits, unless the job was pinned there (--node); if every node
+// refuses, the error names each and why.
 func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opts LaunchOptions) (*store.Job, Placement, error) {
 	defaults, err := parseDefaults(opts.Defaults)
 	if err != nil {
@@ -95,31 +103,113 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 		}
 	}
 	lim := defaults.resolve(opts.Limits, p.NumGPUs)
-	var rec store.Job
-	err = st.Update(func(s *store.State) error {
-		j := s.NewJob(t.Name)
+	rec, lk, err := st.AddJob(t.Name, func(j *store.Job) error {
 		j.User = LocalUser()
-		j.Node = p.Node
-		j.Accelerator = p.Accelerator
-		j.NumGPUs = p.NumGPUs
 		j.Workdir = t.Workdir
 		j.Command = t.Run
 		j.TaskFile = t.File
 		j.EnvNames = sortedKeys(t.Envs)
-		recordLimits(j, lim)
-		rec = *j
+		placeJob(j, p, lim)
 		return nil
 	})
 	if err != nil {
-		return nil, p, err
+		return nil, p, fmt.Errorf("nothing was submitted: %w", err)
 	}
-	fail := func(err error) (*store.Job, Placement, error) {
-		// Nothing runs on the node: forget the job rather than leave a
-		// phantom in the queue. Its id stays used.
-		_ = st.Update(func(s *store.State) error { s.Delete(rec.ID); return nil })
-		return nil, p, err
+	defer lk.Release()
+	var tried, refusals []string
+	for {
+		j, refused, err := c.submitTo(ctx, st, rec, t, p, lim, opts)
+		if refused == nil {
+			return j, p, err
+		}
+		tried = append(tried, p.Node)
+		refusals = append(refusals, fmt.Sprintf("%s (%s)", p.Node, firstLine(refused.Msg)))
+		next, err := c.nextNode(ctx, t, opts.Node, tried, refusals, refused)
+		if err != nil {
+			return c.forget(st, rec, p, err)
+		}
+		if opts.Notef != nil {
+			opts.Notef("%s cannot run the job (%s); trying %s", p.Node, firstLine(refused.Msg), next.Node)
+		}
+		p, lim = next, defaults.resolve(opts.Limits, next.NumGPUs)
+		err = st.Update(func(s *store.State) error {
+			j := s.Job(rec.ID)
+			switch {
+			case j == nil:
+				return fmt.Errorf("job #%d vanished from the store", rec.ID)
+			case j.State == job.Cancelled:
+				return ErrCancelledDuringLaunch
+			}
+			placeJob(j, p, lim)
+			rec = *j
+			return nil
+		})
+		if errors.Is(err, ErrCancelledDuringLaunch) {
+			return nil, p, err
+		}
+		if err != nil {
+			return c.forget(st, rec, p, fmt.Errorf("nothing was submitted: %w", err))
+		}
 	}
+}
 
+// placeJob records in j where it goes and the limits it runs with there.
+func placeJob(j *store.Job, p Placement, lim Limits) {
+	j.Node = p.Node
+	j.Accelerator = p.Accelerator
+	j.NumGPUs = p.NumGPUs
+	j.MemLimitMiB, j.TimeLimitS = nil, nil
+	recordLimits(j, lim)
+}
+
+// forget removes a job that reached no node from the store, rather than
+// leave a phantom in the queue (its id stays used), and returns err. If
+// even that cannot be written, the job stays SUBMITTING until its launch
+// lock is free, when the next reconcile settles it.
+func (c *Cluster) forget(st *store.Store, rec store.Job, p Placement, err error) (*store.Job, Placement, error) {
+	_ = st.Update(func(s *store.State) error { s.Delete(rec.ID); return nil })
+	return nil, p, err
+}
+
+// nextNode is where a job goes after the nodes tried refused it as one
+// they cannot run (refusals say why, the last in full in refused): the
+// best of the other nodes, asked again. A pinned job goes nowhere else.
+func (c *Cluster) nextNode(ctx context.Context, t *task.Task, pin string, tried, refusals []string, refused *remote.NodeError) (Placement, error) {
+	if pin != "" {
+		return Placement{}, fmt.Errorf("%s refused the job: %s; nothing was submitted (drop --node to let sshq choose another node)", pin, refused.Msg)
+	}
+	var rest []string
+	for _, n := range c.Names {
+		if !slices.Contains(tried, n) {
+			rest = append(rest, n)
+		}
+	}
+	if len(rest) == 0 {
+		if len(refusals) == 1 {
+			return Placement{}, fmt.Errorf("%s refused the job: %s; nothing was submitted", refused.Node, refused.Msg)
+		}
+		return Placement{}, &RefusedError{Refused: refusals}
+	}
+	p, err := c.subset(rest).Place(ctx, t, "")
+	var others *RefusedError
+	switch {
+	case errors.As(err, &others):
+		return Placement{}, &RefusedError{Refused: append(refusals, others.Refused...), Unreachable: others.Unreachable}
+	case err != nil:
+		return Placement{}, fmt.Errorf("the job was refused by %s, and no other node can take it: %w", strings.Join(refusals, "; "), err)
+	}
+	return p, nil
+}
+
+// submitTo syncs t to p.Node and submits it there as the recorded job rec.
+// A refusal of a node that cannot run the job comes back as refused, with
+// the job still SUBMITTING and nothing of it on that node; any other end
+// is the launch's.
+func (c *Cluster) submitTo(ctx context.Context, st *store.Store, rec store.Job, t *task.Task, p Placement, lim Limits, opts LaunchOptions) (*store.Job, *remote.NodeError, error) {
+	fail := func(err error) (*store.Job, *remote.NodeError, error) {
+		j, _, err := c.forget(st, rec, p, err)
+		return j, nil, err
+	}
 	node := c.Node(p.Node)
 	spec := remote.JobSpec{
 		UID: rec.UID, ID: rec.ID, Name: t.Name, User: rec.User, NumGPUs: p.NumGPUs,
@@ -143,24 +233,25 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	defer unlock()
 	spec.WorkdirKey = key
 	// `sshq cancel` may have run while we synced: it can only mark the job
-	// in the store, since the node does not know it yet.
-	if err := st.Update(func(s *store.State) error {
-		if j := s.Job(rec.ID); j != nil && j.State == job.Cancelled {
-			return ErrCancelledDuringLaunch
-		}
-		return nil
-	}); err != nil {
-		return nil, p, err
+	// in the store, since the node does not know it yet. A read is enough
+	// (the record after the submit checks again), and needs no free disk.
+	if s, err := st.Load(); err != nil {
+		return fail(err)
+	} else if j := s.Job(rec.ID); j != nil && j.State == job.Cancelled {
+		return nil, nil, ErrCancelledDuringLaunch
 	}
 	subCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	_, err = node.Submit(subCtx, spec)
 	var refused *remote.NodeError
 	switch {
+	case errors.As(err, &refused) && refused.NodeCannotRun():
+		return nil, refused, nil
 	case errors.As(err, &refused):
 		return fail(fmt.Errorf("%s refused the job: %s", p.Node, refused.Msg))
 	case errors.Is(err, remote.ErrNoAnswer):
-		return c.settleSubmit(st, rec, p, ctx.Err() != nil, err)
+		j, _, err := c.settleSubmit(st, rec, p, ctx.Err() != nil, err)
+		return j, nil, err
 	case err != nil:
 		return fail(err)
 	}
@@ -187,9 +278,16 @@ func (c *Cluster) Launch(ctx context.Context, st *store.Store, t *task.Task, opt
 	if cancelled {
 		// The cancel came between our check and the submit: honour it.
 		_, _, _ = node.Cancel(subCtx, []string{rec.UID}, remote.DefaultCancelGrace)
-		return &rec, p, ErrCancelledDuringLaunch
+		return &rec, nil, ErrCancelledDuringLaunch
 	}
-	return &rec, p, err
+	var we *store.WriteError
+	if errors.As(err, &we) {
+		// The job is in the node's queue: only its record is behind. Once
+		// this process is gone, the next reconcile asks the node.
+		rec.State = job.Pending
+		return &rec, nil, fmt.Errorf("job #%d is queued on %s (`sshq queue` shows it), but sshq could not record that: %w", rec.ID, p.Node, err)
+	}
+	return &rec, nil, err
 }
 
 // ErrSubmittedBeforeInterrupt: the launch was interrupted (Ctrl-C) after
@@ -215,7 +313,7 @@ func (c *Cluster) settleSubmit(st *store.Store, rec store.Job, p Placement, inte
 	}
 	_ = st.Update(func(s *store.State) error {
 		if j := s.Job(rec.ID); j != nil {
-			applyStatus(j, js, time.Now().UTC())
+			applyStatus(j, js, time.Now().UTC(), false)
 			rec = *j
 		}
 		return nil
@@ -271,9 +369,17 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		return nil, nil, err
 	}
 	byNode := map[string][]target{}
+	// The SUBMITTING jobs whose launcher is gone: nothing will submit them
+	// now, so what their node says is final. Read before asking the nodes:
+	// a launcher alive now may be done by the time they answer, never the
+	// other way round.
+	gone := map[string]bool{}
 	for _, j := range snap.Jobs {
 		if j.State.Terminal() || j.Node == "" || (only != nil && !only(j)) {
 			continue
+		}
+		if j.State == job.Submitting && st.LauncherGone(j.UID) {
+			gone[j.UID] = true
 		}
 		for _, t := range targets(j) {
 			byNode[t.node] = append(byNode[t.node], t)
@@ -307,7 +413,7 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		ctx, cancel := context.WithTimeout(ctx, c.opTimeout(ctx, node))
 		defer cancel()
 		var a answer
-		a.jobs, a.err = c.askJobs(ctx, node, byNode[node])
+		a.jobs, a.err = c.askJobs(ctx, node, byNode[node], gone)
 		results <- struct {
 			node string
 			a    answer
@@ -333,7 +439,7 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 					rk := j.Gang.Ranks[r]
 					a, asked := answers[rk.Node]
 					js, ok := a.jobs.node[rk.UID]
-					return rankStatus{js: js, answered: asked && a.err == nil && ok}
+					return rankStatus{js: js, answered: asked && a.err == nil && ok, launcherGone: gone[j.UID]}
 				}, now)
 			case asked && a.err == nil && !j.State.Terminal():
 				a.jobs.apply(j, now)
@@ -350,6 +456,16 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 		}
 		return nil
 	})
+	if err == nil {
+		for _, v := range views {
+			if gone[v.UID] && v.State != job.Submitting {
+				st.ForgetLaunch(v.UID)
+			}
+		}
+	}
+	// A store that cannot be written (a full disk) does not stop a read:
+	// the views hold what the nodes said, and the next reconcile asks
+	// again. The caller tells a *store.WriteError from other errors.
 	return views, unreachable, err
 }
 
@@ -359,9 +475,11 @@ func (c *Cluster) Reconcile(ctx context.Context, st *store.Store, only func(*sto
 // commands that ask for old jobs (`sshq queue -a`, `sshq wait`).
 func (c *Cluster) ReconcileAll(ctx context.Context, st *store.Store, only func(*store.Job) bool) ([]JobView, map[string]error, error) {
 	views, down, err := c.Reconcile(ctx, st, only)
-	if err != nil {
+	var we *store.WriteError
+	if err != nil && !errors.As(err, &we) {
 		return views, down, err
 	}
+	notRecorded := err
 	hist, err := st.History()
 	if err != nil {
 		return views, down, err
@@ -377,12 +495,31 @@ func (c *Cluster) ReconcileAll(ctx context.Context, st *store.Store, only func(*
 		}
 	}
 	slices.SortFunc(views, func(a, b JobView) int { return a.ID - b.ID })
-	return views, down, nil
+	return views, down, notRecorded
 }
 
-// applyStatus records what the node said about j.
-func applyStatus(j *store.Job, js remote.JobStatus, now time.Time) {
+// launcherDied is the reason of a job whose launching process ended
+// before the job reached its node.
+func launcherDied(node string) string {
+	return "the launching sshq process died before the job reached " + node + "; nothing ran"
+}
+
+// settleUnsubmitted ends a SUBMITTING job that its node does not have and
+// that nothing will submit any more: its launcher is gone.
+func settleUnsubmitted(j *store.Job, now time.Time) {
+	j.State, j.Reason = job.FailedSetup, launcherDied(j.Node)
+	j.Ended, j.LastSeen = &now, &now
+}
+
+// applyStatus records what the node said about j. launcherGone: j's
+// launching process is gone (see store.LauncherGone), so a SUBMITTING job
+// the node does not have will never get there.
+func applyStatus(j *store.Job, js remote.JobStatus, now time.Time, launcherGone bool) {
 	if !js.Found {
+		if j.State == job.Submitting && launcherGone {
+			settleUnsubmitted(j, now)
+			return
+		}
 		// A job still being submitted may not have reached the node yet.
 		if j.State == job.Submitting && now.Sub(j.Submitted) < submitGrace() {
 			return

@@ -19,6 +19,23 @@ var ErrNoFit = errors.New("no node can run this task")
 // ErrNoNode means every candidate node is unreachable.
 var ErrNoNode = errors.New("no reachable node")
 
+// RefusedError means no node would take the job: each one that answered
+// cannot run jobs as it is (no tmux, a lease directory it cannot use, a
+// queue it could not read) or refused the job's submit as such; the others
+// are unreachable. Nothing was submitted.
+type RefusedError struct {
+	Refused     []string // "node (why)", one per node that answered
+	Unreachable []string // "node (why)"
+}
+
+func (e *RefusedError) Error() string {
+	msg := "no node can run the job: " + strings.Join(e.Refused, "; ")
+	if len(e.Unreachable) > 0 {
+		msg += "; unreachable: " + strings.Join(e.Unreachable, "; ")
+	}
+	return msg + "; nothing was submitted (`sshq nodes` checks what each node lacks)"
+}
+
 // Placement is where a task goes and why.
 type Placement struct {
 	Node        string     `json:"node"`
@@ -133,7 +150,7 @@ type candidate struct {
 // rank chooses among the nodes' answers.
 func rank(t *task.Task, offers []nodeOffer, pin string) (Placement, error) {
 	accels, _ := requests(t)
-	var down, have []string
+	var down, unable, have []string
 	var fits, queues []candidate
 	for order, no := range offers {
 		if no.Err != nil {
@@ -146,9 +163,10 @@ func rank(t *task.Task, offers []nodeOffer, pin string) (Placement, error) {
 			continue
 		}
 		if len(o.Fits) != len(accels) {
-			// The node could not decide (its lease directory, its queue
-			// lock): it cannot take jobs now.
-			down = append(down, fmt.Sprintf("%s (%s)", no.Name, firstLine(strings.Join(o.Errors, "; "))))
+			// The node answered but could not decide (no tmux, its lease
+			// directory, its queue): it cannot take jobs as it is. It is
+			// up all the same.
+			unable = append(unable, fmt.Sprintf("%s (%s)", no.Name, firstLine(strings.Join(o.Errors, "; "))))
 			continue
 		}
 		have = append(have, no.Name+": "+describeGPUs(o))
@@ -199,6 +217,9 @@ func rank(t *task.Task, offers []nodeOffer, pin string) (Placement, error) {
 		return queues[0].Placement, nil
 	}
 	want := accelString(accels)
+	if len(have) == 0 && len(unable) > 0 {
+		return Placement{}, &RefusedError{Refused: unable, Unreachable: down}
+	}
 	if len(have) == 0 && len(down) > 0 {
 		return Placement{}, fmt.Errorf("%w: %s", ErrNoNode, strings.Join(down, "; "))
 	}
@@ -207,6 +228,9 @@ func rank(t *task.Task, offers []nodeOffer, pin string) (Placement, error) {
 		msg += fmt.Sprintf(" (cpus %s, memory %s GB)", t.Resources.CPUs, t.Resources.Memory)
 	}
 	msg += "; the nodes have: " + strings.Join(have, "; ")
+	if len(unable) > 0 {
+		msg += "; cannot run jobs: " + strings.Join(unable, "; ")
+	}
 	if len(down) > 0 {
 		msg += "; unreachable: " + strings.Join(down, "; ")
 	}

@@ -74,13 +74,18 @@ func TestRankingOfTheNodesAnswers(t *testing.T) {
 			[]nodeOffer{{Name: "a", Err: errors.New("connection refused")}}, "", false, ErrNoNode, []string{"connection refused"}},
 		{"a node that could not decide cannot take the job", taskWith(task.Accel{Count: 1}),
 			[]nodeOffer{{Name: "a", Offer: &remote.Offer{CPUs: 8, MemTotalMiB: 1 << 20, Errors: []string{"lease directory /tmp/sshq-leases is a symlink"}}}},
-			"", false, ErrNoNode, []string{"symlink"}},
+			"", false, &RefusedError{}, []string{"a (lease directory /tmp/sshq-leases is a symlink)", "nothing was submitted"}},
+		{"a node that cannot run jobs is not called unreachable", taskWith(task.Accel{Count: 1}),
+			[]nodeOffer{{Name: "a", Offer: &remote.Offer{CPUs: 8, MemTotalMiB: 1 << 20, Errors: []string{"tmux is not installed"}}},
+				{Name: "b", Err: errors.New("connection refused")}},
+			"", false, &RefusedError{}, []string{"no node can run the job: a (tmux is not installed); unreachable: b (connection refused)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := rank(tc.task, tc.nodes, "")
 			if tc.err != nil {
-				if !errors.Is(err, tc.err) {
-					t.Fatalf("err %v, want %v", err, tc.err)
+				var re *RefusedError
+				if _, refused := tc.err.(*RefusedError); refused && !errors.As(err, &re) || !refused && !errors.Is(err, tc.err) {
+					t.Fatalf("err %v, want %T %v", err, tc.err, tc.err)
 				}
 				for _, s := range tc.errHas {
 					if !strings.Contains(err.Error(), s) {

@@ -40,23 +40,35 @@ func (c *Cluster) slurmClient(login string) *slurm.Client {
 type jobReport struct {
 	node  map[string]remote.JobStatus
 	slurm map[string]slurm.JobStatus
+	// launcherGone are the SUBMITTING jobs (by uid) whose launching
+	// process is gone and whose node's word is final: see applyStatus.
+	launcherGone map[string]bool
+	// slurmIDs are the Slurm ids of such jobs that sbatch took before
+	// their launcher died, found in their job directories.
+	slurmIDs map[string]string
 }
 
 // apply records what the report says about j, if anything.
 func (r jobReport) apply(j *store.Job, now time.Time) {
 	if js, ok := r.slurm[j.UID]; ok {
-		applySlurmStatus(j, js, now)
+		if id := r.slurmIDs[j.UID]; id != "" && j.SlurmID == "" {
+			j.SlurmID = id
+		}
+		applySlurmStatus(j, js, now, r.launcherGone[j.UID])
 		return
 	}
 	if js, ok := r.node[j.UID]; ok {
-		applyStatus(j, js, now)
+		applyStatus(j, js, now, r.launcherGone[j.UID])
 	}
 }
 
 // askJobs asks host about jobs (single-node jobs and the ranks of gangs
 // there): one command to its own queue for the jobs there, one to Slurm
 // for those submitted through it.
-func (c *Cluster) askJobs(ctx context.Context, host string, jobs []target) (jobReport, error) {
+//
+// gone are the SUBMITTING jobs whose launching process is gone (by uid);
+// the report's launcherGone holds those whose fate the answer settles.
+func (c *Cluster) askJobs(ctx context.Context, host string, jobs []target, gone map[string]bool) (jobReport, error) {
 	var uids []string
 	var sl []*store.Job
 	for _, t := range jobs {
@@ -66,7 +78,12 @@ func (c *Cluster) askJobs(ctx context.Context, host string, jobs []target) (jobR
 			uids = append(uids, t.uid)
 		}
 	}
-	var r jobReport
+	r := jobReport{launcherGone: map[string]bool{}}
+	for _, t := range jobs {
+		if gone[t.job.UID] && t.job.Backend != store.BackendSlurm {
+			r.launcherGone[t.job.UID] = true
+		}
+	}
 	var errs []error
 	if len(uids) > 0 {
 		m, err := c.Node(host).Jobs(ctx, uids)
@@ -74,7 +91,7 @@ func (c *Cluster) askJobs(ctx context.Context, host string, jobs []target) (jobR
 		errs = append(errs, err)
 	}
 	if len(sl) > 0 {
-		m, err := c.slurmJobs(ctx, host, sl)
+		m, err := c.slurmJobs(ctx, host, sl, gone, &r)
 		r.slurm = m
 		errs = append(errs, err)
 	}
@@ -82,18 +99,36 @@ func (c *Cluster) askJobs(ctx context.Context, host string, jobs []target) (jobR
 }
 
 // slurmJobs asks Slurm about jobs, by uid. A job not yet given a Slurm id
-// (its launch is still syncing) is reported not found.
-func (c *Cluster) slurmJobs(ctx context.Context, login string, jobs []*store.Job) (map[string]slurm.JobStatus, error) {
+// (its launch is still syncing) is reported not found. One whose launcher
+// is gone (gone) may have been taken by sbatch just before: its job
+// directory on the login node tells, and r records what it told.
+func (c *Cluster) slurmJobs(ctx context.Context, login string, jobs []*store.Job, gone map[string]bool, r *jobReport) (map[string]slurm.JobStatus, error) {
 	out := map[string]slurm.JobStatus{}
 	uidOf := map[string]string{}
 	var ids []string
 	for _, j := range jobs {
-		if j.SlurmID == "" {
+		id := j.SlurmID
+		if id == "" && gone[j.UID] {
+			found, state, err := c.slurmSubmitted(ctx, login, j.UID)
+			switch {
+			case err != nil:
+				return nil, err
+			case state == slurmSubmitNone:
+				r.launcherGone[j.UID] = true
+			case state == slurmSubmitTaken:
+				id = found
+				if r.slurmIDs == nil {
+					r.slurmIDs = map[string]string{}
+				}
+				r.slurmIDs[j.UID] = id
+			}
+		}
+		if id == "" {
 			out[j.UID] = slurm.JobStatus{}
 			continue
 		}
-		uidOf[j.SlurmID] = j.UID
-		ids = append(ids, j.SlurmID)
+		uidOf[id] = j.UID
+		ids = append(ids, id)
 	}
 	if len(ids) == 0 {
 		return out, nil
@@ -110,10 +145,42 @@ func (c *Cluster) slurmJobs(ctx context.Context, login string, jobs []*store.Job
 	return out, nil
 }
 
+// What a job's directory on a Slurm login node says of its submit.
+const (
+	slurmSubmitUnknown = iota // being written, or left half-way: sbatch may or may not have run
+	slurmSubmitNone           // no directory: sbatch never ran, or refused the job
+	slurmSubmitTaken          // slurm_id: sbatch took it
+)
+
+// slurmSubmitted reads the job directory of uid on the login node: the
+// submit script writes it before sbatch, writes slurm_id once sbatch took
+// the job, and removes it when sbatch refused the job.
+func (c *Cluster) slurmSubmitted(ctx context.Context, login, uid string) (string, int, error) {
+	var out bytes.Buffer
+	code, err := c.slurmRunner(login).Run(ctx, sshpool.Command("sh", "-c", `cd && if [ -f "$1/slurm_id" ]; then cat "$1/slurm_id"; elif [ -d "$1" ]; then exit 3; else exit 4; fi`, "sh", slurm.DefaultJobDir(uid)), nil, &out, io.Discard)
+	id := strings.TrimSpace(out.String())
+	switch {
+	case err != nil:
+		return "", slurmSubmitUnknown, err
+	case code == 0 && id != "" && strings.Trim(id, "0123456789") == "":
+		return id, slurmSubmitTaken, nil
+	case code == 4:
+		return "", slurmSubmitNone, nil
+	}
+	return "", slurmSubmitUnknown, nil
+}
+
 // applySlurmStatus records what Slurm said about j. Slurm gives no start
 // time here: a job seen RUNNING starts then; one that ran and ended
 // between two looks has no start.
-func applySlurmStatus(j *store.Job, js slurm.JobStatus, now time.Time) {
+//
+// launcherGone: j's launching process is gone and sbatch never took it, so
+// a SUBMITTING j will never reach Slurm.
+func applySlurmStatus(j *store.Job, js slurm.JobStatus, now time.Time, launcherGone bool) {
+	if !js.Found && j.State == job.Submitting && j.SlurmID == "" && launcherGone {
+		settleUnsubmitted(j, now)
+		return
+	}
 	if !js.Found {
 		// A job still being synced has no Slurm id yet.
 		if j.State == job.Submitting && now.Sub(j.Submitted) < submitGrace() {
@@ -255,9 +322,7 @@ func slurmLimits(spec *slurm.JobSpec, opts LaunchOptions) {
 // the store (SUBMITTING) before anything is sent, and gets its Slurm id
 // once sbatch took it.
 func (c *Cluster) launchSlurm(ctx context.Context, st *store.Store, t *task.Task, p Placement, opts LaunchOptions) (*store.Job, Placement, error) {
-	var rec store.Job
-	err := st.Update(func(s *store.State) error {
-		j := s.NewJob(t.Name)
+	rec, lk, err := st.AddJob(t.Name, func(j *store.Job) error {
 		j.User = LocalUser()
 		j.Node = p.Node
 		j.Backend = store.BackendSlurm
@@ -269,12 +334,13 @@ func (c *Cluster) launchSlurm(ctx context.Context, st *store.Store, t *task.Task
 		j.TaskFile = t.File
 		j.EnvNames = sortedKeys(t.Envs)
 		recordLimits(j, opts.Limits.slurm())
-		rec = *j
 		return nil
 	})
 	if err != nil {
-		return nil, p, err
+		return nil, p, fmt.Errorf("nothing was submitted: %w", err)
 	}
+	// Held until the job has left SUBMITTING: see Launch.
+	defer lk.Release()
 	fail := func(err error) (*store.Job, Placement, error) {
 		_ = st.Update(func(s *store.State) error { s.Delete(rec.ID); return nil })
 		return nil, p, err
@@ -284,13 +350,10 @@ func (c *Cluster) launchSlurm(ctx context.Context, st *store.Store, t *task.Task
 		return fail(err)
 	}
 	defer unlock()
-	if err := st.Update(func(s *store.State) error {
-		if j := s.Job(rec.ID); j != nil && j.State == job.Cancelled {
-			return ErrCancelledDuringLaunch
-		}
-		return nil
-	}); err != nil {
-		return nil, p, err
+	if s, err := st.Load(); err != nil {
+		return fail(err)
+	} else if j := s.Job(rec.ID); j != nil && j.State == job.Cancelled {
+		return nil, p, ErrCancelledDuringLaunch
 	}
 	client := c.slurmClient(p.Node)
 	subCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -344,18 +407,16 @@ func (c *Cluster) settleSlurmSubmit(st *store.Store, rec store.Job, p Placement,
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	dir := slurm.DefaultJobDir(rec.UID)
-	var out bytes.Buffer
-	code, err := c.slurmRunner(p.Node).Run(ctx, sshpool.Command("sh", "-c", `cd && if [ -f "$1/slurm_id" ]; then cat "$1/slurm_id"; elif [ -d "$1" ]; then exit 3; else exit 4; fi`, "sh", dir), nil, &out, io.Discard)
-	id := strings.TrimSpace(out.String())
+	id, state, err := c.slurmSubmitted(ctx, p.Node, rec.UID)
 	switch {
-	case err == nil && code == 0 && id != "" && strings.Trim(id, "0123456789") == "":
+	case err == nil && state == slurmSubmitTaken:
 		j, pl, err := c.recordSlurmID(st, rec, p, id, c.slurmClient(p.Node))
 		if err == nil && interrupted {
 			err = fmt.Errorf("%w: job #%d is Slurm job %s on %s; follow it with `sshq logs -f %d`, stop it with `sshq cancel %d`",
 				ErrSubmittedBeforeInterrupt, rec.ID, id, p.Node, rec.ID, rec.ID)
 		}
 		return j, pl, err
-	case err == nil && code == 4:
+	case err == nil && state == slurmSubmitNone:
 		_ = st.Update(func(s *store.State) error { s.Delete(rec.ID); return nil })
 		return nil, p, errors.New("nothing was submitted")
 	}

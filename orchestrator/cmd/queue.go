@@ -70,6 +70,11 @@ func queueRun(opts *QueueOptions) error {
 	} else {
 		renderQueue(opts.IO, v.Jobs)
 	}
+	if v.NotRecorded != nil {
+		// The jobs shown are what the nodes said; only the record is
+		// behind, and the next launch would fail on it.
+		fmt.Fprintf(opts.IO.ErrOut, "sshq: warning: the jobs are shown as their nodes said, but that could not be recorded: %v\n", v.NotRecorded)
+	}
 	return v.Err()
 }
 

@@ -65,6 +65,16 @@ func (e *NodeError) Error() string {
 	return e.Node + ": " + e.Msg
 }
 
+// NodeCannotRun reports whether a refused submit means that this node
+// cannot run jobs as it is (no tmux or flock, a tmux that cannot start
+// sessions, a home or lease directory it cannot use, a job that could not
+// get started there), so another node may: submit's exit statuses 3, 5
+// and 6. A request no node would take (a bad spec, exit 2) or a uid
+// already there (exit 4) is not the node's doing.
+func (e *NodeError) NodeCannotRun() bool {
+	return e.Action == "submit" && (e.Code == 3 || e.Code == 5 || e.Code == 6)
+}
+
 // call runs one action and returns its stdout; a non-zero exit is a
 // NodeError.
 func (c *Client) call(ctx context.Context, action string, args ...string) ([]byte, error) {

@@ -385,6 +385,13 @@
 // and node scripts of neighbouring versions still understand each other.
 //
 //	Submit: submitted <uid> <first state>
+//	        (refused: the exit status says whose the problem is: 2 a request
+//	        no node would take, a bad payload; 3 the node lacks what every
+//	        job needs: tmux, flock, a usable ~/.sshq or lease directory,
+//	        bash 4.4; 4 the uid is taken; 5 the workdir snapshot failed; 6
+//	        the job could not be started: tmux refused the session, the
+//	        wrapper never got a place. On 3, 5 and 6, NodeCannotRun, a
+//	        launch tries the next node that fits.)
 //	Gang:   gang <uid> <port> <addr|~>          (rank 0's coordinator)
 //	Jobs:   job <uid> found <wrapper 0|1> <tmux 0|1>  |  job <uid> missing|invalid
 //	        state <uid> <STATE> <unix_ts>  (one per transition, in order)

@@ -41,7 +41,9 @@
 // Its temp file (state.json.tmp-*) is removed by the next Update, since a
 // temp file that exists while the lock is held has no live writer.
 // If the history cannot be written (a full disk), the jobs stay in
-// state.json and the update itself still happens.
+// state.json and the update itself still happens. If state.json cannot be
+// written, Update fails with a [WriteError], which says what to do (free
+// space there), and nothing changes: readers still read the last version.
 // Callers must not do network I/O inside Update: every other sshq process
 // waits for the lock meanwhile.
 //
@@ -85,9 +87,19 @@
 // that node is not yet confirmed. The launcher writes the record first (so a
 // crash mid-launch never leaves a job on a node that the controller does not
 // know about), then syncs and submits outside the lock, then records PENDING
-// in a second Update. A SUBMITTING job left by a crashed launcher is resolved
-// by reconcile: if its node knows the uid it takes the node's state,
-// otherwise, once the launch could no longer be syncing, it is LOST. After
+// in a second Update. [Store.AddJob] writes the record, having first taken
+// the job's launch lock (a flock on launching/<uid>.lock), which the
+// launching process holds until the job has left SUBMITTING: the kernel
+// drops it when that process dies, however it dies. A SUBMITTING job whose
+// lock is free ([Store.LauncherGone]) will never be submitted by anyone, so
+// the next reconcile settles it at once: if its node knows the uid (for a
+// Slurm job, if its job directory holds the id sbatch gave it) it takes the
+// node's state (the submit got there just before the launcher died),
+// otherwise it is FAILED_SETUP, its reason saying that the launching sshq
+// process died. A live launcher's job, seen by another sshq sharing the
+// directory, is never settled. A job without a lock file (an older sshq
+// launched it) is settled as before: by its node's word, or LOST once the
+// launch could no longer be syncing. After
 // SUBMITTING the states follow the node: PENDING → SETTING_UP → RUNNING →
 // SUCCEEDED | FAILED | FAILED_SETUP | CANCELLED | TIMEOUT | OUT_OF_MEMORY
 // (the last two: a limit ended it, the node's or Slurm's reason in

@@ -300,9 +300,10 @@ var testHookTempWritten func()
 
 func (s *Store) write(st *State, exists bool) error {
 	st.Version = FormatVersion
+	failed := func(err error) error { return &WriteError{Path: s.Path(), Dir: s.dir, Err: err} }
 	tmp, err := os.CreateTemp(s.dir, tempPrefix+"*") // mode 0600
 	if err != nil {
-		return fmt.Errorf("writing the job store: %w", err)
+		return failed(err)
 	}
 	committed := false
 	defer func() {
@@ -312,13 +313,13 @@ func (s *Store) write(st *State, exists bool) error {
 		}
 	}()
 	if err := encodeTo(bufio.NewWriterSize(tmp, 256<<10), st); err != nil {
-		return fmt.Errorf("writing the job store: %w", err)
+		return failed(err)
 	}
 	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("writing the job store: %w", err)
+		return failed(err)
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing the job store: %w", err)
+		return failed(err)
 	}
 	if testHookTempWritten != nil {
 		testHookTempWritten()
@@ -332,7 +333,7 @@ func (s *Store) write(st *State, exists bool) error {
 		}
 	}
 	if err := os.Rename(tmp.Name(), s.Path()); err != nil {
-		return fmt.Errorf("writing the job store: %w", err)
+		return failed(err)
 	}
 	committed = true
 	// The update is in place now; some filesystems (FUSE, SMB) cannot fsync

@@ -32,6 +32,8 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	case "add", "hang", "hang-history":
 		os.Exit(helperAdd(os.Getenv(helperEnv)))
+	case "launch":
+		os.Exit(helperLaunch())
 	default:
 		fmt.Fprintln(os.Stderr, "unknown helper", os.Getenv(helperEnv))
 		os.Exit(2)
