@@ -12,6 +12,7 @@ import (
 
 	"github.com/sshq/sshq/orchestrator/job"
 	"github.com/sshq/sshq/orchestrator/task"
+	"github.com/sshq/sshq/sshpool/sshtest"
 )
 
 // bannerRC is a ~/.bashrc that greets every shell, non-interactive ones
@@ -34,8 +35,8 @@ func TestLaunchWithWorkdirThroughShellBanner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := nv.Nodes[0]; !n.Reachable || !n.Ready || n.GPUs != 1 {
-		t.Fatalf("sshq nodes: %+v, want box reachable and ready with its GPU", n)
+	if n := nv.Nodes[0]; !n.Reachable || !n.Ready || !n.SFTP || n.GPUs != 1 {
+		t.Fatalf("sshq nodes: %+v, want box reachable and ready, SFTP working, with its GPU", n)
 	}
 
 	base := t.TempDir()
@@ -103,4 +104,39 @@ func TestLaunchWithWorkdirThroughShellBanner(t *testing.T) {
 		t.Fatalf("cancel through the banner: %v (%+v)", err, cv)
 	}
 	untilState(t, ctrl, long, job.Cancelled)
+}
+
+// A node where a workdir sync cannot work is not ready, however well it
+// answers commands, and `sshq nodes` says why and what to do. Here the
+// .bashrc greets every shell, sshd has no sftp subsystem, and no shell can
+// start sftp-server past the greeting (sh is broken on the node's PATH).
+func TestNodesNotReadyWhereSyncCannotWork(t *testing.T) {
+	t.Parallel()
+	c := sshtest.Start(t, sshtest.Options{Names: []string{"box"}, SFTPSubsystem: "none"})
+	box := c.Node("box")
+	if err := os.WriteFile(filepath.Join(box.Home, ".bashrc"), []byte(bannerRC), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(box.BinDir, "sh"), []byte("#!/bin/bash\nexit 127\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctrl, err := OpenController(ControllerOptions{Home: t.TempDir(), SSHConfig: c.ConfigPath, Nodes: "box"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ctrl.Close() })
+	nv, err := ctrl.Nodes(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := nv.Nodes[0]
+	if !n.Reachable || n.Ready || n.SFTP {
+		t.Fatalf("sshq nodes: reachable %v ready %v sftp %v, want reachable, not ready, SFTP failing: %+v", n.Reachable, n.Ready, n.SFTP, n)
+	}
+	problems := strings.Join(n.Problems, "; ")
+	for _, want := range []string{"workdir sync (SFTP) fails", "Welcome to box", "~/.bashrc", "[[ $- == *i* ]] || return"} {
+		if !strings.Contains(problems, want) {
+			t.Errorf("problems lack %q: %s", want, problems)
+		}
+	}
 }
