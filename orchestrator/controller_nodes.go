@@ -177,6 +177,9 @@ type NodeCheck struct {
 	NvidiaSMI bool     `json:"nvidia_smi"`
 	Problems  []string `json:"problems"`
 	Ready     bool     `json:"ready"`
+	// SFTP: a workdir sync can reach the node (its SFTP session opens and
+	// answers); a node where it cannot is not ready.
+	SFTP bool `json:"sftp"`
 	// LeaseDirProvisioned: the node's admin made its lease directory
 	// (README: the admin step); without it each account's lease records sit
 	// beside it, as safely.
@@ -252,6 +255,7 @@ func (c *Controller) Nodes(ctx context.Context) (*NodesView, error) {
 		ctx, cancel := context.WithTimeout(ctx, n.Timeout()+10*time.Second)
 		defer cancel()
 		start := time.Now()
+		sftpErr := c.checkSFTP(ctx, name)
 		chk, err := c.cluster(nil).Node(name).Check(ctx)
 		if err != nil {
 			r.Error = err.Error()
@@ -264,6 +268,12 @@ func (c *Controller) Nodes(ctx context.Context) (*NodesView, error) {
 		r.LeaseDirProvisioned = chk.Provisioned()
 		r.Problems = chk.Problems()
 		r.Ready = chk.Ready()
+		if err := sftpErr(); err != nil {
+			r.Problems = append(r.Problems, sftpProblem(name, err))
+			r.Ready = false
+		} else {
+			r.SFTP = true
+		}
 		r.MemLimit, r.ReserveMemMiB, r.DiskFloorMiB, r.LogCapMiB = chk.MemLimit, chk.ReserveMemMiB, chk.DiskFloorMiB, chk.LogCapMiB
 	})
 	<-slurmDone
@@ -271,4 +281,36 @@ func (c *Controller) Nodes(ctx context.Context) (*NodesView, error) {
 		return nil, fmt.Errorf("node check interrupted (%w)", err)
 	}
 	return &NodesView{Nodes: results, Slurm: slurmChecks}, nil
+}
+
+// checkSFTP opens SFTP on the node as a workdir sync does, and asks it one
+// question, while the caller checks the rest: a node whose shell breaks
+// SFTP answers every command and would look ready, yet every launch with
+// a workdir would fail there. The returned func waits for the answer.
+func (c *Controller) checkSFTP(ctx context.Context, name string) func() error {
+	res := make(chan error, 1)
+	go func() {
+		res <- func() error {
+			cl, err := c.pool.Get(ctx, name)
+			if err != nil {
+				return err
+			}
+			sc, release, err := cl.SFTP(ctx)
+			if err != nil {
+				return err
+			}
+			defer release()
+			// SFTP calls take no context: closing the session ends them.
+			stop := context.AfterFunc(ctx, release)
+			defer stop()
+			_, err = sc.Getwd()
+			return err
+		}()
+	}()
+	return func() error { return <-res }
+}
+
+// sftpProblem is checkSFTP's error as a problem of the node called name.
+func sftpProblem(name string, err error) string {
+	return "workdir sync (SFTP) fails: " + strings.TrimPrefix(err.Error(), name+": ")
 }

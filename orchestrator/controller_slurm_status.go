@@ -219,7 +219,11 @@ func (c *Controller) slurmChecks(ctx context.Context, hosts []string) []SlurmChe
 			}
 			r.Reachable = true
 			r.LatencyMS = time.Since(start).Milliseconds()
+			sftpErr := c.checkSFTP(ctx, login)
 			info, err := c.slurmClient(login).Probe(ctx)
+			if err := sftpErr(); err != nil {
+				r.Problems = append(r.Problems, sftpProblem(login, err))
+			}
 			if err != nil {
 				r.Problems = append(r.Problems, err.Error())
 				return

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -356,63 +355,6 @@ func signalNumber(sig string) int {
 		return 15
 	}
 	return 0
-}
-
-// SFTP opens an SFTP session on the connection. It holds one channel slot
-// until release is called. Writes use concurrent requests, since pkg/sftp
-// otherwise waits for each 32 KiB packet's reply before sending the next.
-func (c *Client) SFTP(ctx context.Context) (*sftp.Client, func(), error) {
-	if err := c.acquire(ctx); err != nil {
-		return nil, nil, err
-	}
-	sess, err := c.newSession(ctx)
-	if err != nil {
-		c.release()
-		return nil, nil, err
-	}
-	fail := func(err error) (*sftp.Client, func(), error) {
-		sess.Close()
-		c.release()
-		return nil, nil, err
-	}
-	if err := c.await(ctx, func() error { return sess.RequestSubsystem("sftp") }, func() { sess.Close() }); err != nil {
-		if ctx.Err() != nil || !c.Alive() {
-			return fail(err)
-		}
-		return fail(fmt.Errorf("%s: the sftp subsystem is not available (enable `Subsystem sftp` in the node's sshd_config): %w", c.Node.Name, err))
-	}
-	w, err := sess.StdinPipe()
-	if err != nil {
-		return fail(err)
-	}
-	r, err := sess.StdoutPipe()
-	if err != nil {
-		return fail(err)
-	}
-	var sc *sftp.Client
-	err = c.await(ctx, func() (err error) {
-		sc, err = sftp.NewClientPipe(r, w,
-			sftp.UseConcurrentWrites(true),
-			sftp.UseConcurrentReads(true),
-			sftp.MaxConcurrentRequestsPerFile(64),
-			// OpenSSH sftp-server takes messages up to 256 KiB; the default
-			// 32 KiB data packets cost eight times the requests for the bytes.
-			sftp.MaxPacketUnchecked(255*1024),
-		)
-		return err
-	}, func() { sess.Close() })
-	if err != nil {
-		return fail(fmt.Errorf("%s: starting sftp: %w", c.Node.Name, err))
-	}
-	var once sync.Once
-	release := func() {
-		once.Do(func() {
-			sc.Close()
-			sess.Close()
-			c.release()
-		})
-	}
-	return sc, release, nil
 }
 
 // notStarted marks a failure before the remote command began, the only

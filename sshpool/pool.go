@@ -71,6 +71,10 @@ type Client struct {
 	// owned are the ProxyJump hops after the first, which no pool entry
 	// holds: they live and die with this connection.
 	owned []*Client
+	// sftpShell: the sftp subsystem failed here once (a chatty ~/.bashrc,
+	// no Subsystem line) and sftp-server run as a command worked, so
+	// later SFTP sessions go straight to the latter.
+	sftpShell atomic.Bool
 
 	mu     sync.Mutex
 	closed bool

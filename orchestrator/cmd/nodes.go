@@ -28,10 +28,11 @@ func NewCmdNodes(f *Factory, runF func(*NodesOptions) error) *cli.Command {
 		Name:  "nodes",
 		Usage: "list the nodes and check that each is ready for sshq",
 		Description: `Connects to every node (in parallel, each within its ConnectTimeout) and checks what sshq
-needs there: bash, tmux, flock, nvidia-smi and a usable GPU lease directory. LIMITS says how
-the node holds a job to --mem: "cgroup" (a systemd user scope with MemoryMax, where the
-user's systemd delegates memory and the user lingers) or "watchdog" (the job's wrapper sums
-its processes' memory every second), and the memory it keeps available (SSHQ_RESERVE_MEM).
+needs there: bash, tmux, flock, nvidia-smi, a usable GPU lease directory, and that a
+workdir sync (SFTP) gets through. LIMITS says how the node holds a job to --mem: "cgroup"
+(a systemd user scope with MemoryMax, where the user's systemd delegates memory and the
+user lingers) or "watchdog" (the job's wrapper sums its processes' memory every second),
+and the memory it keeps available (SSHQ_RESERVE_MEM).
 
 Examples:
    sshq nodes                      # check every node

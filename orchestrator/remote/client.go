@@ -210,11 +210,41 @@ func (c *Client) Logs(ctx context.Context, uid string, tailLines int, follow boo
 	if follow {
 		f = "1"
 	}
-	code, err := c.r.Run(ctx, command("logs", uid, strconv.Itoa(tailLines), f), nil, stdout, stderr)
+	code, err := c.r.Run(ctx, command("logs", uid, strconv.Itoa(tailLines), f), nil, &afterLogMark{w: stdout, tail: []byte{'\n'}}, stderr)
 	if err != nil {
 		return -1, noAnswer{err}
 	}
 	return code, nil
+}
+
+// logMark is the line logs.sh prints before the log.
+const logMark = "\nSSHQ-LOG\n"
+
+// afterLogMark passes on what follows the first logMark line: a login
+// shell's startup files (a .bashrc greeting every shell) print before it.
+type afterLogMark struct {
+	w     io.Writer
+	found bool
+	tail  []byte // the last bytes seen, in case the mark is split between writes
+}
+
+func (a *afterLogMark) Write(p []byte) (int, error) {
+	if a.found {
+		return a.w.Write(p)
+	}
+	buf := append(a.tail, p...)
+	i := bytes.Index(buf, []byte(logMark))
+	if i < 0 {
+		a.tail = append([]byte(nil), buf[max(0, len(buf)-len(logMark)+1):]...)
+		return len(p), nil
+	}
+	a.found, a.tail = true, nil
+	if rest := buf[i+len(logMark):]; len(rest) > 0 {
+		if _, err := a.w.Write(rest); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
 }
 
 // Request is one shape a job may take on a node: NumGPUs GPUs, of those

@@ -429,8 +429,9 @@
 // Status prints, before its records, what the driver said: sections after
 // "@@sshq NAME" marker lines holding nvidia-smi's own output, the owners of
 // the GPUs' processes and the host facts, which gpu.ParseProbe reads
-// (nvidia-smi's lines are not records). Logs prints raw log bytes (after a
-// line saying how many its cap dropped, when it did); with
+// (nvidia-smi's lines are not records). Logs prints an empty line and
+// "SSHQ-LOG" (what came before is a chatty .bashrc's), then raw log bytes
+// (after a line saying how many its cap dropped, when it did); with
 // follow its exit status is the job's, or 125 when the job is unknown or
 // LOST.
 //

@@ -7,6 +7,8 @@
 # ended without an exit record (LOST).
 cmd_logs() {
 	local uid=$1 n=$2 follow=$3 jd log size new start rc dropped=0
+	# What a chatty .bashrc printed before this line is not the log.
+	printf '\nSSHQ-LOG\n'
 	valid_uid "$uid" || die 125 "invalid job uid"
 	jd=$jobs_dir/$uid
 	[ -d "$jd" ] || die 125 "no job $uid on this node"

@@ -183,8 +183,10 @@ func (j *job) run(ctx context.Context, listCmd string) (Stats, error) {
 	}()
 	var client *sftp.Client
 	closeClient := func() {}
+	taken := false // sftpCh was read: it holds nothing more
 	getClient := func() (*sftp.Client, error) {
 		res := <-sftpCh
+		taken = true
 		if res.err != nil {
 			return nil, fmt.Errorf("cannot open SFTP on the node: %w", res.err)
 		}
@@ -203,6 +205,9 @@ func (j *job) run(ctx context.Context, listCmd string) (Stats, error) {
 			return
 		}
 		cancelSFTP()
+		if taken {
+			return
+		}
 		if res := <-sftpCh; res.err == nil {
 			res.release()
 		}

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pkg/sftp"
 )
 
 var t0 = time.Unix(1_600_000_000, 0)
@@ -560,4 +562,33 @@ func TestSameSecondEditIsSeen(t *testing.T) {
 		t.Errorf("no stamp beside the cache: %v", err)
 	}
 	assertSame(t, treeOf(t, src), treeOf(t, dst))
+}
+
+// noSFTP is a node whose commands work and whose SFTP never opens.
+type noSFTP struct{ *localNode }
+
+func (noSFTP) SFTP(context.Context) (*sftp.Client, func(), error) {
+	return nil, nil, errors.New("no sftp here")
+}
+
+// A node that lists fine but cannot open SFTP fails the sync with SFTP's
+// reason; it must not hang the launch waiting for a second answer.
+func TestPushReturnsWhenSFTPCannotOpen(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	src := t.TempDir()
+	write(t, filepath.Join(src, "a.txt"), "a", 0o644, t0)
+	res := make(chan error, 1)
+	go func() {
+		_, err := Push(context.Background(), noSFTP{n}, src, filepath.Join(n.home, "w"), Options{})
+		res <- err
+	}()
+	select {
+	case err := <-res:
+		if err == nil || !strings.Contains(err.Error(), "no sftp here") {
+			t.Errorf("Push: %v, want SFTP's error", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Push still running a minute after SFTP failed: it waits for an answer that never comes")
+	}
 }

@@ -201,9 +201,11 @@ func SSH(c *sshpool.Client) Remote { return sshRemote{c} }
 type sshRemote struct{ c *sshpool.Client }
 
 // Run runs the script under bash whatever the user's login shell is (zsh,
-// fish and dash users exist): the sync scripts use bash features.
+// fish and dash users exist): the sync scripts use bash features. What a
+// chatty ~/.bashrc prints before the script would corrupt the listing, so
+// only the script's own output comes back.
 func (s sshRemote) Run(ctx context.Context, cmd string, stdin io.Reader) ([]byte, []byte, int, error) {
-	res, err := s.c.Run(ctx, sshpool.Command("bash", "-c", cmd), stdin)
+	res, err := s.c.RunBash(ctx, cmd, stdin)
 	return res.Stdout, res.Stderr, res.ExitCode, err
 }
 

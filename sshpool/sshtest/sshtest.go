@@ -49,6 +49,10 @@ type Options struct {
 	SSHDExtra string
 	// Env adds variables to every node's login environment.
 	Env map[string]string
+	// SFTPSubsystem is the command of every node's `Subsystem sftp` line
+	// (default: OpenSSH's sftp-server, starting in the node's home);
+	// "none" leaves the line out.
+	SFTPSubsystem string
 	// ConnectTimeout is the config's ConnectTimeout for the nodes
 	// (default 15s): generous, because on a loaded machine a healthy
 	// node's handshake can take seconds, and a node that is down is
@@ -329,7 +333,13 @@ func (n *Node) writeSSHDConfig() error {
 	b.WriteString("PermitRootLogin prohibit-password\nMaxStartups 200\nLogLevel VERBOSE\nAllowTcpForwarding yes\n")
 	// sftp-server starts in the passwd home; point it at the node's home so
 	// relative SFTP paths mean the same as `~` in the node's shell.
-	fmt.Fprintf(&b, "Subsystem sftp %s -d %s\n", SFTPServerPath(), n.Home)
+	switch sub := n.cluster.opts.SFTPSubsystem; sub {
+	case "":
+		fmt.Fprintf(&b, "Subsystem sftp %s -d %s\n", SFTPServerPath(), n.Home)
+	case "none":
+	default:
+		fmt.Fprintf(&b, "Subsystem sftp %s\n", sub)
+	}
 	keys := make([]string, 0, len(n.Env))
 	for k := range n.Env {
 		keys = append(keys, k)
