@@ -1,0 +1,538 @@
+package main
+
+// The soak: two controllers for each of two node accounts, launching short
+// jobs in bursts at two nodes with random cancels, while one node's sshd is
+// down for a while and comes back. Afterwards the jobs' own ledger shows no
+// two jobs on one GPU at once, every job has ended, and the nodes hold no
+// lease record, ticket or tmux session.
+//
+// By default it is small enough for the suite; SSHQ_SOAK=full runs 200 jobs
+// per controller (see README, Development).
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sshq/sshq/orchestrator/gpu/gpusim"
+	"github.com/sshq/sshq/orchestrator/job"
+	"github.com/sshq/sshq/sshpool"
+	"github.com/sshq/sshq/sshpool/sshtest"
+)
+
+// soakJob is one job a controller launches, decided before the run from the
+// seed.
+type soakJob struct {
+	name     string
+	gpus     int
+	sleepMS  int
+	cancel   bool // cancelled after its own burst, or the next one
+	late     bool // the next one
+	id       int  // from launch -d
+	launched bool
+}
+
+type soakCtl struct {
+	label string // u1a: node account 1, controller a
+	home  string
+	env   []string
+	jobs  []*soakJob
+	burst []int // burst sizes, summing to len(jobs)
+}
+
+// soakLedgerLine is one line a job appended: "start|end <µs> <HOME> <CUDA_VISIBLE_DEVICES|-> <uuid,...|-> <name> <login>".
+type soakRun struct {
+	name, login, home string
+	cvd, uuids        []string
+	start, end        int64 // µs; 0 when not written
+}
+
+// soakScript is the job: it appends its start and end to the ledger, with
+// the GPUs it holds by CUDA_VISIBLE_DEVICES and by the uuids its wrapper
+// leased (the job directory's gpus file). A cancel's SIGTERM writes the end
+// before the job exits, and so before its GPUs are free. Nothing after the
+// trap is set forks but the sleep: Cancel's signals reach every process of
+// the job that appears during the grace, so a forked date would die and
+// leave a line without its time.
+func soakScript(ledger string, sleepMS int) string {
+	return fmt.Sprintf(`L=%s
+g=
+while IFS=$'\t' read -r i u; do g=$g${g:+,}$u; done <"$HOME/.sshq/jobs/$SSHQ_JOB_UID/gpus"
+me=$(id -un)
+rec() { printf '%%s %%s %%s %%s %%s %%s %%s\n' "$1" "${EPOCHREALTIME/[.,]/}" "$HOME" "${CUDA_VISIBLE_DEVICES:--}" "${g:--}" "$SSHQ_JOB_NAME" "$me" >>"$L"; }
+trap 'rec end; exit 143' TERM
+rec start
+sleep 0.%03d
+rec end
+`, sshpool.Quote(ledger), sleepMS)
+}
+
+func soakSize() (perCtl int, full bool) {
+	if os.Getenv("SSHQ_SOAK") == "full" {
+		return 200, true
+	}
+	return 15, false
+}
+
+func TestSoak(t *testing.T) {
+	t.Parallel()
+	perCtl, full := soakSize()
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("SSHQ_SOAK_SEED"); s != "" {
+		seed, _ = strconv.ParseUint(s, 10, 64)
+	}
+	t.Logf("soak: %d jobs per controller, seed %d (SSHQ_SOAK_SEED=%d repeats its choices)", perCtl, seed, seed)
+	rng := rand.New(rand.NewPCG(seed, 0x50a4))
+
+	c := sshtest.Start(t, sshtest.Options{Names: []string{"node1", "node2"}, Env: nodeEnv})
+	sims := map[string][]gpusim.GPU{}
+	for _, n := range c.Nodes {
+		sims[n.Name] = gpusim.A100x2(t.Name() + "/" + n.Name)
+		if err := gpusim.Install(n.Dir, sims[n.Name]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two node accounts on each node; the config logs account k in as
+	// node1-uk and node2-uk. (Each node has Unix users of its own, as two
+	// machines would.)
+	users := map[string][]sshtest.User{}
+	aliasNode := map[string]string{}
+	for _, n := range c.Nodes {
+		users[n.Name] = c.AddUsers(t, n, 2, "/bin/bash")
+		for _, u := range users[n.Name] {
+			aliasNode[u.Alias] = n.Name
+		}
+	}
+	ledger := soakLedger(t, c)
+
+	var ctls []*soakCtl
+	for k := 1; k <= 2; k++ {
+		for _, x := range []string{"a", "b"} {
+			ctl := &soakCtl{label: fmt.Sprintf("u%d%s", k, x), home: t.TempDir(),
+				env: []string{fmt.Sprintf("SSHQ_NODES=node1-u%d,node2-u%d", k, k)}}
+			for i := range perCtl {
+				j := &soakJob{name: fmt.Sprintf("%s-%03d", ctl.label, i), gpus: 1, sleepMS: rng.IntN(301)}
+				switch r := rng.IntN(100); {
+				case r < 15:
+					j.gpus = 0
+				case r < 30:
+					j.gpus = 2
+				}
+				j.cancel, j.late = rng.IntN(10) == 0, rng.IntN(2) == 0
+				ctl.jobs = append(ctl.jobs, j)
+			}
+			for left := perCtl; left > 0; {
+				b := min(left, 2+rng.IntN(5))
+				ctl.burst = append(ctl.burst, b)
+				left -= b
+			}
+			ctls = append(ctls, ctl)
+		}
+	}
+
+	// node2's sshd stops once half the launches have returned, and starts
+	// again once a few more have: launches and cancels meanwhile find it
+	// refusing connections, as during a restart.
+	total := len(ctls) * perCtl
+	var launches soakCounter
+	var downMu sync.Mutex
+	down, restarted := false, false
+	allLaunched := make(chan struct{})
+	restartDone := make(chan struct{})
+	go func() {
+		defer close(restartDone)
+		select {
+		case <-launches.reach(total / 2):
+		case <-allLaunched:
+		}
+		downMu.Lock()
+		c.Node("node2").Stop()
+		down = true
+		downMu.Unlock()
+		t.Logf("node2's sshd stopped after %d launches", launches.get())
+		select {
+		case <-launches.reach(total/2 + max(4, total/10)):
+		case <-allLaunched:
+		}
+		downMu.Lock()
+		defer downMu.Unlock()
+		if err := c.Node("node2").Start(); err != nil {
+			t.Errorf("restarting node2's sshd: %v", err)
+			return
+		}
+		down, restarted = false, true
+		t.Logf("node2's sshd started again after %d launches", launches.get())
+	}()
+	// nodeDown reports whether node2 may have been down while a command ran
+	// from before to now.
+	epoch := func() (bool, bool) { downMu.Lock(); defer downMu.Unlock(); return down, restarted }
+	mayHaveBeenDown := func(before [2]bool) bool {
+		d, r := epoch()
+		return before[0] || d || r != before[1]
+	}
+
+	began := time.Now()
+	var wg sync.WaitGroup
+	var retryMu sync.Mutex
+	var retry []func() // cancels that met node2 down, asked again after
+	for _, ctl := range ctls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			next := 0
+			var prev []*soakJob
+			for _, size := range ctl.burst {
+				burst := ctl.jobs[next : next+size]
+				next += size
+				var bw sync.WaitGroup
+				for _, j := range burst {
+					bw.Add(1)
+					go func() {
+						defer bw.Done()
+						defer launches.add()
+						r := sshq(t, c, ctl.home, ctl.env, "launch", "-d", "--name", j.name, "--gpus", strconv.Itoa(j.gpus), "--", soakScript(ledger, j.sleepMS))
+						id, err := strconv.Atoi(strings.TrimSpace(r.stdout))
+						if r.code != 0 || err != nil {
+							d, _ := epoch()
+							t.Errorf("launch %s (node2 down: %v): exit %d\n%s%s", j.name, d, r.code, r.stdout, r.stderr)
+							return
+						}
+						j.id, j.launched = id, true
+					}()
+				}
+				bw.Wait()
+				var cancel []*soakJob
+				for _, j := range prev {
+					if j.cancel && j.late {
+						cancel = append(cancel, j)
+					}
+				}
+				for _, j := range burst {
+					if j.cancel && !j.late {
+						cancel = append(cancel, j)
+					}
+				}
+				prev = burst
+				for _, j := range cancel {
+					if !j.launched {
+						continue
+					}
+					ask := func() int {
+						return sshq(t, c, ctl.home, ctl.env, "cancel", strconv.Itoa(j.id)).code
+					}
+					d, r := epoch()
+					before := [2]bool{d, r}
+					if code := ask(); code == 3 && mayHaveBeenDown(before) {
+						retryMu.Lock()
+						retry = append(retry, func() {
+							if code := ask(); code != 0 {
+								t.Errorf("cancel %s after node2 came back: exit %d", j.name, code)
+							}
+						})
+						retryMu.Unlock()
+					} else if code != 0 {
+						t.Errorf("cancel %s: exit %d", j.name, code)
+					}
+				}
+			}
+			for _, j := range prev {
+				if j.cancel && j.late && j.launched {
+					if code := sshq(t, c, ctl.home, ctl.env, "cancel", strconv.Itoa(j.id)).code; code != 0 {
+						t.Errorf("cancel %s: exit %d", j.name, code)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(allLaunched)
+	<-restartDone
+	for _, f := range retry {
+		f()
+	}
+	launched := time.Since(began)
+
+	// Every job ends, as each controller's queue says.
+	queues := make([][]queueEntry, len(ctls))
+	deadline := patience
+	if full {
+		deadline = 30 * time.Minute
+	}
+	for i, ctl := range ctls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			queues[i] = soakWait(t, c, ctl, deadline)
+		}()
+	}
+	wg.Wait()
+	t.Logf("soak: %d launches returned after %s, every job ended after %s", total, launched.Round(time.Second), time.Since(began).Round(time.Second))
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	runs := soakReadLedger(t, ledger)
+	nodeOf := func(home string) string {
+		for _, n := range c.Nodes {
+			if strings.HasPrefix(home, n.Dir+"/") {
+				return n.Name
+			}
+		}
+		return ""
+	}
+	byGPU := map[string][]*soakRun{}
+	for i, ctl := range ctls {
+		seen := map[string]queueEntry{}
+		for _, e := range queues[i] {
+			seen[e.Name] = e
+		}
+		if len(queues[i]) != len(ctl.jobs) {
+			t.Errorf("controller %s lists %d jobs, want %d", ctl.label, len(queues[i]), len(ctl.jobs))
+		}
+		for _, j := range ctl.jobs {
+			e, ok := seen[j.name]
+			if !ok {
+				t.Errorf("controller %s lost job %s", ctl.label, j.name)
+				continue
+			}
+			ran := runs[j.name]
+			switch {
+			case e.State == "CANCELLED" && j.cancel:
+			case e.State == "SUCCEEDED":
+				if ran == nil || ran.start == 0 || ran.end == 0 {
+					t.Errorf("job %s SUCCEEDED, but its ledger holds %+v", j.name, ran)
+				}
+			default:
+				t.Errorf("job %s (%d GPUs, cancelled: %v) on %s ended %s (exit %v)", j.name, j.gpus, j.cancel, e.Node, e.State, e.ExitCode)
+			}
+			if ran == nil || ran.start == 0 {
+				continue
+			}
+			if ran.end == 0 {
+				t.Errorf("job %s started but never recorded its end (%s)", j.name, e.State)
+				continue
+			}
+			node := nodeOf(ran.home)
+			if node == "" || node != aliasNode[e.Node] {
+				t.Errorf("job %s ran with HOME %s; its controller says it ran on %s", j.name, ran.home, e.Node)
+			}
+			if len(ran.uuids) != j.gpus || len(ran.cvd) != j.gpus {
+				t.Errorf("job %s asked %d GPUs and held uuids %v, CUDA_VISIBLE_DEVICES %v", j.name, j.gpus, ran.uuids, ran.cvd)
+			}
+			for k, u := range ran.uuids {
+				idx := slices.IndexFunc(sims[node], func(g gpusim.GPU) bool { return g.UUID == u })
+				if idx < 0 || k >= len(ran.cvd) || ran.cvd[k] != strconv.Itoa(idx) {
+					t.Errorf("job %s on %s: GPU %s is not index %v there", j.name, node, u, ran.cvd)
+				}
+				byGPU[node+" "+u] = append(byGPU[node+" "+u], ran)
+			}
+		}
+	}
+	if len(runs) > total {
+		t.Errorf("the ledger names %d jobs, %d were launched", len(runs), total)
+	}
+	overlaps, held := 0, 0
+	for gpu, hs := range byGPU {
+		sort.Slice(hs, func(a, b int) bool { return hs[a].start < hs[b].start })
+		held += len(hs)
+		for k := 1; k < len(hs); k++ {
+			// Sorted by start: any overlap shows between neighbours or
+			// with a longer run before them.
+			for p := k - 1; p >= 0; p-- {
+				a, b := hs[p], hs[k]
+				if b.start < a.end {
+					overlaps++
+					t.Errorf("GPU %s: %s [%d, %d] and %s [%d, %d] overlap", gpu, a.name, a.start, a.end, b.name, b.start, b.end)
+				}
+			}
+		}
+	}
+	t.Logf("soak: %d GPU holdings over %d GPUs, %d overlaps", held, len(byGPU), overlaps)
+
+	soakNoLeftovers(t, c, users)
+}
+
+// soakLedger is the file on the machine's disk that every node account's
+// jobs append to.
+func soakLedger(t *testing.T, c *sshtest.Cluster) string {
+	t.Helper()
+	dir := filepath.Join(c.Dir, "ledger")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o777)
+	p := filepath.Join(dir, "log")
+	if err := os.WriteFile(p, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(p, 0o666)
+	return p
+}
+
+func soakReadLedger(t *testing.T, path string) map[string]*soakRun {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := map[string]*soakRun{}
+	list := func(s string) []string {
+		if s == "-" {
+			return nil
+		}
+		return strings.Split(s, ",")
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 {
+			continue
+		}
+		us, err := strconv.ParseInt(f[1], 10, 64)
+		if len(f) != 7 || err != nil || (f[0] != "start" && f[0] != "end") {
+			t.Errorf("malformed ledger line %q", l)
+			continue
+		}
+		r := runs[f[5]]
+		if r == nil {
+			r = &soakRun{name: f[5]}
+			runs[f[5]] = r
+		}
+		if f[0] == "start" {
+			if r.start != 0 {
+				t.Errorf("job %s started twice", r.name)
+			}
+			r.start, r.home, r.login, r.cvd, r.uuids = us, f[2], f[6], list(f[3]), list(f[4])
+		} else {
+			if r.end != 0 {
+				t.Errorf("job %s ended twice", r.name)
+			}
+			r.end = us
+		}
+	}
+	return runs
+}
+
+// soakWait waits with `sshq wait` until every job of ctl has ended, and
+// returns its queue. It waits on the oldest few unfinished jobs at a time:
+// they are near the head of the nodes' queues, so each wait ends well
+// within the helper's bound on one command.
+func soakWait(t *testing.T, c *sshtest.Cluster, ctl *soakCtl, bound time.Duration) []queueEntry {
+	deadline := time.Now().Add(bound)
+	for {
+		q := queue(t, c, ctl.home, ctl.env)
+		var open []string
+		for _, j := range q {
+			if !job.State(j.State).Terminal() {
+				open = append(open, strconv.Itoa(j.ID))
+			}
+		}
+		if len(open) == 0 {
+			return q
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("controller %s: jobs %v still not ended after %s: %+v", ctl.label, open, bound, q)
+			return q
+		}
+		sshq(t, c, ctl.home, ctl.env, append([]string{"wait", "--interval", "200ms"}, open[:min(len(open), 8)]...)...)
+	}
+}
+
+// soakNoLeftovers checks that the nodes keep nothing of the ended jobs: no
+// record or job lock in any account's lease records directory, no waiter's
+// mark, and no tmux session on any account's sshq server. A keeper removes
+// its record just after its job's end is recorded, so they are given the
+// time a hang would take to show.
+func soakNoLeftovers(t *testing.T, c *sshtest.Cluster, users map[string][]sshtest.User) {
+	t.Helper()
+	var left []string
+	deadline := time.Now().Add(patience)
+	for {
+		left = nil
+		for _, n := range c.Nodes {
+			// Where doc.go puts each account's records: <D>/u<uid> when
+			// root made D, else <parent of D>/<base of D>.u<uid>[.suffix].
+			d := n.Env["SSHQ_LEASE_DIR"]
+			dirs, _ := filepath.Glob(d + ".u*")
+			more, _ := filepath.Glob(filepath.Join(d, "u*"))
+			for _, dir := range append(dirs, more...) {
+				ents, _ := os.ReadDir(dir)
+				for _, e := range ents {
+					if e.Name() == ".cache" {
+						cache, _ := os.ReadDir(filepath.Join(dir, ".cache"))
+						for _, ce := range cache {
+							if !strings.HasPrefix(ce.Name(), "smi-") {
+								left = append(left, filepath.Join(dir, ".cache", ce.Name()))
+							}
+						}
+						continue
+					}
+					left = append(left, filepath.Join(dir, e.Name()))
+				}
+			}
+			for _, u := range users[n.Name] {
+				out, _ := c.SSH(u.Alias, "tmux -L sshq list-sessions -F '#{session_name}' 2>/dev/null; echo soak-end").Output()
+				s := strings.TrimSpace(string(out))
+				if s != "soak-end" {
+					left = append(left, fmt.Sprintf("%s: tmux sessions %q", u.Alias, strings.TrimSuffix(s, "soak-end")))
+				}
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if len(left) > 0 {
+		t.Errorf("left behind on the nodes after every job ended (%d):\n%s", len(left), strings.Join(left[:min(len(left), 40)], "\n"))
+	}
+}
+
+// soakCounter counts returned launches; reach(n) is closed once n have.
+type soakCounter struct {
+	mu    sync.Mutex
+	n     int
+	waits map[int][]chan struct{}
+}
+
+func (s *soakCounter) add() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.n++
+	for n, chs := range s.waits {
+		if s.n >= n {
+			for _, ch := range chs {
+				close(ch)
+			}
+			delete(s.waits, n)
+		}
+	}
+}
+
+func (s *soakCounter) get() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n
+}
+
+func (s *soakCounter) reach(n int) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := make(chan struct{})
+	if s.n >= n {
+		close(ch)
+		return ch
+	}
+	if s.waits == nil {
+		s.waits = map[int][]chan struct{}{}
+	}
+	s.waits[n] = append(s.waits[n], ch)
+	return ch
+}
