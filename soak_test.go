@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -62,7 +63,7 @@ type soakRun struct {
 // trap is set forks but the sleep: Cancel's signals reach every process of
 // the job that appears during the grace, so a forked date would die and
 // leave a line without its time.
-func soakScript(ledger string, sleepMS int) string {
+func soakScript(ledger, body string) string {
 	return fmt.Sprintf(`L=%s
 g=
 while IFS=$'\t' read -r i u; do g=$g${g:+,}$u; done <"$HOME/.sshq/jobs/$SSHQ_JOB_UID/gpus"
@@ -70,9 +71,9 @@ me=$(id -un)
 rec() { printf '%%s %%s %%s %%s %%s %%s %%s\n' "$1" "${EPOCHREALTIME/[.,]/}" "$HOME" "${CUDA_VISIBLE_DEVICES:--}" "${g:--}" "$SSHQ_JOB_NAME" "$me" >>"$L"; }
 trap 'rec end; exit 143' TERM
 rec start
-sleep 0.%03d
+%s
 rec end
-`, sshpool.Quote(ledger), sleepMS)
+`, sshpool.Quote(ledger), body)
 }
 
 func soakSize() (perCtl int, full bool) {
@@ -138,6 +139,17 @@ func TestSoak(t *testing.T) {
 		}
 	}
 
+	// A job on node2 that runs until cancelled: across the restart, and
+	// cancelled while its node is down (refused, exit 3), then again.
+	hold := &soakJob{name: "u1a-hold", gpus: 1, cancel: true}
+	r := sshq(t, c, ctls[0].home, ctls[0].env, "launch", "-d", "--name", hold.name, "--gpus", "1", "--node", "node2-u1", "--", soakScript(ledger, "sleep 1000"))
+	if r.code != 0 {
+		t.Fatalf("launch %s: exit %d\n%s%s", hold.name, r.code, r.stdout, r.stderr)
+	}
+	hold.id, _ = strconv.Atoi(strings.TrimSpace(r.stdout))
+	hold.launched = true
+	ctls[0].jobs = append(ctls[0].jobs, hold)
+
 	// node2's sshd stops once half the launches have returned, and starts
 	// again once a few more have: launches and cancels meanwhile find it
 	// refusing connections, as during a restart.
@@ -158,31 +170,61 @@ func TestSoak(t *testing.T) {
 		down = true
 		downMu.Unlock()
 		t.Logf("node2's sshd stopped after %d launches", launches.get())
+		id := strconv.Itoa(hold.id)
+		if r := sshq(t, c, ctls[0].home, ctls[0].env, "cancel", id); r.code != 3 || !strings.Contains(r.stderr, "node2-u1") {
+			t.Errorf("cancel %s while node2's sshd is down: exit %d, want 3 naming node2-u1\n%s%s", hold.name, r.code, r.stdout, r.stderr)
+		}
 		select {
 		case <-launches.reach(total/2 + max(4, total/10)):
 		case <-allLaunched:
 		}
 		downMu.Lock()
-		defer downMu.Unlock()
-		if err := c.Node("node2").Start(); err != nil {
+		err := c.Node("node2").Start()
+		down, restarted = err != nil, err == nil
+		downMu.Unlock()
+		if err != nil {
 			t.Errorf("restarting node2's sshd: %v", err)
 			return
 		}
-		down, restarted = false, true
 		t.Logf("node2's sshd started again after %d launches", launches.get())
+		if r := sshq(t, c, ctls[0].home, ctls[0].env, "cancel", id); r.code != 0 {
+			t.Errorf("cancel %s once node2 is back: exit %d\n%s%s", hold.name, r.code, r.stdout, r.stderr)
+		}
 	}()
-	// nodeDown reports whether node2 may have been down while a command ran
-	// from before to now.
-	epoch := func() (bool, bool) { downMu.Lock(); defer downMu.Unlock(); return down, restarted }
-	mayHaveBeenDown := func(before [2]bool) bool {
-		d, r := epoch()
-		return before[0] || d || r != before[1]
+	// outage says whether node2 is down and whether it has come back;
+	// outageSince, whether it was down at any time since outage said before.
+	outage := func() [2]bool { downMu.Lock(); defer downMu.Unlock(); return [2]bool{down, restarted} }
+	outageSince := func(before [2]bool) bool {
+		now := outage()
+		return before[0] || now[0] || now[1] != before[1]
 	}
 
 	began := time.Now()
 	var wg sync.WaitGroup
 	var retryMu sync.Mutex
 	var retry []func() // cancels that met node2 down, asked again after
+	var cancels, duringOutage atomic.Int32
+	cancel := func(ctl *soakCtl, j *soakJob) {
+		if !j.launched {
+			return
+		}
+		cancels.Add(1)
+		ask := func() int {
+			return sshq(t, c, ctl.home, ctl.env, "cancel", strconv.Itoa(j.id)).code
+		}
+		before := outage()
+		if code := ask(); code == 3 && outageSince(before) {
+			retryMu.Lock()
+			retry = append(retry, func() {
+				if code := ask(); code != 0 {
+					t.Errorf("cancel %s after node2 came back: exit %d", j.name, code)
+				}
+			})
+			retryMu.Unlock()
+		} else if code != 0 {
+			t.Errorf("cancel %s: exit %d", j.name, code)
+		}
+	}
 	for _, ctl := range ctls {
 		wg.Add(1)
 		go func() {
@@ -198,56 +240,35 @@ func TestSoak(t *testing.T) {
 					go func() {
 						defer bw.Done()
 						defer launches.add()
-						r := sshq(t, c, ctl.home, ctl.env, "launch", "-d", "--name", j.name, "--gpus", strconv.Itoa(j.gpus), "--", soakScript(ledger, j.sleepMS))
+						before := outage()
+						r := sshq(t, c, ctl.home, ctl.env, "launch", "-d", "--name", j.name, "--gpus", strconv.Itoa(j.gpus), "--", soakScript(ledger, fmt.Sprintf("sleep 0.%03d", j.sleepMS)))
 						id, err := strconv.Atoi(strings.TrimSpace(r.stdout))
 						if r.code != 0 || err != nil {
-							d, _ := epoch()
-							t.Errorf("launch %s (node2 down: %v): exit %d\n%s%s", j.name, d, r.code, r.stdout, r.stderr)
+							t.Errorf("launch %s (node2 down meanwhile: %v): exit %d\n%s%s", j.name, outageSince(before), r.code, r.stdout, r.stderr)
 							return
 						}
 						j.id, j.launched = id, true
+						if outageSince(before) {
+							duringOutage.Add(1)
+						}
 					}()
 				}
 				bw.Wait()
-				var cancel []*soakJob
 				for _, j := range prev {
 					if j.cancel && j.late {
-						cancel = append(cancel, j)
+						cancel(ctl, j)
 					}
 				}
 				for _, j := range burst {
 					if j.cancel && !j.late {
-						cancel = append(cancel, j)
+						cancel(ctl, j)
 					}
 				}
 				prev = burst
-				for _, j := range cancel {
-					if !j.launched {
-						continue
-					}
-					ask := func() int {
-						return sshq(t, c, ctl.home, ctl.env, "cancel", strconv.Itoa(j.id)).code
-					}
-					d, r := epoch()
-					before := [2]bool{d, r}
-					if code := ask(); code == 3 && mayHaveBeenDown(before) {
-						retryMu.Lock()
-						retry = append(retry, func() {
-							if code := ask(); code != 0 {
-								t.Errorf("cancel %s after node2 came back: exit %d", j.name, code)
-							}
-						})
-						retryMu.Unlock()
-					} else if code != 0 {
-						t.Errorf("cancel %s: exit %d", j.name, code)
-					}
-				}
 			}
 			for _, j := range prev {
-				if j.cancel && j.late && j.launched {
-					if code := sshq(t, c, ctl.home, ctl.env, "cancel", strconv.Itoa(j.id)).code; code != 0 {
-						t.Errorf("cancel %s: exit %d", j.name, code)
-					}
+				if j.cancel && j.late {
+					cancel(ctl, j)
 				}
 			}
 		}()
@@ -259,6 +280,8 @@ func TestSoak(t *testing.T) {
 		f()
 	}
 	launched := time.Since(began)
+	t.Logf("soak: %d launches returned after %s, %d of them while node2 was down; %d cancels, %d asked again after it came back",
+		total, launched.Round(time.Second), duringOutage.Load(), cancels.Load(), len(retry))
 
 	// Every job ends, as each controller's queue says.
 	queues := make([][]queueEntry, len(ctls))
@@ -274,7 +297,13 @@ func TestSoak(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	t.Logf("soak: %d launches returned after %s, every job ended after %s", total, launched.Round(time.Second), time.Since(began).Round(time.Second))
+	states := map[string]int{}
+	for _, q := range queues {
+		for _, e := range q {
+			states[e.State]++
+		}
+	}
+	t.Logf("soak: every job ended after %s: %v", time.Since(began).Round(time.Second), states)
 	if t.Failed() {
 		t.FailNow()
 	}
@@ -336,8 +365,8 @@ func TestSoak(t *testing.T) {
 			}
 		}
 	}
-	if len(runs) > total {
-		t.Errorf("the ledger names %d jobs, %d were launched", len(runs), total)
+	if len(runs) > total+1 {
+		t.Errorf("the ledger names %d jobs, %d were launched", len(runs), total+1)
 	}
 	overlaps, held := 0, 0
 	for gpu, hs := range byGPU {
