@@ -72,7 +72,8 @@
 // user may write without the sticky bit), GPU jobs are refused with what to
 // do, and jobs without GPUs run without a record.
 //
-//	<job>.lock             mode 0600: the job's lock, held (flock) by its keeper
+//	<job>.lock             mode 0600: the job's lock, held (flock) by its keeper,
+//	                       which removes it as it ends
 //	w.<ns>.<job>           the job waits in the queue; ns (19 digits, when it
 //	                       joined) orders the queue across users
 //	r.<job>                the job runs (with or without GPUs), or claims the
@@ -105,8 +106,8 @@
 // long as flock(1), so its pid stays in /proc/locks (which may hide a lock
 // whose taker has exited, in a container). It reads a pipe whose write end
 // the wrapper holds and every process of the job inherits; when the last is
-// gone it reads EOF, removes the job's record and exits, and the lock goes
-// with it. Every guard tick (0.25s) it checks that the job's record is
+// gone it reads EOF, removes the job's record and lock file and exits, and
+// the lock goes with it. Every guard tick (0.25s) it checks that the job's record is
 // still there, and writes it back (from rec.w or rec.r in the job
 // directory) when a tmp cleaner or `rm -rf /tmp/*` took it; once an hour
 // it touches it, so that age-based tmp cleaners leave it. The leases of the

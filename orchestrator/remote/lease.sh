@@ -12,7 +12,8 @@
 # users who see D differently still see each other. A user's directory:
 #
 #	<job>.lock       mode 0600: the job's lock, held (flock) by its keeper
-#	                 for as long as the job or any of its processes live.
+#	                 for as long as the job or any of its processes live,
+#	                 and removed by the keeper as it ends.
 #	                 Only its owner can open it: nobody else can hold it,
 #	                 fake it or block on it
 #	w.<ns>.<job>     the job waits in the queue; ns (19 digits, when it
@@ -371,7 +372,7 @@ field_ok() {
 # lock whose taker has exited may not be shown, in a container). It reads a
 # pipe whose write end the wrapper holds and every process of the job
 # inherits: when the last of them is gone, it reads EOF, removes the job's
-# record and exits, and the lock goes with it. Until then it checks every
+# record and lock file and exits, and the lock goes with it. Until then it checks every
 # guard tick that the record is still there, and writes it back when a tmp
 # cleaner or `rm -rf /tmp/*` took it. It carries no job mark, so cancel and
 # the end-of-job sweep leave it to end by itself, and runs in a session of
@@ -492,6 +493,12 @@ cmd_keeper() {
 		fi
 	done
 	[ -n "$name" ] && rec_drop "$name"
+	# The lock file goes with the lease, else every ended job leaves one
+	# in the directory each waiter's poll lists. Only while it is still the
+	# inode flock(1) holds: a path that names another is not this lease's.
+	{ [ -n "$my_dir" ] || my_dir_find; } && for f in /proc/$pid/fd/*; do
+		[ "$f" -ef "$my_dir/${jd##*/}.lock" ] && rm -f -- "$my_dir/${jd##*/}.lock" 2>/dev/null && break
+	done
 	exit 0
 }
 
