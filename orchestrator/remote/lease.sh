@@ -456,7 +456,7 @@ keeper_stop() {
 
 cmd_keeper() {
 	jd=$1
-	local line st i=0 lid= name= pid=$PPID a b c d e f rest touched=$SECONDS
+	local line part= st i=0 lid= name= pid=$PPID a b c d e f rest touched=$SECONDS
 	while [ -z "$lid" ] && [ $i -lt 200 ]; do
 		while read -r a b c d e f rest; do
 			[ "$b" = FLOCK ] && [ "$e" = "$pid" ] && lid=$f && break
@@ -474,10 +474,17 @@ cmd_keeper() {
 		IFS= read -r -t "$guard_tick" line
 		st=$?
 		if [ $st = 0 ]; then
+			line=$part$line part=
 			case $line in 'rec '*) name=${line#rec } ;; none) name= ;; esac
 			continue
 		fi
 		[ $st -gt 128 ] || break
+		# A tick that ends a read in the middle of a line leaves its start
+		# in line (a loaded node may stop the keeper between two bytes):
+		# lost, the record the keeper guards would be the last one but
+		# one, and a wipe would bring back the ticket of a job that holds
+		# GPUs instead of its claim.
+		part+=$line
 		[ -n "$name" ] || continue
 		if [ -z "$my_dir" ] || [ ! -e "$my_dir/$name" ]; then
 			my_dir_find && [ -e "$my_dir/$name" ] && continue
