@@ -85,8 +85,9 @@
 //	.cache/smi-<query>     this user's last nvidia-smi answer to one query (gpu,
 //	                       gpu-nomig, apps): "<ms> ok|fail|hung <exit status>",
 //	                       then the output (mode 0600)
-//	.cache/ref-<job>       a waiter's mark: written before it reads the records
-//	                       (the directory's time then changes only with them)
+//	.cache/ref-<job>[.b]   a waiter's two marks, written in turn before it
+//	                       looks at the records (the directory's time then
+//	                       changes only with them)
 //
 // A record is one line, "kind job id user name num_gpus since allowed gpus
 // pid sid lock", where lock names the job's lock as /proc/locks does
@@ -136,8 +137,10 @@
 // keeper, checks that the node has enough GPUs it may use, writes its
 // waiting record and PENDING (Submit returns then, so submission order is
 // queue order), and waits on the node, deciding every SSHQ_POLL_INTERVAL
-// seconds (default 2) by plan in sched.sh, with no lock of any kind. Submit
-// waits for PENDING as long as the wrapper lives (it may wait
+// seconds (default 2) by plan in sched.sh, with no lock of any kind (every
+// guard tick, 0.25s, while fewer waiting records than the GPUs it may use
+// are named before its own, so that the head takes a freed GPU at once).
+// Submit waits for PENDING as long as the wrapper lives (it may wait
 // SSHQ_PROBE_TIMEOUT for nvidia-smi), up to SSHQ_SUBMIT_WAIT seconds
 // (default 100, under the controller's 2 minutes); when it gives up, or the
 // wrapper dies without a state, it kills the job and removes it before it
@@ -155,10 +158,22 @@
 // take a job joining the queue now, and the node answers with plan, so the
 // controller never decides by a rule of its own.
 //
-// A poll costs little when nothing can start: the waiter reads the running
-// records (again only from directories changed since its last read: else it
-// reads /proc/locks alone, and forks nothing), and only when a GPU it may
-// use is free of them does it read the queue and ask the driver. A GPU is free when no live running record
+// A poll costs little when nothing can start, however long the queue. The
+// waiter keeps a view of the running records: it looks again only into
+// directories changed since its mark (a glob of their running records, and
+// a read of those new or rewritten since), reads /proc/locks every fifth
+// poll and after a change (a keeper removes its record as its job ends, so
+// an end shows at the next poll; the end of a killed keeper's job within
+// five), and reads everything again once a minute. While no GPU it may use
+// is free of them it reads no waiting record, forks nothing but for that
+// minute's read, and asks the driver only every 30s (for the GPUs' list). Its place is counted from the
+// waiting records' names alone (a glob). Only when a GPU it may use is free
+// does it ask the driver and read the queue: the waiting records ahead of
+// its own, in order, a few at a time, until the GPUs free now are spoken
+// for (plan only takes GPUs away: once too few are left for this job, no
+// waiter after can change that), each only once (a waiting record is never
+// rewritten with another line). Status, Place and Jobs read every record,
+// and index /proc/locks when they check many. A GPU is free when no live running record
 // claims it and no process in nvidia-smi --query-compute-apps computes on
 // it; when that query fails, no GPU counts as free (the waiters wait,
 // Status reports the error). nvidia-smi runs only through smi (lib.sh),
@@ -171,7 +186,7 @@
 // controller's connect timeout and a few seconds; the hang is remembered
 // for that long so other callers do not each wait it out. Waiters and Place
 // reuse their account's answers for one poll interval (.cache/smi-*), so N
-// waiters cost the driver one probe a poll instead of N; Status and Check
+// waiters cost the driver at most one probe a poll instead of N; Status and Check
 // ask the driver itself unless it hung within the timeout. A job that asks
 // for no GPU never makes the node run nvidia-smi: not in Place, not in
 // Submit, not in its wrapper. A process is foreign on a GPU unless it
@@ -185,7 +200,8 @@
 // any record a wipe took is back), and reads the running records again.
 // Each claimant reads after it wrote, so two claims of one GPU cannot both
 // see nothing: the younger withdraws at once, the older after a second
-// settle unless the younger has gone, and one of them wins. Then the
+// settle unless the younger has gone, and one of them wins; a claimant that
+// cannot read some user's records then withdraws too. Then the
 // waiting record goes; the running record stays until the job's last
 // process ends (its keeper removes it), so the kernel ends the lease however
 // the job ends. A job asking for 0 GPUs takes no place in the queue and
@@ -231,9 +247,10 @@
 // used. limits.sh reads them; watch.sh holds the job to them.
 //
 // Before a job starts its wrapper checks the free space in $HOME (df)
-// against the floor: below it the job waits, in its place in the queue (a
-// job with GPUs does not try to start), its reason in the job's reason file
-// and once in its log, and starts once space is freed.
+// against the floor (a job with GPUs when it would take them, so that a long
+// queue does not run df every poll): below it the job waits, in its place in
+// the queue (a job with GPUs does not claim them), its reason in the job's
+// reason file and once in its log, and starts once space is freed.
 //
 // The wrapper runs each phase (setup, run, or an interactive shell) in the
 // background and watches it at least once a second (limited, watch_phase,
@@ -334,7 +351,7 @@
 // them go; granted, it closes its leases and takes its ticket again under
 // its old name (its place): mode wait, or park after the hold limit. A
 // parked rank asks for nothing (every waiter's try_start skips its ticket:
-// gang_skip_parked) until the coordinator unparks it, when every rank not
+// queue_parked) until the coordinator unparks it, when every rank not
 // parked holds. When every rank holds, the coordinator picks MASTER_PORT
 // (free on its node) and sends each rank "go" with MASTER_ADDR and the
 // ranks' addresses (known ones, else the address each rank reached it

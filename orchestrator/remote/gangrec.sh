@@ -32,27 +32,6 @@ read_gangs() { # read_gangs [ro]
 	done
 }
 
-# gang_skip_parked: a parked member keeps its ticket (its place) but asks
-# for nothing until its peers hold their GPUs, so the queue's rule skips it.
-# Called by every waiter's try_start after lease_scan.
-gang_skip_parked() {
-	local i j keep
-	local -A parked=()
-	read_gangs
-	for i in "${!g_uid[@]}"; do
-		[ "${g_mode[$i]}" = park ] && parked[${g_uid[$i]}]=1
-	done
-	[ ${#parked[@]} -gt 0 ] || return 0
-	local -a n=() u=() us=() jn=() nn=() si=() al=() lg=()
-	for i in "${!t_name[@]}"; do
-		[ -n "${parked[${t_uid[$i]}]:-}" ] && [ "${t_name[$i]}" != "$ticket" ] && continue
-		n+=("${t_name[$i]}") u+=("${t_uid[$i]}") us+=("${t_user[$i]}") jn+=("${t_jname[$i]}")
-		nn+=("${t_n[$i]}") si+=("${t_since[$i]}") al+=("${t_allowed[$i]}") lg+=("${t_login[$i]}")
-	done
-	t_name=("${n[@]}") t_uid=("${u[@]}") t_user=("${us[@]}") t_jname=("${jn[@]}")
-	t_n=("${nn[@]}") t_since=("${si[@]}") t_allowed=("${al[@]}") t_login=("${lg[@]}")
-}
-
 # gang_status_report: one "gang" record per rank on this node, for `sshq
 # status` (GPUs held for peers are "reserved").
 gang_status_report() {

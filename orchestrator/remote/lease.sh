@@ -197,6 +197,42 @@ users_scan() {
 	done
 }
 
+# locks_read: one read of /proc/locks (scan_locks), which the liveness
+# checks of one pass (lock_live) share.
+declare -A live_set=()
+scan_locks= live_n=0 live_built=
+locks_read() {
+	scan_locks=
+	IFS= read -r -d '' scan_locks </proc/locks
+	live_n=0 live_built= live_set=()
+}
+
+# lock_live LOCK: scan_locks shows LOCK (MAJ:MIN:INODE) held. A few
+# lookups search the text; past 16 the held locks are indexed once, so a
+# pass over many records reads /proc/locks' text once, not once a record
+# (on a node with hundreds of jobs it has thousands of lines).
+lock_live() {
+	if [ -z "$live_built" ]; then
+		if [ $live_n -lt 16 ]; then
+			live_n=$((live_n + 1))
+			[[ $scan_locks == *" $1 "* ]]
+			return
+		fi
+		local l IFS=$' \t\n'
+		local -a w
+		local -
+		set -f
+		# "N: FLOCK ADVISORY WRITE pid lock ..." or, for a blocked
+		# request, "N: -> FLOCK ... pid lock ...".
+		while IFS= read -r l; do
+			w=($l)
+			live_set[${w[5]:-.}]=1 live_set[${w[6]:-.}]=1
+		done <<<"$scan_locks"
+		live_built=1
+	fi
+	[ -n "${live_set[$1]+x}" ]
+}
+
 # lease_scan [run] [clean]: the live records, from every user: running
 # ones in r_* (and leased_by[uuid], the index of the record holding it),
 # waiting ones, in queue order, in t_* (not with "run"). With "clean" this
@@ -206,7 +242,7 @@ declare -a t_name t_uid t_user t_jname t_n t_since t_allowed t_login
 declare -a r_uid r_id r_user r_name r_n r_since r_login r_gpus r_pid r_sid r_lock
 declare -A leased_by
 declare -a scan_errs
-scan_unknown= scan_locks=
+scan_unknown=
 lease_scan() {
 	local only=${1:-} clean=${2:-} i d f line sorted=1 lastdir=
 	local -a files=() order=()
@@ -221,7 +257,7 @@ lease_scan() {
 		d=${u_dir[$i]}
 		if [ ! -r "$d" ] || [ ! -x "$d" ]; then
 			scan_unknown=1
-			scan_errs+=("the sshq records of node user ${u_login[$i]} ($d) cannot be read, so which GPUs their jobs hold is unknown: no GPU counts as free until they are readable (chmod 755 $d)")
+			scan_errs+=("$(unreadable_msg "$i")")
 			continue
 		fi
 		for f in "$d"/r.*; do
@@ -233,7 +269,7 @@ lease_scan() {
 		done
 	done
 	[ ${#files[@]} -gt 0 ] || return 0
-	IFS= read -r -d '' scan_locks </proc/locks
+	locks_read
 	while IFS= read -r -d '' f && IFS= read -r line; do
 		rec_take "$f" "$line" "${fdir[$f]:-}"
 	done < <(grep -D skip -a -s -m1 -H -Z -e '' -- "${files[@]}")
@@ -253,105 +289,253 @@ lease_scan() {
 	done
 }
 
-# lease_view_run is lease_scan run for a waiter's poll, from what the last
-# scan read when no records directory changed since: only /proc/locks is
-# read again, so a record whose job ended drops out at once. Records are
-# only ever written by rename, so a directory whose time is older than the
-# mark this waiter wrote before its last scan (.cache/ref-<job>) holds the same
-# records; the user directories are globbed again (no fork) to see one
-# come or go. So a poll in which nothing changed forks nothing.
-declare -a c_uid c_id c_user c_name c_n c_since c_login c_gpus c_pid c_sid c_lock
-view_ok= view_polls=0 view_cands=
-lease_view_run() {
-	local d i ref=
-	cache_dir && ref=$my_dir/.cache/ref-$uid
-	if [ -n "$view_ok" ] && [ -n "$ref" ] && [ -f "$ref" ] && [ $view_polls -lt 30 ]; then
-		users_glob
-		[ "${ug_dir[*]-}" = "$view_cands" ] || view_ok=
-		for d in ${u_dir[@]+"${u_dir[@]}"}; do
-			[ -z "$view_ok" ] || [ "$d" -ot "$ref" ] || view_ok=
-		done
-	else
-		view_ok=
-	fi
-	if [ -z "$view_ok" ]; then
-		[ -n "$ref" ] && : >"$ref" 2>/dev/null
-		lease_scan run
-		c_uid=(${r_uid[@]+"${r_uid[@]}"}) c_id=(${r_id[@]+"${r_id[@]}"}) c_user=(${r_user[@]+"${r_user[@]}"})
-		c_name=(${r_name[@]+"${r_name[@]}"}) c_n=(${r_n[@]+"${r_n[@]}"}) c_since=(${r_since[@]+"${r_since[@]}"})
-		c_login=(${r_login[@]+"${r_login[@]}"}) c_gpus=(${r_gpus[@]+"${r_gpus[@]}"}) c_pid=(${r_pid[@]+"${r_pid[@]}"})
-		c_sid=(${r_sid[@]+"${r_sid[@]}"}) c_lock=(${r_lock[@]+"${r_lock[@]}"})
-		view_polls=0 view_cands=$u_cands
-		[ -n "$ref" ] && [ -z "$scan_unknown" ] && view_ok=1
-		return 0
-	fi
-	view_polls=$((view_polls + 1))
-	r_uid=() r_id=() r_user=() r_name=() r_n=() r_since=() r_login=() r_gpus=() r_pid=() r_sid=() r_lock=()
-	leased_by=() scan_locks=
-	IFS= read -r -d '' scan_locks </proc/locks
-	for i in "${!c_uid[@]}"; do
-		[[ $scan_locks == *" ${c_lock[$i]} "* ]] || continue
-		for d in ${c_gpus[$i]//,/ }; do
-			[ -n "${leased_by[$d]+x}" ] || leased_by[$d]=${#r_uid[@]}
-		done
-		r_uid+=("${c_uid[$i]}") r_id+=("${c_id[$i]}") r_user+=("${c_user[$i]}") r_name+=("${c_name[$i]}")
-		r_n+=("${c_n[$i]}") r_since+=("${c_since[$i]}") r_login+=("${c_login[$i]}") r_gpus+=("${c_gpus[$i]}")
-		r_pid+=("${c_pid[$i]}") r_sid+=("${c_sid[$i]}") r_lock+=("${c_lock[$i]}")
-	done
+unreadable_msg() { # unreadable_msg INDEX: why the records of u_dir[INDEX] are not known
+	printf '%s' "the sshq records of node user ${u_login[$1]} (${u_dir[$1]}) cannot be read, so which GPUs their jobs hold is unknown: no GPU counts as free until they are readable (chmod 755 ${u_dir[$1]})"
 }
 
-# rec_take FILE LINE DIRINDEX: one record, checked field by field (it is
-# another user's text); part of lease_scan, whose arrays it fills.
-rec_take() {
-	local f=$1 b=${1##*/} di=$3 k u id us jn n si al gp pid sid lk x
+# rec_check FILE LINE: one record, checked field by field (it is another
+# user's text), into rc_*. Returns 1 for one whose name, job or lock sshq
+# would never write, 2 for one with a well-formed lock but other fields
+# sshq would never write; whether it is live is the caller's question.
+rc_k= rc_u= rc_id= rc_us= rc_jn= rc_n= rc_si= rc_al= rc_gp= rc_pid= rc_sid= rc_lk=
+rec_check() {
+	local b=${1##*/} x
 	local -a F
-	[ -n "$di" ] || return 0
 	local - IFS=$tab
 	set -f
 	F=($2)
-	[ ${#F[@]} -ge 12 ] || return 0
-	k=${F[0]} u=${F[1]} id=${F[2]} us=${F[3]} jn=${F[4]} n=${F[5]} si=${F[6]} al=${F[7]} gp=${F[8]} pid=${F[9]} sid=${F[10]} lk=${F[11]}
-	valid_uid "$u" || return 0
-	case $k:$b in
-	"r:r.$u") ;;
+	[ ${#F[@]} -ge 12 ] || return 1
+	rc_k=${F[0]} rc_u=${F[1]} rc_id=${F[2]} rc_us=${F[3]} rc_jn=${F[4]} rc_n=${F[5]} rc_si=${F[6]}
+	rc_al=${F[7]} rc_gp=${F[8]} rc_pid=${F[9]} rc_sid=${F[10]} rc_lk=${F[11]}
+	valid_uid "$rc_u" || return 1
+	case $rc_k:$b in
+	"r:r.$rc_u") ;;
 	w:w.*)
 		x=${b#w.}
-		[ "${x#*.}" = "$u" ] || return 0
+		[ "${x#*.}" = "$rc_u" ] || return 1
 		x=${x%%.*}
-		case $x in *[!0-9]*) return 0 ;; esac
-		[ ${#x} = 19 ] || return 0
+		case $x in *[!0-9]*) return 1 ;; esac
+		[ ${#x} = 19 ] || return 1
 		;;
-	*) return 0 ;;
+	*) return 1 ;;
 	esac
-	[[ $lk =~ ^[0-9a-f]+:[0-9a-f]+:[0-9]+$ ]] || return 0
-	if [[ $scan_locks != *" $lk "* ]]; then
+	[[ $rc_lk =~ ^[0-9a-f]+:[0-9a-f]+:[0-9]+$ ]] || return 1
+	case $rc_id in '' | *[!0-9]*) rc_id='~' ;; esac
+	case $rc_n in '' | *[!0-9]*) return 2 ;; esac
+	[ ${#rc_n} -le 4 ] || return 2
+	case $rc_si in '' | *[!0-9.]*) rc_si='~' ;; esac
+	field_ok "$rc_us" || rc_us='~'
+	field_ok "$rc_jn" || rc_jn='~'
+	case $rc_al in '*') ;; *) list_ok "$rc_al" || return 2 ;; esac
+	case $rc_gp in -) rc_gp= ;; *) list_ok "$rc_gp" || return 2 ;; esac
+	case $rc_pid in '' | *[!0-9]*) rc_pid= ;; esac
+	case $rc_sid in '' | *[!0-9]*) rc_sid= ;; esac
+	# A waiter asking for no GPU is not one sshq makes.
+	[ "$rc_k" = r ] || [ "$((10#$rc_n))" -gt 0 ] || return 2
+	return 0
+}
+
+# rec_take FILE LINE DIRINDEX: one record (rec_check), counted when live;
+# part of lease_scan, whose arrays it fills.
+rec_take() {
+	local f=$1 di=$3 st x
+	[ -n "$di" ] || return 0
+	rec_check "$f" "$2"
+	st=$?
+	[ $st = 1 ] && return 0
+	if ! lock_live "$rc_lk"; then
 		[ -n "$clean" ] && [ "${u_uid[$di]}" = "$EUID" ] && rm -f -- "$f" 2>/dev/null
 		return 0
 	fi
-	case $id in '' | *[!0-9]*) id='~' ;; esac
-	case $n in '' | *[!0-9]*) return 0 ;; esac
-	[ ${#n} -le 4 ] || return 0
-	case $si in '' | *[!0-9.]*) si='~' ;; esac
-	field_ok "$us" || us='~'
-	field_ok "$jn" || jn='~'
-	case $al in '*') ;; *) list_ok "$al" || return 0 ;; esac
-	case $gp in -) gp= ;; *) list_ok "$gp" || return 0 ;; esac
-	case $pid in '' | *[!0-9]*) pid= ;; esac
-	case $sid in '' | *[!0-9]*) sid= ;; esac
-	if [ "$k" = r ]; then
-		live_run[$u]=1
-		IFS=,
-		for x in $gp; do
+	[ $st = 0 ] || return 0
+	if [ "$rc_k" = r ]; then
+		live_run[$rc_u]=1
+		local IFS=,
+		for x in $rc_gp; do
 			[ -n "${leased_by[$x]+x}" ] || leased_by[$x]=${#r_uid[@]}
 		done
-		r_uid+=("$u") r_id+=("$id") r_user+=("$us") r_name+=("$jn") r_n+=("$n") r_since+=("$si")
-		r_login+=("${u_login[$di]}") r_gpus+=("$gp") r_pid+=("$pid") r_sid+=("$sid") r_lock+=("$lk")
+		r_uid+=("$rc_u") r_id+=("$rc_id") r_user+=("$rc_us") r_name+=("$rc_jn") r_n+=("$rc_n") r_since+=("$rc_si")
+		r_login+=("${u_login[$di]}") r_gpus+=("$rc_gp") r_pid+=("$rc_pid") r_sid+=("$rc_sid") r_lock+=("$rc_lk")
 		return 0
 	fi
-	# A waiter asking for no GPU is not one sshq makes.
-	[ "$n" -gt 0 ] || return 0
-	w_name+=("$b") w_uid+=("$u") w_user+=("$us") w_jname+=("$jn") w_n+=("$n") w_since+=("$si")
-	w_allowed+=("$al") w_login+=("${u_login[$di]}") w_di+=("$di")
+	w_name+=("${f##*/}") w_uid+=("$rc_u") w_user+=("$rc_us") w_jname+=("$rc_jn") w_n+=("$rc_n") w_since+=("$rc_si")
+	w_allowed+=("$rc_al") w_login+=("${u_login[$di]}") w_di+=("$di")
+}
+
+# ---------------------------------------------------------------- a waiter's view
+
+# lease_view_run is lease_scan run for a waiter's poll, kept up to date at
+# little cost. Records are only ever written by rename, which changes their
+# directory's time, so a directory older than this waiter's mark (a file in
+# .cache, written before it last looked) holds the records it held then.
+# One that changed is globbed again (no fork), and only the records new to
+# this waiter or newer than the mark are read: its own user's with a read,
+# other users' with one grep. There are two marks, ref-<job> and
+# ref-<job>.b: the next is written before a look and checked against at
+# the look after, so a record replaced during a look is never older than
+# the mark it is checked against. Liveness is one read of /proc/locks,
+# every fifth poll and whenever something changed (lease_view_run check:
+# each poll), and a keeper removes its record as its job ends, so an end
+# shows at the next poll. Every minute, when a user directory comes or
+# goes, or when one cannot be read, everything is read again as lease_scan
+# run does. So a poll in which nothing changed forks nothing and reads no
+# record. view_changed says that a records directory changed (the queue
+# may have too), view_gen counts the polls that saw one.
+declare -a vr_dirs=()
+declare -A vr_files=() vr_rec=() vr_login=() vr_live_uid=()
+view_ok= view_at=0 view_polls=0 view_cands= view_mark= view_changed= view_gen=0
+lease_view_run() {
+	local d f names cur= nxt mark full= changed= check=${1:-}
+	local -a new=()
+	view_changed=
+	if cache_dir; then
+		cur=$my_dir/.cache/ref-$uid$view_mark
+		{ [ -n "$view_ok" ] && [ -f "$cur" ] && [ $((SECONDS - view_at)) -lt 60 ]; } || full=1
+	else
+		full=1
+	fi
+	if [ -z "$full" ]; then
+		users_glob
+		[ "${ug_dir[*]-}" = "$view_cands" ] || full=1
+	fi
+	if [ -z "$full" ]; then
+		for d in ${vr_dirs[@]+"${vr_dirs[@]}"}; do
+			[ "$d" -ot "$cur" ] || changed=1
+		done
+	fi
+	if [ -z "$full" ] && [ -n "$changed" ]; then
+		mark=.b
+		[ -z "$view_mark" ] || mark=
+		nxt=$my_dir/.cache/ref-$uid$mark
+		: >"$nxt" 2>/dev/null || full=1
+		# Which directories changed is asked again after the next mark is
+		# written: a change in between is seen now or at the next poll.
+		for d in ${vr_dirs[@]+"${vr_dirs[@]}"}; do
+			[ -z "$full" ] || break
+			[ "$d" -ot "$cur" ] && continue
+			if [ ! -r "$d" ] || [ ! -x "$d" ]; then
+				full=1
+				break
+			fi
+			names=
+			for f in "$d"/r.*; do
+				[ -f "$f" ] && [ ! -L "$f" ] || continue
+				names+=/${f##*/}
+				{ [ -n "${vr_rec[$f]+x}" ] && [ "$f" -ot "$cur" ]; } || new+=("$f")
+			done
+			vr_files[$d]=$names
+		done
+		if [ -z "$full" ]; then
+			view_read ${new[@]+"${new[@]}"}
+			view_mark=$mark view_changed=1 check=1
+		fi
+	fi
+	if [ -n "$full" ]; then
+		view_ok= view_at=$SECONDS view_changed=1 check=1
+		if [ -n "$my_dir" ] && [ -d "$my_dir/.cache" ]; then
+			cur=$my_dir/.cache/ref-$uid$view_mark
+			: >"$cur" 2>/dev/null || cur=
+		fi
+		view_full
+		[ -n "$cur" ] && [ -z "$scan_unknown" ] && view_ok=1
+	fi
+	view_polls=$((view_polls + 1))
+	[ $((view_polls % 5)) = 0 ] && check=1
+	view_build "$check"
+	[ -z "$view_changed" ] || view_gen=$((view_gen + 1))
+}
+
+# view_full: every records directory and running record read again (the
+# view's lease_scan run).
+view_full() {
+	local i d f names
+	local -a files=()
+	vr_dirs=() vr_files=() vr_rec=() vr_login=() scan_errs=() scan_unknown=
+	[ ${#ns_dirs[@]} -gt 0 ] || lease_where
+	users_scan
+	view_cands=$u_cands
+	for i in "${!u_dir[@]}"; do
+		d=${u_dir[$i]}
+		if [ ! -r "$d" ] || [ ! -x "$d" ]; then
+			scan_unknown=1
+			scan_errs+=("$(unreadable_msg "$i")")
+			continue
+		fi
+		vr_dirs+=("$d")
+		vr_login[$d]=${u_login[$i]}
+		names=
+		for f in "$d"/r.*; do
+			[ -f "$f" ] && [ ! -L "$f" ] || continue
+			names+=/${f##*/}
+			files+=("$f")
+		done
+		vr_files[$d]=$names
+	done
+	view_read ${files[@]+"${files[@]}"}
+}
+
+# view_read FILE...: the records into vr_rec ("uid|id|user|name|n|since|
+# gpus|pid|sid|lock", empty for one sshq would not count). This user's own
+# directory holds nothing another user made, so its records are read with
+# a read; other users' with one grep, which skips FIFOs and devices.
+view_read() {
+	local f line
+	local -a others=()
+	for f in "$@"; do
+		vr_rec[$f]=
+		if [ "${f%/*}" = "$my_dir" ]; then
+			line=
+			IFS= read -r line <"$f" 2>/dev/null
+			view_put "$f" "$line"
+		else
+			others+=("$f")
+		fi
+	done
+	[ ${#others[@]} -gt 0 ] || return 0
+	while IFS= read -r -d '' f && IFS= read -r line; do
+		view_put "$f" "$line"
+	done < <(grep -D skip -a -s -m1 -H -Z -e '' -- "${others[@]}")
+}
+view_put() {
+	rec_check "$1" "$2" && [ "$rc_k" = r ] || return 0
+	vr_rec[$1]="$rc_u|$rc_id|$rc_us|$rc_jn|$rc_n|$rc_si|$rc_gp|$rc_pid|$rc_sid|$rc_lk"
+}
+
+# view_build [check]: r_*, leased_by and vr_live_uid from the view; with
+# check, /proc/locks is read again and a record whose lock is not held is
+# dropped for good (a lock never comes back; a rewritten record is read
+# again).
+view_build() {
+	local d f b rest rec x
+	local -a F
+	r_uid=() r_id=() r_user=() r_name=() r_n=() r_since=() r_login=() r_gpus=() r_pid=() r_sid=() r_lock=()
+	leased_by=() vr_live_uid=()
+	[ -z "${1:-}" ] || locks_read
+	local - IFS='|'
+	set -f
+	for d in ${vr_dirs[@]+"${vr_dirs[@]}"}; do
+		rest=${vr_files[$d]-}
+		while [ -n "$rest" ]; do
+			rest=${rest#/}
+			b=${rest%%/*}
+			rest=${rest#"$b"}
+			f=$d/$b
+			rec=${vr_rec[$f]-}
+			[ -n "$rec" ] || continue
+			if [ -n "${1:-}" ] && ! lock_live "${rec##*|}"; then
+				vr_rec[$f]=
+				continue
+			fi
+			F=($rec)
+			vr_live_uid[${F[0]}]=1
+			for x in ${F[6]//,/|}; do
+				[ -n "${leased_by[$x]+x}" ] || leased_by[$x]=${#r_uid[@]}
+			done
+			r_uid+=("${F[0]}") r_id+=("${F[1]}") r_user+=("${F[2]}") r_name+=("${F[3]}") r_n+=("${F[4]}")
+			r_since+=("${F[5]}") r_gpus+=("${F[6]}") r_pid+=("${F[7]}") r_sid+=("${F[8]}") r_lock+=("${F[9]}")
+			r_login+=("${vr_login[$d]-~}")
+		done
+	done
 }
 
 # list_ok LIST: comma-separated tokens as nvidia-smi prints uuids.
@@ -457,7 +641,7 @@ keeper_stop() {
 
 cmd_keeper() {
 	jd=$1
-	local line st i=0 lid= name= pid=$PPID a b c d e f rest touched=$SECONDS
+	local line part= st i=0 lid= name= pid=$PPID a b c d e f rest touched=$SECONDS
 	while [ -z "$lid" ] && [ $i -lt 200 ]; do
 		while read -r a b c d e f rest; do
 			[ "$b" = FLOCK ] && [ "$e" = "$pid" ] && lid=$f && break
@@ -475,10 +659,17 @@ cmd_keeper() {
 		IFS= read -r -t "$guard_tick" line
 		st=$?
 		if [ $st = 0 ]; then
+			line=$part$line part=
 			case $line in 'rec '*) name=${line#rec } ;; none) name= ;; esac
 			continue
 		fi
 		[ $st -gt 128 ] || break
+		# A tick that ends a read in the middle of a line leaves its start
+		# in line (a loaded node may stop the keeper between two bytes):
+		# lost, the record the keeper guards would be the last one but
+		# one, and a wipe would bring back the ticket of a job that holds
+		# GPUs instead of its claim.
+		part+=$line
 		[ -n "$name" ] || continue
 		if [ -z "$my_dir" ] || [ ! -e "$my_dir/$name" ]; then
 			my_dir_find && [ -e "$my_dir/$name" ] && continue

@@ -60,7 +60,24 @@ var scripts = map[string]string{
 }
 
 func script(parts ...string) string {
-	return libSh + "\n" + strings.Join(parts, "\n") + "\nsshq_main \"$@\"\n"
+	return uncomment(libSh + "\n" + strings.Join(parts, "\n") + "\nsshq_main \"$@\"\n")
+}
+
+// uncomment drops the comment lines of a script: a command's script travels
+// as one argument, which Linux caps at 128 KiB (MAX_ARG_STRLEN), and the
+// comments are for the reader of the source. A line whose first non-blank
+// character is '#' is a comment in every script here (none holds such a
+// line inside a quoted string or a here-document: TestUncommentKeepsCode).
+func uncomment(s string) string {
+	var b strings.Builder
+	b.Grow(len(s))
+	for line := range strings.Lines(s) {
+		if t := strings.TrimLeft(line, " \t"); strings.HasPrefix(t, "#") {
+			continue
+		}
+		b.WriteString(line)
+	}
+	return b.String()
 }
 
 // DefaultCancelGrace is how long Cancel lets a job handle SIGTERM (save a

@@ -67,12 +67,12 @@ gpu_leases() {
 		owner[$uuid]="${r_uid[$i]}$tab${r_id[$i]}$tab${r_user[$i]}$tab${r_name[$i]}$tab${r_since[$i]}$tab${r_pid[$i]:-~}$tab${r_sid[$i]:-~}$tab${gpu_idx[$uuid]}$tab${r_login[$i]}"
 	done
 	[ ${#old[@]} -gt 0 ] || return 0
-	[ -n "$scan_locks" ] || IFS= read -r -d '' scan_locks </proc/locks
+	[ -n "$scan_locks" ] || locks_read
 	while read -r dev i f; do
 		maj=$(((dev >> 8) & 0xfff | (dev >> 32) & ~0xfff))
 		min=$((dev & 0xff | (dev >> 12) & ~0xff))
 		printf -v i '%02x:%02x:%s' "$maj" "$min" "$i"
-		[[ $scan_locks == *" $i "* ]] && held_old[$f]=1
+		lock_live "$i" && held_old[$f]=1
 	done < <(stat -c '%d %i %n' -- "${old[@]}" 2>/dev/null)
 	for f in "${!held_old[@]}"; do
 		uuid=${f##*/}
@@ -255,34 +255,56 @@ fit_stale() {
 	[ $((now_ms - fit_first[$t])) -gt "$2" ] && [ "${fit_n[$t]}" -ge 3 ]
 }
 plan() {
-	local me=$1 need=$2 allowed=$3 i u e head=1 grace
-	to_ms "$poll"
-	grace=$((ms_val + 1000))
-	ms_now
+	local me=$1 need=$2 allowed=$3 i
+	plan_begin
 	for ((i = 0; i < me; i++)); do
-		e=0
-		for u in ${gpu_uuids[@]+"${gpu_uuids[@]}"}; do
-			allowed_has "${t_allowed[$i]}" "$u" && e=$((e + 1))
-		done
-		[ "${t_n[$i]}" -le $e ] || continue
-		if pick "${t_n[$i]}" "${t_allowed[$i]}" "$allowed"; then
-			if [ "$plan_watch" = watch ] && fit_stale "${t_name[$i]}" "$grace"; then
-				continue
-			fi
-			take_from_avail
-		else
-			[ "$plan_watch" = watch ] && unset "fit_seq[${t_name[$i]}]"
-			if [ -n "$head" ]; then
-				picked=()
-				for u in ${avail[@]+"${avail[@]}"}; do
-					allowed_has "${t_allowed[$i]}" "$u" && picked+=("$u")
-				done
-				take_from_avail
-			fi
-		fi
-		head=
+		plan_step "$i" "$allowed"
 	done
 	pick "$need" "$allowed" ''
+}
+
+# plan_begin and plan_step I ALLOWED are plan's walk, one waiter at a time:
+# ticket I of t_* takes its turn, for a job that ALLOWED accepts.
+plan_head= plan_grace=0
+plan_begin() {
+	plan_head=1
+	to_ms "$poll"
+	plan_grace=$((ms_val + 1000))
+	ms_now
+}
+plan_step() {
+	local i=$1 u e=0
+	for u in ${gpu_uuids[@]+"${gpu_uuids[@]}"}; do
+		allowed_has "${t_allowed[$i]}" "$u" && e=$((e + 1))
+	done
+	[ "${t_n[$i]}" -le $e ] || return 0
+	if pick "${t_n[$i]}" "${t_allowed[$i]}" "$2"; then
+		if [ "$plan_watch" = watch ] && fit_stale "${t_name[$i]}" "$plan_grace"; then
+			return 0
+		fi
+		take_from_avail
+	else
+		[ "$plan_watch" = watch ] && unset "fit_seq[${t_name[$i]}]"
+		if [ -n "$plan_head" ]; then
+			picked=()
+			for u in ${avail[@]+"${avail[@]}"}; do
+				allowed_has "${t_allowed[$i]}" "$u" && picked+=("$u")
+			done
+			take_from_avail
+		fi
+	fi
+	plan_head=
+}
+
+# avail_short NEED ALLOWED: fewer than NEED GPUs that ALLOWED accepts are
+# left in avail. plan only ever takes GPUs out of avail, so a job for which
+# it is short cannot fit, whatever the waiters after.
+avail_short() {
+	local u n=0
+	for u in ${avail[@]+"${avail[@]}"}; do
+		allowed_has "$2" "$u" && n=$((n + 1))
+	done
+	[ $n -lt "$1" ]
 }
 
 # free_gpus puts the GPUs found free into avail, in index order.
@@ -368,12 +390,17 @@ queue_join() {
 }
 
 queue_wait() {
-	local noted=
+	local noted= fast
+	# The first few in line look every guard tick, so that a GPU freed is
+	# taken at once; the others every poll interval, which costs them
+	# nothing while nothing changes (lease_view_run).
+	to_ms "$poll"
+	fast=$ms_val
+	to_ms "$guard_tick"
+	[ "$ms_val" -lt "$fast" ] && fast=$guard_tick || fast=$poll
 	while :; do
 		if cancelled || [ -n "$got_signal" ]; then finish CANCELLED 143; fi
-		# A node short of disk keeps the job waiting, in its place
-		# (limits.sh).
-		if disk_ok; then try_start && return 0; fi
+		try_start && return 0
 		if [ -n "$never" ]; then
 			jlog "$never"
 			printf '%s\n' "$never" >"$jd/reason"
@@ -383,14 +410,23 @@ queue_wait() {
 			jlog "waiting for $ngpus GPU(s) in the node's queue"
 			noted=1
 		fi
-		nap "$poll"
+		if [ "$q_pos" -lt "$q_fit" ]; then nap "$fast"; else nap "$poll"; fi
 	done
 }
 
 # try_start: one decision, by the queue's rule (plan); claims the GPUs it
 # picks. Sets never when the node no longer has the GPUs the job asks for.
+# While no GPU it may use is free of running records (lease_view_run) it
+# reads no record and asks the driver only every 30s, for the list of GPUs;
+# then it reads the tickets ahead of its own, in queue order, only as far
+# as the GPUs free now are spoken for (plan_ahead), and asks the driver
+# which GPUs are in use. Its place in the queue (q_pos: the waiting records
+# whose names sort before its ticket, live or not) is counted by name when
+# it decides, and after a records directory changed, if it is near the
+# head (or at most every 10s): it says how often to look.
+gpu_asked=-999 q_fit=0
 try_start() {
-	local i u me fit=0 free=
+	local u fit=0 free=
 	poll_seq=$((poll_seq + 1))
 	lease_view_run
 	if [ -n "$scan_unknown" ]; then
@@ -398,39 +434,171 @@ try_start() {
 		return 1
 	fi
 	probe_begin
-	if ! gpu_list; then
-		note_err "$gpu_err; still waiting"
-		return 1
+	if [ $((SECONDS - gpu_asked)) -ge 30 ]; then
+		if ! gpu_list; then
+			note_err "$gpu_err; still waiting"
+			return 1
+		fi
+		gpu_asked=$SECONDS
 	fi
 	for u in ${gpu_uuids[@]+"${gpu_uuids[@]}"}; do
 		allowed_has "$allowed" "$u" || continue
 		fit=$((fit + 1))
 		[ -n "${leased_by[$u]+x}" ] || free=1
 	done
+	q_fit=$fit
+	if [ -n "$view_changed" ] && [ "$q_gen" != "$view_gen" ] &&
+		{ [ "$q_pos" -le $((4 * fit + 4)) ] || [ $((SECONDS - q_pos_at)) -ge 10 ]; }; then
+		queue_ahead
+	fi
+	[ -n "$free" ] || [ $fit -lt "$ngpus" ] || return 1
+	# A GPU it may use looks free: the driver's present answer, every
+	# record's lock, and the tickets ahead.
+	if ! gpu_list; then
+		note_err "$gpu_err; still waiting"
+		return 1
+	fi
+	gpu_asked=$SECONDS
+	fit=0 free=
+	view_build check
+	for u in ${gpu_uuids[@]+"${gpu_uuids[@]}"}; do
+		allowed_has "$allowed" "$u" || continue
+		fit=$((fit + 1))
+		[ -n "${leased_by[$u]+x}" ] || free=1
+	done
+	q_fit=$fit
 	if [ $fit -lt "$ngpus" ]; then
 		never="never fits: the job needs $ngpus GPU(s) but this node now has only $fit it may use (nvidia-smi lists ${#gpu_uuids[@]}); launch it again to place it elsewhere"
 		return 1
 	fi
 	[ -n "$free" ] || return 1
-	lease_scan all clean
-	[ -z "$scan_unknown" ] || return 1
-	# Parked ranks of multi-node jobs keep their place but ask for nothing.
-	declare -F gang_skip_parked >/dev/null && gang_skip_parked
+	[ "$q_gen" = "$view_gen" ] || queue_ahead
+	queue_parked
 	gpu_leases
-	me=${#t_name[@]}
-	for i in "${!t_name[@]}"; do
-		[ "${t_name[$i]}" = "$ticket" ] && me=$i && break
-	done
 	free_gpus
 	plan_watch=watch
-	plan "$me" "$ngpus" "$allowed" || return 1
+	plan_ahead || return 1
 	if ! gpu_procs; then
 		note_err "$gpu_err; still waiting"
 		return 1
 	fi
 	free_gpus
-	plan "$me" "$ngpus" "$allowed" || return 1
+	plan_ahead || return 1
+	# A node short of disk keeps the job waiting, in its place (limits.sh):
+	# asked (df) only when the job would start.
+	disk_ok || return 1
 	claim
+}
+
+# queue_ahead: the waiting records whose names sort before this job's
+# ticket, in queue order (q_ahead, their paths; q_pos, their number), from
+# the names alone: a glob of each records directory the view reads (no
+# fork, no record read).
+declare -a q_ahead=()
+q_pos=999999 q_pos_at=-999 q_gen=-1
+queue_ahead() {
+	local d lo hi mid dirs=0
+	local -a names
+	q_ahead=()
+	for d in ${vr_dirs[@]+"${vr_dirs[@]}"}; do
+		names=("$d"/w.*)
+		[ -e "${names[0]}" ] || [ -L "${names[0]}" ] || continue
+		# Globs sort as the queue does (LC_ALL=C): halve to the ticket.
+		lo=0 hi=${#names[@]}
+		while [ $lo -lt $hi ]; do
+			mid=$(((lo + hi) / 2))
+			if [[ ${names[mid]##*/} < $ticket ]]; then lo=$((mid + 1)); else hi=$mid; fi
+		done
+		[ $lo -gt 0 ] || continue
+		q_ahead+=("${names[@]:0:lo}")
+		dirs=$((dirs + 1))
+	done
+	if [ $dirs -gt 1 ]; then
+		# Several users' waiters: merge by name. Names sshq makes hold no
+		# tab or newline; others are no waiters.
+		local f
+		local -a keyed=()
+		for f in "${q_ahead[@]}"; do
+			case ${f##*/} in *[$'\t\n']*) ;; *) keyed+=("${f##*/}"$'\t'"$f") ;; esac
+		done
+		mapfile -t q_ahead < <(printf '%s\n' "${keyed[@]}" | sort -t $'\t' -k1,1 | cut -f2-)
+	fi
+	q_pos=${#q_ahead[@]} q_pos_at=$SECONDS q_gen=$view_gen
+}
+
+# q_load FILE...: the waiting records not read yet into q_rec
+# ("uid|n|allowed|lock", empty for one sshq would not count), with one
+# grep. A waiting record is never rewritten but with the same line (its
+# name holds its job), so what was read stays true while the file exists.
+declare -A q_rec=()
+q_load() {
+	local f line
+	local -a want=()
+	for f in "$@"; do
+		[ -n "${q_rec[$f]+x}" ] && continue
+		want+=("$f")
+		q_rec[$f]=
+	done
+	[ ${#want[@]} -gt 0 ] || return 0
+	while IFS= read -r -d '' f && IFS= read -r line; do
+		rec_check "$f" "$line" && [ "$rc_k" = w ] && q_rec[$f]="$rc_u|$rc_n|$rc_al|$rc_lk"
+	done < <(grep -D skip -a -s -m1 -H -Z -e '' -- "${want[@]}")
+}
+
+# queue_parked: the uids whose multi-node ranks are parked (q_parked): they
+# keep their place but ask for nothing (gangrec.sh). Only a node with such
+# records pays for reading them.
+declare -A q_parked=()
+queue_parked() {
+	local d f i any=
+	q_parked=()
+	declare -F read_gangs >/dev/null || return 0
+	for d in ${vr_dirs[@]+"${vr_dirs[@]}"}; do
+		for f in "$d"/g.*; do
+			[ -f "$f" ] && any=1 && break 2
+		done
+	done
+	[ -n "$any" ] || return 0
+	read_gangs
+	for i in "${!g_uid[@]}"; do
+		[ "${g_mode[$i]}" = park ] && q_parked[${g_uid[$i]}]=1
+	done
+}
+
+# plan_ahead: plan for this job over the tickets ahead of it (q_ahead), in
+# order, skipping those that are dead, starting (their running record is
+# live) or parked, and read a few at a time (q_load): it stops as soon as
+# what is left free cannot hold the job (avail_short), so a decision reads
+# the records of the waiters that take the free GPUs, not the whole queue.
+plan_ahead() {
+	local i=0 n=${#q_ahead[@]} chunk=8 f rec u r
+	local -a ch
+	t_name=() t_uid=() t_user=() t_jname=() t_n=() t_since=() t_allowed=() t_login=()
+	[ ${#q_rec[@]} -le $((4 * n + 256)) ] || q_rec=()
+	plan_begin
+	while [ $i -lt $n ]; do
+		ch=("${q_ahead[@]:i:chunk}")
+		q_load "${ch[@]}"
+		for f in "${ch[@]}"; do
+			rec=${q_rec[$f]}
+			[ -n "$rec" ] || continue
+			if ! lock_live "${rec##*|}"; then
+				q_rec[$f]=
+				[ "${f%/*}" = "$my_dir" ] && rm -f -- "$f" 2>/dev/null
+				continue
+			fi
+			u=${rec%%|*} r=${rec#*|}
+			[ -z "${vr_live_uid[$u]:-}" ] && [ -z "${q_parked[$u]:-}" ] || continue
+			t_name+=("${f##*/}") t_uid+=("$u") t_n+=("${r%%|*}")
+			r=${r#*|}
+			t_allowed+=("${r%%|*}")
+			t_user+=('~') t_jname+=('~') t_since+=('~') t_login+=('~')
+			plan_step $((${#t_name[@]} - 1)) "$allowed"
+			avail_short "$ngpus" "$allowed" && return 1
+		done
+		i=$((i + chunk)) chunk=$((chunk * 4))
+	done
+	pick "$ngpus" "$allowed" ''
 }
 
 # claim: make picked this job's, or withdraw (see above).
@@ -445,6 +613,8 @@ claim() {
 		nap "$settle"
 		lease_scan run
 		conflict= older=
+		# Records that cannot be read may claim these GPUs.
+		[ -n "$scan_unknown" ] && break
 		for i in "${!r_uid[@]}"; do
 			[ "${r_uid[$i]}" = "$uid" ] && continue
 			for g in ${r_gpus[$i]//,/ }; do
@@ -482,7 +652,7 @@ record_running() {
 
 # lease_end: the job's records go; its GPUs with its last process.
 lease_end() {
-	[ -n "$my_dir" ] && rm -f -- "$my_dir/.cache/ref-$uid" 2>/dev/null
+	[ -n "$my_dir" ] && rm -f -- "$my_dir/.cache/ref-$uid" "$my_dir/.cache/ref-$uid.b" 2>/dev/null
 	if [ -n "$ticket" ]; then
 		rec_drop "$ticket"
 		rm -f -- "$jd/ticket"
