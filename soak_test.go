@@ -10,9 +10,11 @@ package main
 // per controller (see README, Development).
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -469,27 +471,33 @@ func soakReadLedger(t *testing.T, path string) map[string]*soakRun {
 }
 
 // soakWait waits with `sshq wait` until every job of ctl has ended, and
-// returns its queue. It waits on the oldest few unfinished jobs at a time:
-// they are near the head of the nodes' queues, so each wait ends well
-// within the helper's bound on one command.
+// returns its queue. Each wait is on the oldest few unfinished jobs, near
+// the head of the nodes' queues, and is stopped after a while (the jobs
+// keep running) to read the queue again, so a job that never ends shows
+// as such at the bound rather than as a killed command.
 func soakWait(t *testing.T, c *sshtest.Cluster, ctl *soakCtl, bound time.Duration) []queueEntry {
 	deadline := time.Now().Add(bound)
 	for {
 		q := queue(t, c, ctl.home, ctl.env)
-		var open []string
+		var open, desc []string
 		for _, j := range q {
 			if !job.State(j.State).Terminal() {
 				open = append(open, strconv.Itoa(j.ID))
+				desc = append(desc, fmt.Sprintf("#%d %s %s on %s", j.ID, j.Name, j.State, j.Node))
 			}
 		}
 		if len(open) == 0 {
 			return q
 		}
 		if time.Now().After(deadline) {
-			t.Errorf("controller %s: jobs %v still not ended after %s: %+v", ctl.label, open, bound, q)
+			t.Errorf("controller %s: %d jobs not ended after %s:\n%s", ctl.label, len(open), bound, strings.Join(desc, "\n"))
 			return q
 		}
-		sshq(t, c, ctl.home, ctl.env, append([]string{"wait", "--interval", "200ms"}, open[:min(len(open), 8)]...)...)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, sshqBin, append([]string{"wait", "--interval", "200ms"}, open[:min(len(open), 8)]...)...)
+		cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + ctl.home, "SSHQ_HOME=" + filepath.Join(ctl.home, ".sshq"), "SSHQ_SSH_CONFIG=" + c.ConfigPath}, ctl.env...)
+		_ = cmd.Run() // the queue read next says how they ended
+		cancel()
 	}
 }
 
