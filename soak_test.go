@@ -10,9 +10,11 @@ package main
 // per controller (see README, Development).
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -144,20 +146,13 @@ func TestSoak(t *testing.T) {
 		}
 	}
 
-	// A job on node2 that runs until cancelled: across the restart, and
-	// cancelled while its node is down (refused, exit 3), then again.
-	hold := &soakJob{name: "u1a-hold", gpus: 1, cancel: true}
-	r := sshq(t, c, ctls[0].home, ctls[0].env, "launch", "-d", "--name", hold.name, "--gpus", "1", "--node", "node2-u1", "--", soakScript(ledger, "sleep 1000"))
-	if r.code != 0 {
-		t.Fatalf("launch %s: exit %d\n%s%s", hold.name, r.code, r.stdout, r.stderr)
-	}
-	hold.id, _ = strconv.Atoi(strings.TrimSpace(r.stdout))
-	hold.launched = true
-	ctls[0].jobs = append(ctls[0].jobs, hold)
-
 	// node2's sshd stops once half the launches have returned, and starts
 	// again once a few more have: launches and cancels meanwhile find it
-	// refusing connections, as during a restart.
+	// refusing connections, as during a restart. Just before, a job that
+	// runs until cancelled joins node2: it is there across the restart,
+	// and is cancelled while its node is down (refused, exit 3), then
+	// again once it is back.
+	hold := &soakJob{name: "u1a-hold", gpus: 1, cancel: true}
 	total := len(ctls) * perCtl
 	var launches soakCounter
 	var downMu sync.Mutex
@@ -170,17 +165,26 @@ func TestSoak(t *testing.T) {
 		case <-launches.reach(total / 2):
 		case <-allLaunched:
 		}
+		r := sshq(t, c, ctls[0].home, ctls[0].env, "launch", "-d", "--name", hold.name, "--gpus", "1", "--node", "node2-u1", "--", soakScript(ledger, "sleep 1000"))
+		if r.code != 0 {
+			t.Errorf("launch %s: exit %d\n%s%s", hold.name, r.code, r.stdout, r.stderr)
+		}
+		hold.id, _ = strconv.Atoi(strings.TrimSpace(r.stdout))
+		hold.launched = r.code == 0
+		id := strconv.Itoa(hold.id)
 		downMu.Lock()
 		c.Node("node2").Stop()
 		down = true
 		downMu.Unlock()
-		t.Logf("node2's sshd stopped after %d launches", launches.get())
-		id := strconv.Itoa(hold.id)
-		if r := sshq(t, c, ctls[0].home, ctls[0].env, "cancel", id); r.code != 3 || !strings.Contains(r.stderr, "node2-u1") {
-			t.Errorf("cancel %s while node2's sshd is down: exit %d, want 3 naming node2-u1\n%s%s", hold.name, r.code, r.stdout, r.stderr)
+		stopped := launches.get()
+		t.Logf("node2's sshd stopped after %d launches", stopped)
+		if hold.launched {
+			if r := sshq(t, c, ctls[0].home, ctls[0].env, "cancel", id); r.code != 3 || !strings.Contains(r.stderr, "node2-u1") {
+				t.Errorf("cancel %s while node2's sshd is down: exit %d, want 3 naming node2-u1\n%s%s", hold.name, r.code, r.stdout, r.stderr)
+			}
 		}
 		select {
-		case <-launches.reach(total/2 + max(4, total/10)):
+		case <-launches.reach(stopped + max(4, total/10)):
 		case <-allLaunched:
 		}
 		downMu.Lock()
@@ -192,8 +196,10 @@ func TestSoak(t *testing.T) {
 			return
 		}
 		t.Logf("node2's sshd started again after %d launches", launches.get())
-		if r := sshq(t, c, ctls[0].home, ctls[0].env, "cancel", id); r.code != 0 {
-			t.Errorf("cancel %s once node2 is back: exit %d\n%s%s", hold.name, r.code, r.stdout, r.stderr)
+		if hold.launched {
+			if r := sshq(t, c, ctls[0].home, ctls[0].env, "cancel", id); r.code != 0 {
+				t.Errorf("cancel %s once node2 is back: exit %d\n%s%s", hold.name, r.code, r.stdout, r.stderr)
+			}
 		}
 	}()
 	// outage says whether node2 is down and whether it has come back;
@@ -281,6 +287,9 @@ func TestSoak(t *testing.T) {
 	wg.Wait()
 	close(allLaunched)
 	<-restartDone
+	if hold.launched {
+		ctls[0].jobs = append(ctls[0].jobs, hold)
+	}
 	for _, f := range retry {
 		f()
 	}
@@ -462,27 +471,33 @@ func soakReadLedger(t *testing.T, path string) map[string]*soakRun {
 }
 
 // soakWait waits with `sshq wait` until every job of ctl has ended, and
-// returns its queue. It waits on the oldest few unfinished jobs at a time:
-// they are near the head of the nodes' queues, so each wait ends well
-// within the helper's bound on one command.
+// returns its queue. Each wait is on the oldest few unfinished jobs, near
+// the head of the nodes' queues, and is stopped after a while (the jobs
+// keep running) to read the queue again, so a job that never ends shows
+// as such at the bound rather than as a killed command.
 func soakWait(t *testing.T, c *sshtest.Cluster, ctl *soakCtl, bound time.Duration) []queueEntry {
 	deadline := time.Now().Add(bound)
 	for {
 		q := queue(t, c, ctl.home, ctl.env)
-		var open []string
+		var open, desc []string
 		for _, j := range q {
 			if !job.State(j.State).Terminal() {
 				open = append(open, strconv.Itoa(j.ID))
+				desc = append(desc, fmt.Sprintf("#%d %s %s on %s", j.ID, j.Name, j.State, j.Node))
 			}
 		}
 		if len(open) == 0 {
 			return q
 		}
 		if time.Now().After(deadline) {
-			t.Errorf("controller %s: jobs %v still not ended after %s: %+v", ctl.label, open, bound, q)
+			t.Errorf("controller %s: %d jobs not ended after %s:\n%s", ctl.label, len(open), bound, strings.Join(desc, "\n"))
 			return q
 		}
-		sshq(t, c, ctl.home, ctl.env, append([]string{"wait", "--interval", "200ms"}, open[:min(len(open), 8)]...)...)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, sshqBin, append([]string{"wait", "--interval", "200ms"}, open[:min(len(open), 8)]...)...)
+		cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + ctl.home, "SSHQ_HOME=" + filepath.Join(ctl.home, ".sshq"), "SSHQ_SSH_CONFIG=" + c.ConfigPath}, ctl.env...)
+		_ = cmd.Run() // the queue read next says how they ended
+		cancel()
 	}
 }
 

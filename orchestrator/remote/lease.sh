@@ -641,11 +641,15 @@ keeper_stop() {
 
 cmd_keeper() {
 	jd=$1
-	local line part= st i=0 lid= name= pid=$PPID a b c d e f rest touched=$SECONDS
+	local line part= st i=0 lid= name= pid=$PPID a b c d e f rest locks touched=$SECONDS
+	local re="(^|"$'\n'")[0-9]+: FLOCK +[A-Z]+ +[A-Z]+ +$pid +([0-9a-f]+:[0-9a-f]+:[0-9]+) "
 	while [ -z "$lid" ] && [ $i -lt 200 ]; do
-		while read -r a b c d e f rest; do
-			[ "$b" = FLOCK ] && [ "$e" = "$pid" ] && lid=$f && break
-		done </proc/locks
+		# Read whole: every read(2) of /proc/locks takes the kernel's
+		# lock over all the machine's file locks, and `read` line by
+		# line makes one per line, each queued behind every waiter's
+		# scan on a busy node.
+		IFS= read -r -d '' locks </proc/locks
+		[[ $locks =~ $re ]] && lid=${BASH_REMATCH[2]}
 		[ -n "$lid" ] || nap 0.01
 		i=$((i + 1))
 	done
