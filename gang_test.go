@@ -238,14 +238,19 @@ func TestGangRankFailureEndsTheJob(t *testing.T) {
 	if j.State != "FAILED" || j.ExitCode == nil || *j.ExitCode != 3 || j.Gang == nil || j.Gang.FailedRank == nil || *j.Gang.FailedRank != 1 {
 		t.Fatalf("job: %+v %+v", j, j.Gang)
 	}
-	if q := sshq(t, c, home, env, "queue", "-a").stdout; !strings.Contains(q, "FAILED (rank 1 (node2) failed with exit code 3)") {
+	// Placement picks each rank's node: rank r runs on the r-th of NODE.
+	nodes := strings.Split(j.Node, "+")
+	if len(nodes) != 2 {
+		t.Fatalf("job's nodes %q, want two", j.Node)
+	}
+	if q := sshq(t, c, home, env, "queue", "-a").stdout; !strings.Contains(q, "FAILED (rank 1 ("+nodes[1]+") failed with exit code 3)") {
 		t.Errorf("queue does not name the rank:\n%s", q)
 	}
 	// Every process of rank 0 carries its uid in SSHQ_JOB_UID; its wrapper
 	// and display go right after the end is recorded.
 	waitFor(t, "rank 0's processes to end", func() bool { return len(marked(j.UID)) == 0 })
 	r = sshq(t, c, home, env, "logs", id)
-	if !strings.Contains(r.stdout, "(rank 1, node2) failing") || !strings.Contains(r.stdout, "(rank 0, node1) sshq: stopped: rank 1 ended with exit code 3") {
+	if !strings.Contains(r.stdout, "(rank 1, "+nodes[1]+") failing") || !strings.Contains(r.stdout, "(rank 0, "+nodes[0]+") sshq: stopped: rank 1 ended with exit code 3") {
 		t.Errorf("logs:\n%s", r.stdout)
 	}
 }
