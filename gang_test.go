@@ -239,9 +239,12 @@ func TestGangRankFailureEndsTheJob(t *testing.T) {
 		t.Fatalf("job: %+v %+v", j, j.Gang)
 	}
 	// Placement picks each rank's node: rank r runs on the r-th of NODE.
-	nodes := strings.Split(j.Node, "+")
+	var nodes []string
+	for _, rk := range j.Gang.Ranks {
+		nodes = append(nodes, rk.Node)
+	}
 	if len(nodes) != 2 {
-		t.Fatalf("job's nodes %q, want two", j.Node)
+		t.Fatalf("job's ranks %+v, want two", j.Gang.Ranks)
 	}
 	if q := sshq(t, c, home, env, "queue", "-a").stdout; !strings.Contains(q, "FAILED (rank 1 ("+nodes[1]+") failed with exit code 3)") {
 		t.Errorf("queue does not name the rank:\n%s", q)

@@ -138,7 +138,10 @@ func TestGangRankFailureStopsTheOthers(t *testing.T) {
 	// share this machine's disk), so on a loaded machine too the TERM it
 	// gets is the gang's stop and not an early kill.
 	up := filepath.Join(t.TempDir(), "rank0-up")
-	long := `trap 'echo got TERM; exit 143' TERM; echo "rank $SKYPILOT_NODE_RANK up"; : >` + sshpool.Quote(up) + `; sleep 300 & wait`
+	// A loop of short sleeps, not `sleep 300 & wait`: the stop TERMs every
+	// process of the rank one by one, and a sleep that dies first would
+	// end the wait, and the script, before bash's own TERM arrived.
+	long := `trap 'echo got TERM; exit 143' TERM; echo "rank $SKYPILOT_NODE_RANK up"; : >` + sshpool.Quote(up) + `; while :; do sleep 0.05; done`
 	fail := `while [ ! -e ` + sshpool.Quote(up) + ` ]; do sleep 0.05; done; echo bad; exit 3`
 	submitGang(t, []*testNode{n0, n1}, "fail", 1, []string{long, fail}, func(g *GangSpec) { g.Grace = 20 * time.Second })
 	r1 := n1.waitState(gangUID("fail", 1), job.Failed)
